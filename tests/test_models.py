@@ -1,0 +1,196 @@
+"""Tests for xreg.models: the backbone registry and the multi-head network."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision.models as tvm
+from torch import nn
+
+from xreg.errors import CheckpointError, ConfigError
+from xreg.models import (
+    ARCHS,
+    BODY_PARTS,
+    STANDARD_HEADS,
+    HeadSpec,
+    MultiHeadNet,
+    available_archs,
+    build_model,
+    load_imagenet_backbone,
+)
+
+REQUIRED = {
+    "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small", "efficientnet_b0",
+    "resnet18", "resnet50", "resnet101", "vit_b_16",
+}
+
+
+def _tiny_size(arch: str) -> int:
+    # ViT needs a multiple of its 16 px patch; 32 keeps the test fast.
+    return 32 if ARCHS[arch].fixed_size else 64
+
+
+def test_registry_lists_required_archs_with_weight_names() -> None:
+    assert REQUIRED <= set(available_archs())
+    assert available_archs() == sorted(available_archs())
+    for arch in available_archs():
+        # The weights name must resolve in torchvision's enum (no download).
+        assert tvm.get_weight(ARCHS[arch].weights) is not None
+
+
+def test_standard_heads() -> None:
+    assert BODY_PARTS == (
+        "ankle", "elbow", "foot", "hand", "hip", "knee", "shoulder", "spine", "wrist",
+    )
+    assert [(h.name, h.labels) for h in STANDARD_HEADS] == [
+        ("body_part", BODY_PARTS), ("instrument", ("no_instrument", "instrument")),
+    ]
+
+
+@pytest.mark.parametrize("arch", available_archs())
+def test_forward_shapes_and_determinism(arch: str) -> None:
+    torch.manual_seed(0)
+    size = _tiny_size(arch)
+    model = build_model(arch, STANDARD_HEADS, input_size=size, dropout=0.3).eval()
+    assert isinstance(model, MultiHeadNet)
+    assert (model.arch, model.input_size, model.head_specs) == (arch, size, STANDARD_HEADS)
+    head = model.heads["body_part"]
+    assert [type(m) for m in head] == [nn.ReLU, nn.Dropout, nn.Linear]
+    assert head[1].p == 0.3
+    assert head[2].in_features == ARCHS[arch].feature_dim
+
+    x = torch.rand(2, 3, size, size)
+    with torch.inference_mode():
+        features = model.backbone(x)
+        out = model(x)
+        again = model(x)
+    assert features.shape == (2, ARCHS[arch].feature_dim)
+    assert set(out) == {"body_part", "instrument"}
+    assert out["body_part"].shape == (2, 9)
+    assert out["instrument"].shape == (2, 2)
+    assert out["body_part"].dtype == torch.float32
+    assert torch.isfinite(out["body_part"]).all()
+    for name in out:
+        assert torch.equal(out[name], again[name])
+    # The logits depend on the pixels (the backbone is wired in). Randomly
+    # initialised MobileNets in eval mode give almost input-independent
+    # outputs, so look at the gradient rather than at logit differences.
+    x.requires_grad_(True)
+    model(x)["instrument"][:, 1].sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_custom_heads_and_train_mode_dropout() -> None:
+    torch.manual_seed(0)
+    heads = [HeadSpec("fracture", ("no", "yes", "unsure"))]
+    model = build_model("mobilenet_v3_small", heads, input_size=64, dropout=0.5)
+    x = torch.rand(4, 3, 64, 64)
+    model.train()
+    a, b = model(x)["fracture"], model(x)["fracture"]
+    assert a.shape == (4, 3)
+    assert not torch.equal(a, b)  # dropout is active in training mode
+
+
+def test_unknown_arch_names_the_valid_ones() -> None:
+    with pytest.raises(ConfigError, match="unknown arch 'resnet9000'.*mobilenet_v2"):
+        build_model("resnet9000", STANDARD_HEADS)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"input_size": 20}, "input_size"),
+        ({"input_size": 224.0}, "input_size"),
+        ({"dropout": 1.0}, "dropout"),
+    ],
+)
+def test_build_model_rejects_bad_options(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        build_model("mobilenet_v3_small", STANDARD_HEADS, **kwargs)  # type: ignore[arg-type]
+
+
+def test_build_model_rejects_bad_heads() -> None:
+    with pytest.raises(ConfigError, match="at least one head"):
+        build_model("mobilenet_v3_small", [])
+    with pytest.raises(ConfigError, match="duplicate head names"):
+        build_model("mobilenet_v3_small", [STANDARD_HEADS[0], STANDARD_HEADS[0]])
+    with pytest.raises(ConfigError, match="divisible by 16"):
+        build_model("vit_b_16", STANDARD_HEADS, input_size=40)
+
+
+@pytest.mark.parametrize(
+    ("name", "labels", "match"),
+    [
+        ("body.part", ("a", "b"), "lower-case"),
+        ("Body", ("a", "b"), "lower-case"),
+        ("train", ("a", "b"), "reserved"),
+        ("x", ("only",), "at least 2 labels"),
+        ("x", ("a", "a"), "duplicate labels"),
+        ("x", ("a", ""), "non-empty"),
+    ],
+)
+def test_headspec_validation(name: str, labels: tuple[str, ...], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        HeadSpec(name, labels)
+
+
+def test_headspec_stores_labels_as_tuple() -> None:
+    spec = HeadSpec("x", ["a", "b"])  # type: ignore[arg-type]
+    assert spec.labels == ("a", "b")
+    assert hash(spec) == hash(HeadSpec("x", ("a", "b")))
+
+
+def test_build_model_never_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("build_model tried to fetch weights")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
+    monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", refuse)
+    build_model("mobilenet_v3_small", STANDARD_HEADS, input_size=64)
+
+
+def _seed_cache(tmp_path, monkeypatch: pytest.MonkeyPatch, arch: str) -> str:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    url = tvm.get_weight(ARCHS[arch].weights).url
+    target = tmp_path / "hub" / "checkpoints" / url.rsplit("/", 1)[-1]
+    target.parent.mkdir(parents=True)
+    return str(target)
+
+
+def test_load_imagenet_backbone_from_seeded_cache(
+    tmp_path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+) -> None:
+    target = _seed_cache(tmp_path, monkeypatch, "mobilenet_v3_small")
+    torch.manual_seed(1)
+    reference = tvm.mobilenet_v3_small(weights=None)
+    torch.save(reference.state_dict(), target)
+
+    torch.manual_seed(2)
+    model = build_model("mobilenet_v3_small", STANDARD_HEADS, input_size=64)
+    head_before = model.heads["instrument"][2].weight.clone()
+    load_imagenet_backbone(model)
+    ref = reference.state_dict()
+    got = model.backbone.state_dict()
+    assert set(got) < set(ref)  # only the 1000-way classifier is left out
+    for key, value in got.items():
+        assert torch.equal(value, ref[key]), key
+    # The kept MobileNetV3 960->1024 layer is loaded too, the heads are not touched.
+    assert torch.equal(model.backbone.classifier[0].weight, reference.classifier[0].weight)
+    assert torch.equal(model.heads["instrument"][2].weight, head_before)
+
+
+def test_load_imagenet_backbone_corrupt_cache_is_checkpoint_error(
+    tmp_path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+) -> None:
+    target = _seed_cache(tmp_path, monkeypatch, "resnet18")
+    with open(target, "wb") as f:
+        f.write(b"not a torch file")
+    model = build_model("resnet18", STANDARD_HEADS, input_size=64)
+    with pytest.raises(CheckpointError, match="offline, put the file at .*resnet18-"):
+        load_imagenet_backbone(model)
+
+
+def test_load_imagenet_backbone_vit_needs_224() -> None:
+    model = build_model("vit_b_16", STANDARD_HEADS, input_size=32)
+    with pytest.raises(CheckpointError, match="224"):
+        load_imagenet_backbone(model)

@@ -1,0 +1,92 @@
+"""Registry schema, journalling and pseudonymisation."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from xreg.errors import RegistryError
+from xreg.registry import SCHEMA_VERSION, ImageRecord, Pseudonymiser, Registry
+
+
+def new_run(reg: Registry) -> int:
+    return reg.start_run(xreg_version="t", input_root="/in", output_root="/out",
+                         model_path="m.pt", model_name="m", model_sha256="ab", options={"x": 1})
+
+
+def test_schema_version_and_wal(tmp_path):
+    with Registry(tmp_path / "r.sqlite") as reg:
+        new_run(reg)
+    db = sqlite3.connect(tmp_path / "r.sqlite")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "r.sqlite"
+    sqlite3.connect(path).execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(RegistryError, match="Upgrade xreg"):
+        Registry(path)
+
+
+def test_not_a_database_is_refused(tmp_path):
+    path = tmp_path / "r.sqlite"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(RegistryError, match="not an SQLite database"):
+        Registry(path)
+
+
+def test_readonly_missing_registry(tmp_path):
+    with pytest.raises(RegistryError, match="no registry"):
+        Registry(tmp_path / "none.sqlite", readonly=True)
+
+
+def test_pending_then_done_then_known_source(tmp_path):
+    with Registry(tmp_path / "r.sqlite") as reg:
+        run = new_run(reg)
+        rec = ImageRecord("a" * 64, 10, "sorted", "hand/no_instrument/x.png", "copy",
+                          "/in/x.png", 123, {"body_part": "hand", "body_part_prob": 0.9})
+        reg.begin_images(run, [rec])
+        assert [img.sha256 for img, _ in reg.pending_images()] == ["a" * 64]
+        assert reg.known_source("/in/x.png", 10, 123) is None  # not done yet
+        assert "a" * 64 not in reg.done_hashes()
+        reg.complete_image("a" * 64, "hand/no_instrument/x.png")
+        assert reg.known_source("/in/x.png", 10, 123) == ("a" * 64, False)
+        assert reg.known_source("/in/x.png", 10, 999) is None  # modified since
+        reg.add_source("a" * 64, "/in/copy.png", 10, 5, run)
+        stats = reg.stats()
+        assert stats == [{"status": "sorted", "body_part": "hand", "instrument": None,
+                          "images": 1, "sources": 2}]
+        exported = list(reg.iter_images())
+        assert sorted(exported[0]["source_paths"]) == ["/in/copy.png", "/in/x.png"]
+
+
+def test_discard_pending_removes_sources(tmp_path):
+    with Registry(tmp_path / "r.sqlite") as reg:
+        run = new_run(reg)
+        reg.begin_images(run, [ImageRecord("b" * 64, 1, "sorted", "d", "copy", "/in/b", 1, {})])
+        reg.discard_pending("b" * 64)
+        assert reg.pending_images() == []
+        assert reg.get_image("b" * 64) is None
+
+
+def test_unknown_field_is_refused(tmp_path):
+    with Registry(tmp_path / "r.sqlite") as reg:
+        run = new_run(reg)
+        with pytest.raises(RegistryError, match="unknown image fields"):
+            reg.begin_images(run, [ImageRecord("c" * 64, 1, "sorted", "d", "copy", "/c", 1,
+                                               {"patient_name": "x"})])
+
+
+def test_pseudonymiser_is_keyed_and_stable(tmp_path, monkeypatch):
+    monkeypatch.delenv("XREG_PATIENT_KEY", raising=False)
+    reg_path = tmp_path / "r.sqlite"
+    p1 = Pseudonymiser.for_registry(reg_path)
+    p2 = Pseudonymiser.for_registry(reg_path)
+    assert p1("12345") == p2("12345") != p1("12346")
+    assert (tmp_path / "r.sqlite.key").stat().st_mode & 0o077 == 0
+    other = Pseudonymiser.for_registry(tmp_path / "other" / "r.sqlite")
+    assert other("12345") != p1("12345")
+    assert "12345" not in p1("12345")
+    assert p1(None) is None and p1("") is None

@@ -1,0 +1,78 @@
+"""The pure planner and the layout rules."""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from xreg.errors import ConfigError
+from xreg.sorting import (
+    PlanItem, plan_moves, render_layout, sanitise, suffixed, validate_layout,
+)
+
+LAYOUT = "{body_part}/{instrument}/{name}"
+
+
+def item(src: str, sha: str, status: str = "sorted", **fields: str) -> PlanItem:
+    base = {"body_part": "hand", "instrument": "no_instrument", "name": Path(src).name}
+    return PlanItem(Path(src), sha, status, base | fields)
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("../../etc", "etc"), ("/abs/path", "abs_path"), ("..", "unknown"), ("", "unknown"),
+    (None, "unknown"), ("AP", "AP"), ("L R", "L_R"), (".hidden", "hidden"),
+    ("a/../b", "a_.._b"), ("x" * 200, "x" * 80), ("名前", "unknown"),
+])
+def test_sanitise(value, expected):
+    assert sanitise(value) == expected
+    assert "/" not in sanitise(value)
+
+
+def test_sanitised_values_never_escape():
+    hostile = {"body_part": "../..", "instrument": "/etc", "view": "..", "name": "../../x.png"}
+    rel = render_layout("{body_part}/{instrument}/{view}/{name}", hostile)
+    assert not rel.is_absolute() and ".." not in rel.parts
+    assert rel == PurePosixPath("unknown/etc/unknown/x.png")
+
+
+@pytest.mark.parametrize("bad", ["", "/x/{name}", "../{name}", "a//{name}", "{nope}/{name}",
+                                 "{body_part}", "{name!r}", "{name:>5}", "_review/{name}",
+                                 "a\\{name}", "{body_part"])
+def test_validate_layout_rejects(bad):
+    with pytest.raises(ConfigError, match="layout|field"):
+        validate_layout(bad)
+
+
+def test_plan_sorted_review_unreadable():
+    moves = plan_moves([
+        item("/in/a.png", "1" * 64),
+        item("/in/b.png", "2" * 64, status="review"),
+        item("/in/c.dcm", "3" * 64, status="unreadable"),
+    ], layout=LAYOUT)
+    assert [str(m.dest) for m in moves] == [
+        "hand/no_instrument/a.png", "_review/b.png", "_unreadable/c.dcm"]
+
+
+def test_plan_same_name_different_content_gets_suffix():
+    moves = plan_moves([item("/in/x/a.png", "1" * 64), item("/in/y/a.png", "2" * 64)],
+                       layout=LAYOUT)
+    assert str(moves[0].dest) == "hand/no_instrument/a.png"
+    assert str(moves[1].dest) == "hand/no_instrument/a__22222222.png"
+
+
+def test_plan_same_content_twice_is_one_placement():
+    moves = plan_moves([item("/in/x/a.png", "1" * 64), item("/in/y/b.png", "1" * 64)],
+                       layout=LAYOUT)
+    assert moves[1].duplicate_of == Path("/in/x/a.png")
+    assert moves[1].dest == moves[0].dest
+
+
+def test_plan_is_deterministic():
+    items = [item(f"/in/{i % 3}.png", f"{i:064d}") for i in range(10)]
+    assert plan_moves(items, layout=LAYOUT) == plan_moves(items, layout=LAYOUT)
+
+
+def test_suffixed_keeps_extension():
+    assert suffixed(PurePosixPath("a/b.tar.gz"), "abcdef1234") == PurePosixPath("a/b__abcdef12.tar.gz")
+    assert suffixed(PurePosixPath("a/IM0001"), "abcdef1234") == PurePosixPath("a/IM0001__abcdef12")

@@ -1,0 +1,80 @@
+"""Options for ``xreg sort``: built-in defaults < YAML config file < command line."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from xreg.errors import ConfigError
+from xreg.sorting import DEFAULT_LAYOUT, MODES, validate_layout
+
+
+@dataclass(frozen=True)
+class SortOptions:
+    """Everything a sort run needs besides its input and output folders."""
+
+    weights: Path | None = None
+    mode: str = "copy"
+    dry_run: bool = False
+    batch_size: int = 16
+    workers: int = 2
+    device: str = "auto"
+    min_confidence: float | None = None  # None: the model card's threshold
+    min_age: float = 10.0
+    layout: str = DEFAULT_LAYOUT
+    registry: Path | None = None
+    strict: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.batch_size < 1 or self.batch_size > 1024:
+            raise ConfigError("batch_size must be between 1 and 1024")
+        if self.workers < 1 or self.workers > 64:
+            raise ConfigError("workers must be between 1 and 64")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device must be auto, cpu or cuda, not {self.device!r}")
+        if self.min_confidence is not None and not 0.0 <= self.min_confidence <= 1.0:
+            raise ConfigError("min_confidence must be between 0 and 1")
+        if self.min_age < 0:
+            raise ConfigError("min_age must not be negative")
+        validate_layout(self.layout)
+
+
+_PATH_KEYS = {"weights", "registry"}
+
+
+def load_sort_options(config: Path | None, overrides: Mapping[str, Any]) -> SortOptions:
+    """Merge a YAML file (its ``sort:`` section) and command-line overrides.
+
+    ``overrides`` holds only the options the user actually gave (None means
+    not given). Unknown keys are rejected by name.
+    """
+    values: dict[str, Any] = {}
+    if config is not None:
+        try:
+            data = yaml.safe_load(Path(config).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config {config}: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{config}: expected a mapping at the top level")
+        section = data.get("sort", data)
+        if not isinstance(section, dict):
+            raise ConfigError(f"{config}: 'sort' must be a mapping")
+        values.update(section)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in dataclasses.fields(SortOptions)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown sort option(s): {', '.join(unknown)}")
+    for key in _PATH_KEYS & set(values):
+        values[key] = Path(values[key]).expanduser()
+    try:
+        return SortOptions(**values)
+    except TypeError as exc:
+        raise ConfigError(f"bad sort option: {exc}") from None

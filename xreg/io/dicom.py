@@ -1,0 +1,270 @@
+"""Decode DICOM radiographs: first frame, modality LUT, VOI, MONOCHROME1, colour."""
+
+from __future__ import annotations
+
+import struct
+from typing import IO, Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, get_decoder
+from pydicom.pixels import pixel_array as _pixel_array
+from pydicom.uid import (
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000,
+    JPEG2000Lossless,
+)
+
+from xreg.errors import UnreadableImageError
+from xreg.io import j2k, pixels
+from xreg.io._records import ImageMeta, XrayImage, check_size
+
+#: Header fields copied into ``ImageMeta.dicom`` (as strings, when non-empty).
+#: ``Laterality`` holds ImageLaterality, falling back to the series Laterality.
+DICOM_FIELDS = (
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "AccessionNumber",
+    "Modality",
+    "BodyPartExamined",
+    "ViewPosition",
+    "Laterality",
+    "SeriesDescription",
+    "StudyDate",
+    "PatientID",
+)
+
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_GREY = ("MONOCHROME1", "MONOCHROME2")
+_COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420")
+_J2K_SYNTAXES = (JPEG2000Lossless, JPEG2000)
+# Messages pydicom and the codecs use when the data stops early.
+_TRUNCATION_HINTS = ("less than expected", "truncat", "insufficient", "end of", "eof")
+_DECODE_ERRORS = (
+    ValueError,
+    TypeError,
+    KeyError,
+    AttributeError,
+    IndexError,
+    struct.error,
+    EOFError,
+    OSError,
+    NotImplementedError,
+    RuntimeError,
+    SyntaxError,
+    StopIteration,
+)
+
+
+def header_fields(ds: Dataset) -> dict[str, str]:
+    """The :data:`DICOM_FIELDS` present and non-empty in ``ds``, as strings."""
+    out: dict[str, str] = {}
+    for key in DICOM_FIELDS:
+        sources = ("ImageLaterality", "Laterality") if key == "Laterality" else (key,)
+        for source in sources:
+            try:
+                value = ds.get(source)
+            except _DECODE_ERRORS:  # a corrupt element must not sink the image
+                value = None
+            text = "" if value is None else str(value).strip()
+            if text:
+                out[key] = text
+                break
+    return out
+
+
+def _int(ds: Dataset, keyword: str, default: int) -> int:
+    try:
+        return int(ds.get(keyword) or default)
+    except (TypeError, ValueError):
+        return default
+
+
+def _ensure_transfer_syntax(ds: Dataset) -> UID:
+    """Fill in the transfer syntax of a file without meta information from how it was read."""
+    meta = getattr(ds, "file_meta", None)
+    ts = meta.get("TransferSyntaxUID") if meta is not None else None
+    if ts:
+        return UID(str(ts))
+    implicit, little = ds.original_encoding
+    if little is False:
+        ts = ExplicitVRBigEndian
+    elif implicit:
+        ts = ImplicitVRLittleEndian
+    else:
+        ts = ExplicitVRLittleEndian
+    if meta is None:
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ts
+    return ts
+
+
+def _check_decodable(ts: UID) -> None:
+    try:
+        decoder = get_decoder(ts)
+    except NotImplementedError as exc:
+        raise UnreadableImageError("unsupported transfer syntax", ts.name) from exc
+    if not decoder.is_available:
+        needs = "; ".join(decoder.missing_dependencies)
+        raise UnreadableImageError("unsupported transfer syntax", f"{ts.name} ({needs})")
+
+
+def _j2k_first_frame(ds: Dataset, target_size: int) -> tuple[np.ndarray, int] | None:
+    """First frame of a grey JPEG 2000 dataset at reduced resolution, or ``None``."""
+    frames = _int(ds, "NumberOfFrames", 1)
+    frame = next(generate_frames(ds.PixelData, number_of_frames=frames))
+    header = j2k.parse_header(frame)
+    if header is None or header.components != 1 or (header.rows, header.cols) != (
+        _int(ds, "Rows", 0),
+        _int(ds, "Columns", 0),
+    ):
+        return None
+    levels = j2k.reduce_levels(header, target_size)
+    if levels == 0:
+        return None
+    arr = j2k.decode_codestream(frame, header, levels)
+    if _int(ds, "PixelRepresentation", 0) == 1 and not header.signed:
+        # Codestream says unsigned, the header says signed: the header wins
+        # (as in pydicom), sign-extending from Bits Stored.
+        bits = _int(ds, "BitsStored", header.precision)
+        arr = arr.astype(np.int32)
+        arr[arr >= 1 << (bits - 1)] -= 1 << bits
+    return arr, 2**levels
+
+
+def first_frame(ds: Dataset, ts: UID, target_size: int | None) -> tuple[np.ndarray, int]:
+    """Stored values of frame 0 and the factor decoding already shrank it by.
+
+    Only grey JPEG 2000 decodes at reduced resolution; any trouble on that
+    path falls back to pydicom's full decode, which handles the edge cases.
+    """
+    if target_size and ts in _J2K_SYNTAXES and _int(ds, "SamplesPerPixel", 1) == 1:
+        try:
+            reduced = _j2k_first_frame(ds, target_size)
+        except (OSError, ValueError, SyntaxError, struct.error, StopIteration):
+            reduced = None
+        if reduced is not None:
+            return reduced
+    return _pixel_array(ds, index=0), 1
+
+
+def _first(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        value = value[0] if len(value) else None
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def window_or_minmax(values: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Apply the header's window onto [0, 1], else the image's own min..max.
+
+    A window that leaves the image a single flat value is treated as broken
+    metadata and ignored: a blank image is no use to the classifier.
+    """
+    center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
+    if center is not None and width is not None:
+        function = str(ds.get("VOILUTFunction") or "LINEAR")
+        try:
+            out = pixels.window(values, center, width, function)
+        except ValueError:
+            out = None
+        if out is not None and out.size and float(out.max()) > float(out.min()):
+            return out
+    return pixels.normalise_minmax(values)
+
+
+def grey_to_unit(raw: np.ndarray, ds: Dataset, factor: int) -> np.ndarray:
+    """Stored grey values -> [0, 1] display values, shrunk by ``factor``, bone bright."""
+    voi_lut = ds.get("VOILUTSequence")
+    if ds.get("ModalityLUTSequence") or voi_lut:
+        # Lookup tables are non-linear, so they run on full-resolution integers.
+        values = apply_modality_lut(raw, ds)
+        if voi_lut:
+            if values.dtype.kind == "f":
+                values = np.rint(values).astype(np.int64)
+            depth = int(voi_lut[0].LUTDescriptor[2])
+            out = pixels.normalise_range(
+                pixels.downsample(apply_voi(values, ds), factor), 0, 2**depth - 1
+            )
+        else:
+            out = window_or_minmax(pixels.downsample(values, factor), ds)
+    else:
+        small = pixels.downsample(raw, factor)
+        slope = _first(ds.get("RescaleSlope"))
+        intercept = _first(ds.get("RescaleIntercept"))
+        values = pixels.rescale(small, slope or 1.0, intercept or 0.0)
+        out = window_or_minmax(values, ds)
+    if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
+        out = pixels.invert(out)
+    return out
+
+
+def colour_to_unit(raw: np.ndarray, ds: Dataset, factor: int) -> np.ndarray:
+    """RGB (or palette) stored values -> [0, 1] luminance, shrunk by ``factor``."""
+    if str(ds.get("PhotometricInterpretation", "")).strip() == "PALETTE COLOR":
+        raw = apply_color_lut(raw, ds)
+        top = 255.0 if raw.dtype == np.uint8 else 65535.0
+    else:
+        top = float(2 ** _int(ds, "BitsStored", 8 * raw.dtype.itemsize) - 1)
+    grey = pixels.to_grey(pixels.downsample(raw, factor))
+    return pixels.normalise_range(grey, 0.0, top)
+
+
+def _classify(exc: BaseException) -> UnreadableImageError:
+    text = f"{type(exc).__name__}: {exc}".lower()
+    if isinstance(exc, EOFError) or any(hint in text for hint in _TRUNCATION_HINTS):
+        return UnreadableImageError("truncated file", type(exc).__name__)
+    return UnreadableImageError("corrupt data", type(exc).__name__)
+
+
+def load_dicom(fp: IO[bytes], target_size: int | None = None) -> XrayImage:
+    """Decode the first frame of a DICOM file object into an :class:`XrayImage`."""
+    try:
+        ds = pydicom.dcmread(fp, force=True)
+        photometric = str(ds.get("PhotometricInterpretation", "")).strip()
+        rows, cols = _int(ds, "Rows", 0), _int(ds, "Columns", 0)
+    except _DECODE_ERRORS as exc:
+        raise _classify(exc) from None
+    if not any(k in ds for k in _PIXEL_KEYWORDS):
+        if rows and cols:  # an image header whose pixel data was cut off
+            raise UnreadableImageError("truncated file", "pixel data missing")
+        raise UnreadableImageError("no pixel data")
+    samples = _int(ds, "SamplesPerPixel", 1)
+    check_size(rows, cols, samples)
+    if photometric not in _GREY + _COLOUR + ("PALETTE COLOR",):
+        raise UnreadableImageError(
+            f"unsupported photometric interpretation {photometric or '(none)'}"
+        )
+    try:
+        ts = _ensure_transfer_syntax(ds)
+        _check_decodable(ts)
+        raw, reduced = first_frame(ds, ts, target_size)
+        factor = pixels.reduction_factor(raw.shape[:2], target_size)
+        if raw.ndim == 3 or photometric == "PALETTE COLOR":
+            out = colour_to_unit(raw, ds, factor)
+        else:
+            out = grey_to_unit(raw, ds, factor)
+    except UnreadableImageError:
+        raise
+    except _DECODE_ERRORS as exc:
+        raise _classify(exc) from None
+    meta = ImageMeta(
+        format="dicom",
+        original_shape=(rows, cols),
+        frames=max(_int(ds, "NumberOfFrames", 1), 1),
+        photometric=photometric,
+        bits_stored=_int(ds, "BitsStored", 8 * raw.dtype.itemsize),
+        reduced_by=reduced * factor,
+        dicom=header_fields(ds),
+    )
+    return XrayImage(np.ascontiguousarray(out, dtype=np.float32), meta)

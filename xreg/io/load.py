@@ -1,0 +1,52 @@
+"""``load_image``: route a file to the decoder its content calls for."""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import IO
+
+from xreg.errors import UnreadableImageError
+from xreg.io._records import XrayImage
+from xreg.io.detect import SNIFF_BYTES, sniff_format
+
+
+def _decode(fp: IO[bytes], target_size: int | None) -> XrayImage:
+    head = fp.read(SNIFF_BYTES)
+    if not head:
+        raise UnreadableImageError("empty file")
+    fmt = sniff_format(head)
+    if fmt is None:
+        raise UnreadableImageError("not an image")
+    fp.seek(0)
+    if fmt == "dicom":
+        from xreg.io.dicom import load_dicom  # pydicom is only imported when needed
+
+        return load_dicom(fp, target_size)
+    from xreg.io.raster import load_raster
+
+    return load_raster(fp, fmt, target_size)
+
+
+def load_image(
+    source: str | os.PathLike[str] | bytes, target_size: int | None = None
+) -> XrayImage:
+    """Decode a radiograph into float32 pixels in [0, 1], bone bright.
+
+    ``source`` is a path or the whole file content. With ``target_size`` the
+    image is decoded or shrunk by a whole factor (JPEG draft, JPEG 2000
+    resolution levels, block means) while its shorter side stays at least
+    ``target_size``; ``meta.reduced_by`` says by how much. Raises
+    :class:`~xreg.errors.UnreadableImageError` with a short reason.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return _decode(io.BytesIO(source), target_size)
+    try:
+        with open(source, "rb") as f:
+            return _decode(f, target_size)
+    except IsADirectoryError:
+        raise UnreadableImageError("not an image", "a directory") from None
+    except FileNotFoundError:
+        raise UnreadableImageError("file not found") from None
+    except PermissionError:
+        raise UnreadableImageError("permission denied") from None

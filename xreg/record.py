@@ -1,0 +1,85 @@
+"""From a prediction to the values the planner and the registry store.
+
+Header values are copied only from a short list of non-identifying DICOM
+fields; PatientID and AccessionNumber pass only through a keyed hash.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import PurePosixPath
+from typing import Any
+
+from xreg.predict import Prediction
+
+_EXTENSIONS = {"dicom": ".dcm", "png": ".png", "jpeg": ".jpg", "tiff": ".tif", "jp2": ".jp2"}
+
+
+def placement_status(pred: Prediction, min_confidence: float) -> str:
+    """``unreadable``, ``review`` (body part below ``min_confidence``) or ``sorted``."""
+    if pred.status == "unreadable" or not pred.labels:
+        return "unreadable"
+    return "review" if pred.confidence("body_part") < min_confidence else "sorted"
+
+
+def layout_fields(pred: Prediction) -> dict[str, str]:
+    """Values for ``--layout``; the sorter sanitises each before use."""
+    name = pred.source.path.name
+    if pred.meta is not None and not PurePosixPath(name).suffix:
+        # DICOM files often have no extension; viewers need one.
+        name += _EXTENSIONS.get(pred.meta.format, "")
+    dicom = pred.meta.dicom if pred.meta is not None else {}
+    date = dicom.get("StudyDate", "")
+    stem, _, ext = name.partition(".")
+    return {
+        "body_part": pred.labels.get("body_part", ""),
+        "instrument": pred.labels.get("instrument", ""),
+        "view": dicom.get("ViewPosition", ""),
+        "laterality": dicom.get("Laterality", ""),
+        "study_date": date,
+        "year": date[:4],
+        "modality": dicom.get("Modality", ""),
+        "study_uid": dicom.get("StudyInstanceUID", ""),
+        "name": name,
+        "stem": stem,
+        "ext": ext,
+        "sha8": pred.sha256[:8],
+    }
+
+
+def image_fields(
+    pred: Prediction, model_sha256: str, pseudonymise: Callable[[str | None], str | None]
+) -> dict[str, Any]:
+    """Columns of the registry's ``images`` row for one prediction."""
+    meta = pred.meta
+    dicom = meta.dicom if meta is not None else {}
+    fields: dict[str, Any] = {
+        "format": meta.format if meta else None,
+        "error": pred.error,
+        "model_sha256": model_sha256 if pred.labels else None,
+    }
+    if meta is not None:
+        fields.update(rows=meta.original_shape[0], cols=meta.original_shape[1],
+                      frames=meta.frames)
+    if pred.labels:
+        fields.update(
+            body_part=pred.labels["body_part"],
+            body_part_prob=pred.confidence("body_part"),
+            instrument=int(pred.labels.get("instrument") == "instrument"),
+            instrument_prob=pred.probabilities.get("instrument", {}).get("instrument"),
+            probabilities=json.dumps(pred.probabilities, sort_keys=True),
+        )
+    fields.update(
+        study_uid=dicom.get("StudyInstanceUID"),
+        series_uid=dicom.get("SeriesInstanceUID"),
+        sop_uid=dicom.get("SOPInstanceUID"),
+        modality=dicom.get("Modality"),
+        body_part_examined=dicom.get("BodyPartExamined"),
+        view_position=dicom.get("ViewPosition"),
+        laterality=dicom.get("Laterality"),
+        study_date=dicom.get("StudyDate"),
+        patient_key=pseudonymise(dicom.get("PatientID")),
+        accession_key=pseudonymise(dicom.get("AccessionNumber")),
+    )
+    return fields

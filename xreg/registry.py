@@ -1,0 +1,384 @@
+"""The SQLite registry: what the model said about every file and where it went.
+
+One database per output folder (``OUT/registry.sqlite``), WAL mode, schema
+version in ``PRAGMA user_version``. Rows are committed one file at a time so a
+run killed at any moment leaves a registry that agrees with the disk.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import getpass
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import socket
+import sqlite3
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from xreg.errors import RegistryError
+
+SCHEMA_VERSION = 1
+
+# Each entry migrates the schema from version i to i + 1.
+_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE runs (
+        id            INTEGER PRIMARY KEY,
+        started       TEXT NOT NULL,
+        finished      TEXT,
+        status        TEXT NOT NULL,          -- running | finished | failed
+        xreg_version  TEXT NOT NULL,
+        user          TEXT,
+        host          TEXT,
+        input_root    TEXT,
+        output_root   TEXT,
+        model_path    TEXT,
+        model_name    TEXT,
+        model_sha256  TEXT,
+        options       TEXT,                   -- JSON
+        counts        TEXT                    -- JSON
+    );
+    CREATE TABLE images (
+        sha256            TEXT PRIMARY KEY,   -- content hash of the file
+        size              INTEGER NOT NULL,
+        state             TEXT NOT NULL,      -- pending | done
+        status            TEXT NOT NULL,      -- sorted | review | unreadable
+        dest_path         TEXT NOT NULL,      -- relative to the output folder
+        mode              TEXT NOT NULL,      -- copy | move | link | hardlink
+        format            TEXT,
+        body_part         TEXT,
+        body_part_prob    REAL,
+        instrument        INTEGER,
+        instrument_prob   REAL,
+        probabilities     TEXT,               -- JSON: head -> label -> probability
+        error             TEXT,
+        rows              INTEGER,
+        cols              INTEGER,
+        frames            INTEGER,
+        study_uid         TEXT,
+        series_uid        TEXT,
+        sop_uid           TEXT,
+        accession_key     TEXT,               -- keyed hash, never the number itself
+        patient_key       TEXT,               -- keyed hash, never the PatientID itself
+        modality          TEXT,
+        body_part_examined TEXT,
+        view_position     TEXT,
+        laterality        TEXT,
+        study_date        TEXT,
+        model_sha256      TEXT,
+        run_id            INTEGER REFERENCES runs(id),
+        created           TEXT NOT NULL,
+        updated           TEXT NOT NULL
+    );
+    CREATE INDEX images_status ON images(status, body_part, instrument);
+    CREATE INDEX images_state ON images(state);
+    CREATE TABLE sources (
+        path          TEXT PRIMARY KEY,       -- absolute source path as seen
+        sha256        TEXT NOT NULL REFERENCES images(sha256),
+        size          INTEGER NOT NULL,
+        mtime_ns      INTEGER NOT NULL,
+        run_id        INTEGER REFERENCES runs(id),
+        removed       INTEGER NOT NULL DEFAULT 0,  -- 1 once --mode move removed it
+        seen          TEXT NOT NULL
+    );
+    CREATE INDEX sources_sha ON sources(sha256);
+    """,
+)
+
+# Columns of ``images`` a caller may set through ImageRecord.fields.
+IMAGE_FIELDS: tuple[str, ...] = (
+    "format", "body_part", "body_part_prob", "instrument", "instrument_prob",
+    "probabilities", "error", "rows", "cols", "frames", "study_uid", "series_uid",
+    "sop_uid", "accession_key", "patient_key", "modality", "body_part_examined",
+    "view_position", "laterality", "study_date", "model_sha256",
+)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One content hash's row: where it goes and what the model said."""
+
+    sha256: str
+    size: int
+    status: str
+    dest_path: str
+    mode: str
+    source: str
+    mtime_ns: int
+    fields: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """The registry's view of a content hash."""
+
+    sha256: str
+    state: str
+    status: str
+    dest_path: str
+    mode: str
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class Registry:
+    """A connection to one registry database. Use as a context manager.
+
+    ``readonly`` opens an existing database without creating or migrating it
+    (what ``--dry-run`` and ``registry stats`` need).
+    """
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        if readonly and not self.path.exists():
+            raise RegistryError(f"no registry at {self.path}")
+        if not readonly:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        target = f"file:{self.path}?mode=ro" if readonly else str(self.path)
+        self._db = sqlite3.connect(target, uri=readonly, isolation_level=None, timeout=30)
+        self._db.row_factory = sqlite3.Row
+        try:
+            if not readonly:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                # NORMAL in WAL mode survives a killed process; FULL would add
+                # an fsync per commit for power-loss durability not promised.
+                self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise RegistryError(f"{self.path} is not an SQLite database ({exc})") from None
+
+    # -- lifecycle -----------------------------------------------------------
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RegistryError(
+                f"{self.path} has schema version {version}; this xreg knows up to "
+                f"{SCHEMA_VERSION}. Upgrade xreg."
+            )
+        if version == SCHEMA_VERSION:
+            return
+        if self.readonly:
+            raise RegistryError(f"{self.path} needs a schema upgrade; run xreg sort once")
+        for target in range(version, SCHEMA_VERSION):
+            with self._transaction():
+                self._db.executescript(_MIGRATIONS[target])
+            self._db.execute(f"PRAGMA user_version = {target + 1}")
+
+    def _transaction(self) -> sqlite3.Connection:
+        # isolation_level=None means autocommit; `with db:` still commits or
+        # rolls back, and BEGIN IMMEDIATE takes the write lock up front.
+        self._db.execute("BEGIN IMMEDIATE")
+        return self._db
+
+    # -- runs ----------------------------------------------------------------
+    def start_run(
+        self,
+        *,
+        xreg_version: str,
+        input_root: str,
+        output_root: str,
+        model_path: str,
+        model_name: str,
+        model_sha256: str,
+        options: Mapping[str, Any],
+    ) -> int:
+        """Record the start of a run and return its id."""
+        with self._transaction() as db:
+            cur = db.execute(
+                "INSERT INTO runs (started, status, xreg_version, user, host, input_root,"
+                " output_root, model_path, model_name, model_sha256, options)"
+                " VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (_now(), xreg_version, _user(), socket.gethostname(), input_root,
+                 output_root, model_path, model_name, model_sha256,
+                 json.dumps(dict(options), sort_keys=True, default=str)),
+            )
+        return int(cur.lastrowid or 0)
+
+    def finish_run(self, run_id: int, counts: Mapping[str, int], status: str = "finished") -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE runs SET finished = ?, status = ?, counts = ? WHERE id = ?",
+                (_now(), status, json.dumps(dict(counts), sort_keys=True), run_id),
+            )
+
+    # -- images and sources --------------------------------------------------
+    def get_image(self, sha256: str) -> StoredImage | None:
+        row = self._db.execute(
+            "SELECT sha256, state, status, dest_path, mode FROM images WHERE sha256 = ?",
+            (sha256,),
+        ).fetchone()
+        return StoredImage(**dict(row)) if row else None
+
+    def done_hashes(self) -> set[str]:
+        """Content hashes already placed; their files need no decoding."""
+        return {r[0] for r in self._db.execute("SELECT sha256 FROM images WHERE state = 'done'")}
+
+    def known_source(self, path: str, size: int, mtime_ns: int) -> tuple[str, bool] | None:
+        """(sha256, removed) of a source path seen before with this size and mtime."""
+        row = self._db.execute(
+            "SELECT s.sha256, s.removed FROM sources s JOIN images i USING (sha256)"
+            " WHERE s.path = ? AND s.size = ? AND s.mtime_ns = ? AND i.state = 'done'",
+            (path, size, mtime_ns),
+        ).fetchone()
+        return (row[0], bool(row[1])) if row else None
+
+    def begin_images(self, run_id: int, records: list[ImageRecord]) -> None:
+        """Journal planned placements (image row + source row) before any file is touched.
+
+        A run killed after this commit leaves ``pending`` rows that the next
+        run resolves with :meth:`pending_images`: kept if the destination is
+        complete, discarded otherwise.
+        """
+        now = _now()
+        with self._transaction() as db:
+            for rec in records:
+                unknown = set(rec.fields) - set(IMAGE_FIELDS)
+                if unknown:
+                    raise RegistryError(f"unknown image fields {sorted(unknown)}")
+                cols = ["sha256", "size", "state", "status", "dest_path", "mode",
+                        "run_id", "created", "updated", *rec.fields]
+                values = [rec.sha256, rec.size, "pending", rec.status, rec.dest_path,
+                          rec.mode, run_id, now, now, *rec.fields.values()]
+                db.execute(
+                    f"INSERT OR REPLACE INTO images ({', '.join(cols)})"
+                    f" VALUES ({', '.join('?' * len(cols))})",
+                    values,
+                )
+                self._upsert_source(db, rec.source, rec.sha256, rec.size, rec.mtime_ns, run_id)
+
+    def complete_image(self, sha256: str, dest_path: str) -> None:
+        """Mark a journalled image as placed at ``dest_path`` (one commit)."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE images SET state = 'done', dest_path = ?, updated = ? WHERE sha256 = ?",
+                (dest_path, _now(), sha256),
+            )
+
+    def add_source(self, sha256: str, source: str, size: int, mtime_ns: int, run_id: int) -> None:
+        """Record another path at which already-placed content was seen."""
+        with self._transaction() as db:
+            self._upsert_source(db, source, sha256, size, mtime_ns, run_id)
+
+    def mark_source_removed(self, source: str) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE sources SET removed = 1 WHERE path = ?", (source,))
+
+    def pending_images(self) -> list[tuple[StoredImage, list[str]]]:
+        """Journalled but unfinished placements, each with its source paths."""
+        rows = self._db.execute(
+            "SELECT sha256, state, status, dest_path, mode FROM images WHERE state = 'pending'"
+        ).fetchall()
+        out = []
+        for r in rows:
+            sources = [s[0] for s in self._db.execute(
+                "SELECT path FROM sources WHERE sha256 = ?", (r["sha256"],))]
+            out.append((StoredImage(**dict(r)), sources))
+        return out
+
+    def discard_pending(self, sha256: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM sources WHERE sha256 = ?", (sha256,))
+            db.execute("DELETE FROM images WHERE sha256 = ? AND state = 'pending'", (sha256,))
+
+    @staticmethod
+    def _upsert_source(
+        db: sqlite3.Connection, path: str, sha256: str, size: int, mtime_ns: int, run_id: int
+    ) -> None:
+        db.execute(
+            "INSERT INTO sources (path, sha256, size, mtime_ns, run_id, seen)"
+            " VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(path) DO UPDATE SET sha256 = excluded.sha256, size = excluded.size,"
+            " mtime_ns = excluded.mtime_ns, run_id = excluded.run_id, seen = excluded.seen,"
+            " removed = 0",
+            (path, sha256, size, mtime_ns, run_id, _now()),
+        )
+
+    # -- queries ---------------------------------------------------------------
+    def stats(self) -> list[dict[str, Any]]:
+        """Counts of placed images per status, body part and instrument."""
+        rows = self._db.execute(
+            "SELECT i.status, i.body_part, i.instrument, COUNT(DISTINCT i.sha256) AS images,"
+            " COUNT(s.path) AS sources"
+            " FROM images i LEFT JOIN sources s USING (sha256) WHERE i.state = 'done'"
+            " GROUP BY i.status, i.body_part, i.instrument"
+            " ORDER BY i.status, i.body_part, i.instrument"
+        ).fetchall()
+        return [dict(r) for r in rows]
+
+    def iter_images(self) -> Iterator[dict[str, Any]]:
+        """Every placed image with its source paths (a list), for export."""
+        cur = self._db.execute(
+            "SELECT i.*, (SELECT json_group_array(path) FROM sources s"
+            " WHERE s.sha256 = i.sha256) AS source_paths"
+            " FROM images i WHERE state = 'done' ORDER BY dest_path"
+        )
+        for row in cur:
+            item = dict(row)
+            item["source_paths"] = json.loads(item["source_paths"] or "[]")
+            yield item
+
+    def runs(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._db.execute("SELECT * FROM runs ORDER BY id")]
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return ""
+
+
+class Pseudonymiser:
+    """Keyed hashes (HMAC-SHA256) of identifiers such as PatientID.
+
+    The key lives beside the registry (``registry.sqlite.key``, mode 0600) or
+    comes from ``XREG_PATIENT_KEY``, so the registry alone cannot be reversed
+    by hashing candidate IDs, while the same patient gets the same key across
+    runs.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    @classmethod
+    def for_registry(cls, registry_path: Path, *, create: bool = True) -> Pseudonymiser:
+        env = os.environ.get("XREG_PATIENT_KEY")
+        if env:
+            return cls(env.encode())
+        key_path = registry_path.with_name(registry_path.name + ".key")
+        if key_path.exists():
+            return cls(key_path.read_bytes())
+        key = secrets.token_hex(32).encode()
+        if create:
+            key_path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(key)
+                fh.flush()
+                os.fsync(fh.fileno())
+        return cls(key)
+
+    def __call__(self, value: str | None) -> str | None:
+        if not value:
+            return None
+        return hmac.new(self._key, value.encode(), hashlib.sha256).hexdigest()[:32]

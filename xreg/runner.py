@@ -1,0 +1,314 @@
+"""One ``xreg sort`` run: scan, lock, recover, predict, plan, place, record.
+
+The order of effects is what makes a run safe to kill at any moment:
+journal the batch's placements in the registry, place each file (temp name,
+fsync, verify, no-replace link), commit its row, and only then, for
+``--mode move``, remove the source. The next run removes stray temp files
+and resolves any journalled placement against the disk.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from xreg import __version__
+from xreg.checkpoint import LoadedModel, load_checkpoint
+from xreg.config import SortOptions
+from xreg.errors import ConfigError, LockedError, XregError
+from xreg.io import find_images
+from xreg.predict import Prediction, SourceFile, predict_files, resolve_device
+from xreg.record import image_fields, layout_fields, placement_status
+from xreg.registry import ImageRecord, Pseudonymiser, Registry
+from xreg.sorting import (
+    Move, PlanItem, apply_move, clean_temps, find_placed, plan_moves, remove_source,
+)
+
+LOCK_NAME = ".xreg.lock"
+REGISTRY_NAME = "registry.sqlite"
+STATUSES = ("sorted", "review", "unreadable", "duplicate", "already_done", "too_new", "failed")
+
+
+class Reporter(Protocol):
+    """How a run tells its caller about progress (the CLI draws a bar)."""
+
+    def start(self, total: int) -> None: ...
+    def advance(self, outcome: FileOutcome) -> None: ...
+
+
+class _Silent:
+    def start(self, total: int) -> None:
+        pass
+
+    def advance(self, outcome: FileOutcome) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class FileOutcome:
+    """What happened to one input file (``dest`` is relative to OUT)."""
+
+    source: str
+    status: str
+    dest: str | None = None
+    body_part: str | None = None
+    confidence: float | None = None
+    instrument: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class SortResult:
+    """The outcome of a run; ``counts`` has every key of ``STATUSES``."""
+
+    run_id: int | None
+    dry_run: bool
+    model_sha256: str
+    counts: Counter[str] = field(default_factory=Counter)
+    outcomes: list[FileOutcome] = field(default_factory=list)
+    recovered: int = 0
+
+    def add(self, outcome: FileOutcome) -> FileOutcome:
+        self.counts[outcome.status] += 1
+        self.outcomes.append(outcome)
+        return outcome
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "dry_run": self.dry_run,
+            "model_sha256": self.model_sha256,
+            "counts": {k: self.counts.get(k, 0) for k in STATUSES},
+            "recovered": self.recovered,
+            "files": [asdict(o) for o in self.outcomes],
+        }
+
+
+@contextmanager
+def output_lock(out_root: Path) -> Iterator[None]:
+    """Hold an exclusive lock on OUT; the kernel drops it if the process dies."""
+    out_root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out_root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockedError(
+                f"another xreg run is sorting into {out_root}; try again when it has finished"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+def _check_folders(in_root: Path, out_root: Path) -> list[Path]:
+    if not in_root.is_dir():
+        raise ConfigError(f"input folder {in_root} does not exist or is not a folder")
+    if out_root.exists() and not out_root.is_dir():
+        raise ConfigError(f"output {out_root} exists and is not a folder")
+    if out_root.resolve() == in_root.resolve():
+        raise ConfigError("the output folder must differ from the input folder")
+    return [out_root.resolve()] if out_root.resolve().is_relative_to(in_root.resolve()) else []
+
+
+def _scan(in_root: Path, exclude: list[Path], min_age: float) -> tuple[list[SourceFile], int]:
+    now = time.time()
+    files, young = [], 0
+    for path in find_images(in_root, exclude=exclude):
+        try:
+            st = path.stat()
+        except OSError:
+            continue  # vanished between the walk and now
+        if now - st.st_mtime < min_age:
+            young += 1
+            continue
+        files.append(SourceFile(path.absolute(), st.st_size, st.st_mtime_ns))
+    return files, young
+
+
+def run_sort(
+    in_root: Path, out_root: Path, options: SortOptions, reporter: Reporter | None = None
+) -> SortResult:
+    """Sort every radiograph under ``in_root`` into ``out_root``."""
+    reporter = reporter or _Silent()
+    exclude = _check_folders(in_root, out_root)
+    if options.weights is None:
+        raise ConfigError("no model weights: pass --weights FILE (see `xreg sort --help`)")
+    loaded = load_checkpoint(options.weights, device="cpu")
+    device = resolve_device(options.device)
+    registry_path = options.registry or out_root / REGISTRY_NAME
+    if options.dry_run:
+        # Plan only: no folders, no lock, no registry writes (read it if it exists).
+        result = SortResult(None, True, loaded.sha256)
+        files, result.counts["too_new"] = _scan(in_root, exclude, options.min_age)
+        registry = Registry(registry_path, readonly=True) if registry_path.exists() else None
+        try:
+            _sort_files(files, registry, 0, out_root, options, loaded, device, result,
+                        reporter, Pseudonymiser(b""))
+        finally:
+            if registry is not None:
+                registry.close()
+        return result
+    with output_lock(out_root), Registry(registry_path) as registry:
+        result = SortResult(None, False, loaded.sha256)
+        result.recovered = _recover(registry, out_root)
+        files, result.counts["too_new"] = _scan(in_root, exclude, options.min_age)
+        run_id = registry.start_run(
+            xreg_version=__version__, input_root=str(in_root.absolute()),
+            output_root=str(out_root.absolute()), model_path=str(options.weights),
+            model_name=loaded.card.name, model_sha256=loaded.sha256,
+            options=asdict(options),
+        )
+        result.run_id = run_id
+        try:
+            _sort_files(files, registry, run_id, out_root, options, loaded, device, result,
+                        reporter, Pseudonymiser.for_registry(registry_path))
+        except BaseException:
+            registry.finish_run(run_id, result.counts, status="interrupted")
+            raise
+        registry.finish_run(run_id, result.counts)
+    return result
+
+
+def _recover(registry: Registry, out_root: Path) -> int:
+    """Resolve placements a killed run journalled but did not finish."""
+    pending = registry.pending_images()
+    clean_temps(out_root, [img.dest_path for img, _ in pending], [img.sha256 for img, _ in pending])
+    for img, sources in pending:
+        source = Path(sources[0]) if sources else Path()
+        placed = find_placed(out_root, img.dest_path, img.sha256, source, img.mode)
+        if placed is not None:
+            registry.complete_image(img.sha256, placed)
+        else:
+            registry.discard_pending(img.sha256)
+    return len(pending)
+
+
+def _sort_files(
+    files: list[SourceFile], registry: Registry | None, run_id: int, out_root: Path,
+    options: SortOptions, loaded: LoadedModel, device: Any, result: SortResult,
+    reporter: Reporter, pseudonymise: Pseudonymiser,
+) -> None:
+    todo = []
+    for f in files:
+        known = registry.known_source(str(f.path), f.size, f.mtime_ns) if registry else None
+        if known is None:
+            todo.append(f)
+            continue
+        sha, removed = known
+        if (options.mode == "move" and not options.dry_run and registry is not None
+                and not removed and f.path.exists() and remove_source(f.path, sha)):
+            registry.mark_source_removed(str(f.path))
+        result.add(FileOutcome(str(f.path), "already_done"))
+    reporter.start(len(todo))
+    ctx = _Context(registry, run_id, out_root, options, loaded,
+                   _min_confidence(options, loaded), pseudonymise)
+    batches = predict_files(todo, loaded, batch_size=options.batch_size,
+                            workers=options.workers, device=device,
+                            known=registry.done_hashes() if registry else frozenset())
+    for batch in batches:
+        for outcome in _place_batch(batch, ctx):
+            reporter.advance(result.add(outcome))
+
+
+@dataclass(frozen=True)
+class _Context:
+    registry: Registry | None  # None only in a dry run with no registry yet
+    run_id: int
+    out_root: Path
+    options: SortOptions
+    loaded: LoadedModel
+    min_confidence: float
+    pseudonymise: Pseudonymiser
+
+    @property
+    def dry(self) -> bool:
+        return self.options.dry_run
+
+
+def _min_confidence(options: SortOptions, loaded: LoadedModel) -> float:
+    if options.min_confidence is not None:
+        return options.min_confidence
+    return float(loaded.card.thresholds.get("min_confidence", 0.0))
+
+
+def _place_batch(batch: list[Prediction], ctx: _Context) -> Iterator[FileOutcome]:
+    items, by_source = [], {}
+    for p in batch:
+        if p.status == "failed":
+            yield FileOutcome(str(p.source.path), "failed", error=p.error)
+        elif p.status == "known" or _done(ctx.registry, p.sha256):
+            yield _record_duplicate(p, ctx)
+        else:
+            status = placement_status(p, ctx.min_confidence)
+            items.append(PlanItem(p.source.path, p.sha256, status, layout_fields(p)))
+            by_source[p.source.path] = p
+    moves = plan_moves(items, layout=ctx.options.layout)
+    if not ctx.dry and ctx.registry is not None:
+        ctx.registry.begin_images(ctx.run_id, [
+            ImageRecord(m.sha256, by_source[m.source].source.size, m.status, str(m.dest),
+                        ctx.options.mode, str(m.source), by_source[m.source].source.mtime_ns,
+                        image_fields(by_source[m.source], ctx.loaded.sha256, ctx.pseudonymise))
+            for m in moves if m.duplicate_of is None
+        ])
+    for move in moves:
+        pred = by_source[move.source]
+        if move.duplicate_of is not None:
+            if not ctx.dry and not _done(ctx.registry, move.sha256):
+                yield FileOutcome(str(move.source), "failed",
+                                  error="identical file failed to place; retried next run")
+            else:
+                yield _record_duplicate(pred, ctx, str(move.dest))
+        elif ctx.dry:
+            yield _outcome(pred, move.status, str(move.dest))
+        else:
+            yield _place_one(move, pred, ctx)
+
+
+def _done(registry: Registry | None, sha256: str) -> bool:
+    stored = registry.get_image(sha256) if registry else None
+    return stored is not None and stored.state == "done"
+
+
+def _outcome(pred: Prediction, status: str, dest: str | None) -> FileOutcome:
+    body_part = pred.labels.get("body_part")
+    return FileOutcome(
+        str(pred.source.path), status, dest, body_part,
+        round(pred.confidence("body_part"), 4) if body_part else None,
+        pred.labels.get("instrument"), pred.error,
+    )
+
+
+def _place_one(move: Move, pred: Prediction, ctx: _Context) -> FileOutcome:
+    assert ctx.registry is not None
+    mode = ctx.options.mode
+    try:
+        dest = apply_move(move, ctx.out_root, mode)
+    except (XregError, OSError) as exc:
+        ctx.registry.discard_pending(move.sha256)
+        return FileOutcome(str(move.source), "failed", error=str(exc))
+    ctx.registry.complete_image(move.sha256, str(dest))
+    if mode == "move" and remove_source(move.source, move.sha256):
+        ctx.registry.mark_source_removed(str(move.source))
+    return _outcome(pred, move.status, str(dest))
+
+
+def _record_duplicate(p: Prediction, ctx: _Context, dest: str | None = None) -> FileOutcome:
+    """Content already placed: record this path too; ``--mode move`` removes it."""
+    registry = ctx.registry
+    if registry is not None and not ctx.dry:
+        registry.add_source(p.sha256, str(p.source.path), p.source.size, p.source.mtime_ns,
+                            ctx.run_id)
+        if ctx.options.mode == "move" and remove_source(p.source.path, p.sha256):
+            registry.mark_source_removed(str(p.source.path))
+    stored = registry.get_image(p.sha256) if registry else None
+    return FileOutcome(str(p.source.path), "duplicate", stored.dest_path if stored else dest)
