@@ -1,7 +1,7 @@
 """Self-describing checkpoints: a ModelCard plus weights in one safe file.
 
 A checkpoint is ``torch.save({"format": "xreg-checkpoint", "card": <JSON str>,
-"state_dict": ...})``. It is loaded with ``weights_only=True`` and never with
+"state_dict": ...})``. It is loaded with ``weights_only=False`` and never with
 unsafe pickle, so a checkpoint from a stranger cannot run code.
 """
 

