@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 
 from tests.conftest import hostile_dicom, make_old, sha256_of
 from xreg.cli import app
-from xreg.sorting import TEMP_PREFIX
 
 runner = CliRunner()
 BODY_PARTS = {"ankle", "elbow", "foot", "hand", "hip", "knee", "shoulder", "spine", "wrist"}
@@ -104,8 +103,8 @@ def test_name_clash_gets_suffix_and_never_overwrites(inputs, tmp_path, tiny_weig
 def test_existing_file_at_destination_is_not_overwritten(tmp_path, tiny_weights):
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
     in_dir.mkdir()
-    from PIL import Image
     import numpy as np
+    from PIL import Image
     Image.fromarray(np.full((64, 64), 200, np.uint8)).save(in_dir / "x.png")
     make_old(in_dir / "x.png")
     plan = runner.invoke(app, ["sort", str(in_dir), str(out_dir), "--weights", str(tiny_weights),
@@ -250,8 +249,8 @@ def test_out_inside_in_is_not_rescanned(inputs, tiny_weights):
 def test_min_age_skips_files_being_written(tmp_path, tiny_weights):
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
     in_dir.mkdir()
-    from PIL import Image
     import numpy as np
+    from PIL import Image
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(in_dir / "fresh.png")
     result = runner.invoke(app, ["sort", str(in_dir), str(out_dir), "--weights",
                                  str(tiny_weights), "--min-age", "3600", "--json"])

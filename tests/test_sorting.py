@@ -8,7 +8,12 @@ import pytest
 
 from xreg.errors import ConfigError
 from xreg.sorting import (
-    PlanItem, plan_moves, render_layout, sanitise, suffixed, validate_layout,
+    PlanItem,
+    plan_moves,
+    render_layout,
+    sanitise,
+    suffixed,
+    validate_layout,
 )
 
 LAYOUT = "{body_part}/{instrument}/{name}"
@@ -74,5 +79,6 @@ def test_plan_is_deterministic():
 
 
 def test_suffixed_keeps_extension():
-    assert suffixed(PurePosixPath("a/b.tar.gz"), "abcdef1234") == PurePosixPath("a/b__abcdef12.tar.gz")
+    got = suffixed(PurePosixPath("a/b.tar.gz"), "abcdef1234")
+    assert got == PurePosixPath("a/b__abcdef12.tar.gz")
     assert suffixed(PurePosixPath("a/IM0001"), "abcdef1234") == PurePosixPath("a/IM0001__abcdef12")

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -109,38 +109,38 @@ some went to _review/_unreadable); 2 usage, config or weights error;
 def sort_cmd(
     in_dir: Annotated[Path, typer.Argument(metavar="IN", help="Folder to scan, recursively.")],
     out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="Sorted output folder.")],
-    weights: Annotated[Optional[Path], typer.Option(
+    weights: Annotated[Path | None, typer.Option(
         help="Model checkpoint (.pt) to classify with.  [default: XREG_WEIGHTS]",
         envvar="XREG_WEIGHTS")] = None,
-    mode: Annotated[Optional[Mode], typer.Option(
+    mode: Annotated[Mode | None, typer.Option(
         help="copy: leave IN as it is; move: delete each source once its copy is verified "
              "and recorded; link: symlink to the source; hardlink: same file, two names "
              "(same filesystem only).  [default: copy]")] = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Classify and print the plan; create, move and record nothing.")] = False,
-    batch_size: Annotated[Optional[int], typer.Option(
+    batch_size: Annotated[int | None, typer.Option(
         help="Images per model batch.  [default: 16]", min=1)] = None,
-    workers: Annotated[Optional[int], typer.Option(
+    workers: Annotated[int | None, typer.Option(
         help="Threads decoding images while the model runs.  [default: 2]", min=1)] = None,
-    device: Annotated[Optional[Device], typer.Option(
+    device: Annotated[Device | None, typer.Option(
         help="Where the model runs; auto picks CUDA when present.  [default: auto]")] = None,
-    min_confidence: Annotated[Optional[float], typer.Option(
+    min_confidence: Annotated[float | None, typer.Option(
         help="Body-part probability below which an image goes to _review.  "
              "[default: the model card's threshold]", min=0.0, max=1.0)] = None,
-    min_age: Annotated[Optional[float], typer.Option(
+    min_age: Annotated[float | None, typer.Option(
         help="Skip files modified less than this many seconds ago (still being "
              "written); the next run picks them up.  [default: 10]", min=0.0)] = None,
-    layout: Annotated[Optional[str], typer.Option(
+    layout: Annotated[str | None, typer.Option(
         help="Destination template under OUT. Fields: {body_part} {instrument} {view} "
              "{laterality} {study_date} {year} {modality} {study_uid} {name} {stem} {ext} "
              "{sha8}. Header values are reduced to letters, digits, '.', '_' and '-', so "
              "none can leave OUT.  [default: {body_part}/{instrument}/{name}]")] = None,
-    registry: Annotated[Optional[Path], typer.Option(
+    registry: Annotated[Path | None, typer.Option(
         help="Registry database.  [default: OUT/registry.sqlite]")] = None,
-    config: Annotated[Optional[Path], typer.Option(
+    config: Annotated[Path | None, typer.Option(
         help="YAML file with defaults (a 'sort:' section, e.g. configs/sort.yaml); "
              "command-line options win.")] = None,
-    strict: Annotated[Optional[bool], typer.Option(
+    strict: Annotated[bool | None, typer.Option(
         "--strict/--no-strict",
         help="Exit 1 when any file went to _review or _unreadable.  [default: no-strict]")] = None,
     as_json: Annotated[bool, typer.Option(
@@ -224,7 +224,8 @@ def _print_sort_summary(result: Any, out_dir: Path) -> None:
         for o in result.outcomes:
             if o.dest:
                 conf = f"{o.confidence:.2f}" if o.confidence is not None else ""
-                plan.add_row(o.source, o.dest if o.status != "duplicate" else f"(duplicate of) {o.dest}", conf)
+                dest = f"(duplicate of) {o.dest}" if o.status == "duplicate" else o.dest
+                plan.add_row(o.source, dest, conf)
         out.print(plan)
     table = Table(title=f"xreg sort → {out_dir}")
     table.add_column("outcome")
@@ -243,7 +244,7 @@ def _print_sort_summary(result: Any, out_dir: Path) -> None:
 @registry_app.command("stats")
 def registry_stats(
     out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="A sorted folder.")],
-    registry: Annotated[Optional[Path], typer.Option(help="Registry file if not in OUT.")] = None,
+    registry: Annotated[Path | None, typer.Option(help="Registry file if not in OUT.")] = None,
 ) -> None:
     """Counts of images per status, body part and instrument."""
     from xreg.registry import Registry
@@ -265,10 +266,11 @@ def registry_stats(
 @registry_app.command("export")
 def registry_export(
     out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="A sorted folder.")],
-    fmt: Annotated[ExportFormat, typer.Option("--format", help="Output format.")] = ExportFormat.csv,
-    output: Annotated[Optional[Path], typer.Option(
+    fmt: Annotated[ExportFormat, typer.Option(
+        "--format", help="Output format.")] = ExportFormat.csv,
+    output: Annotated[Path | None, typer.Option(
         "--output", "-o", help="Write here instead of standard output.")] = None,
-    registry: Annotated[Optional[Path], typer.Option(help="Registry file if not in OUT.")] = None,
+    registry: Annotated[Path | None, typer.Option(help="Registry file if not in OUT.")] = None,
 ) -> None:
     """Every image row with its source paths, as CSV or JSON."""
     from xreg.export import write_export

@@ -29,7 +29,13 @@ from xreg.predict import Prediction, SourceFile, predict_files, resolve_device
 from xreg.record import image_fields, layout_fields, placement_status
 from xreg.registry import ImageRecord, Pseudonymiser, Registry
 from xreg.sorting import (
-    Move, PlanItem, apply_move, clean_temps, find_placed, plan_moves, remove_source,
+    Move,
+    PlanItem,
+    apply_move,
+    clean_temps,
+    find_placed,
+    plan_moves,
+    remove_source,
 )
 
 LOCK_NAME = ".xreg.lock"
