@@ -18,6 +18,10 @@ MAX_PIXELS: int = 150_000_000
 class ImageMeta:
     """What the decoder learned about a file besides its pixels.
 
+    ``format`` is ``"dicom"``, ``"png"``, ``"jpeg"``, ``"tiff"`` or ``"jp2"``;
+    ``photometric`` the DICOM Photometric Interpretation or the Pillow mode;
+    ``reduced_by`` the whole factor decoding shrank the image by.
+
     ``dicom`` holds selected header fields as strings (see
     :data:`xreg.io.dicom.DICOM_FIELDS`); it includes ``PatientID``, which the
     caller must hash and never log.

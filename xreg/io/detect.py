@@ -59,7 +59,7 @@ def sniff_format(head: bytes) -> str | None:
         return "jpeg"
     if head[:4] in (b"II*\x00", b"MM\x00*"):
         return "tiff"
-    if head.startswith(b"\x00\x00\x00\x0cjP  \r\n\x87\n") or head.startswith(b"\xff\x4f\xff\x51"):
+    if head.startswith((b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51")):
         return "jp2"
     if _looks_like_bare_dicom(head):
         return "dicom"
@@ -78,7 +78,9 @@ def _sniff_file(path: Path) -> str | None:
         return None
 
 
-def _walk(folder: Path, excluded: Sequence[Path]) -> Iterator[tuple[Path, os.stat_result]]:
+def _walk(
+    folder: Path, excluded: Sequence[Path]
+) -> Iterator[tuple[Path, os.stat_result]]:
     try:
         with os.scandir(folder) as it:
             entries = sorted(it, key=lambda e: e.name)
@@ -90,7 +92,7 @@ def _walk(folder: Path, excluded: Sequence[Path]) -> Iterator[tuple[Path, os.sta
         path = Path(entry.path)
         try:
             if entry.is_dir(follow_symlinks=False):
-                if not _is_under(path.resolve(), excluded):
+                if not excluded or not _is_under(path.resolve(), excluded):
                     yield from _walk(path, excluded)
                 continue
             st = entry.stat()  # follows file symlinks; a broken link raises

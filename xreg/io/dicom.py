@@ -9,14 +9,16 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, get_decoder
-from pydicom.pixels import pixel_array as _pixel_array
+from pydicom.multival import MultiValue
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi
+from pydicom.pixels.utils import pixel_array as _pixel_array
 from pydicom.uid import (
+    JPEG2000,
     UID,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
 )
 
@@ -112,39 +114,50 @@ def _check_decodable(ts: UID) -> None:
         raise UnreadableImageError("unsupported transfer syntax", ts.name) from exc
     if not decoder.is_available:
         needs = "; ".join(decoder.missing_dependencies)
-        raise UnreadableImageError("unsupported transfer syntax", f"{ts.name} ({needs})")
+        raise UnreadableImageError(
+            "unsupported transfer syntax", f"{ts.name} ({needs})"
+        )
 
 
-def _j2k_first_frame(ds: Dataset, target_size: int) -> tuple[np.ndarray, int] | None:
-    """First frame of a grey JPEG 2000 dataset at reduced resolution, or ``None``."""
+def _j2k_first_frame(
+    ds: Dataset, target_size: int | None
+) -> tuple[np.ndarray, int] | None:
+    """First frame of a grey JPEG 2000 dataset at reduced resolution, or ``None``.
+
+    Also refuses a codestream whose own size is a decompression bomb, since
+    the DICOM header's Rows and Columns need not match what it holds.
+    """
     frames = _int(ds, "NumberOfFrames", 1)
     frame = next(generate_frames(ds.PixelData, number_of_frames=frames))
     header = j2k.parse_header(frame)
-    if header is None or header.components != 1 or (header.rows, header.cols) != (
+    if header is None:
+        return None
+    check_size(header.rows, header.cols, header.components)
+    same_size = (header.rows, header.cols) == (
         _int(ds, "Rows", 0),
         _int(ds, "Columns", 0),
-    ):
+    )
+    if not target_size or header.components != 1 or not same_size:
+        return None
+    if _int(ds, "PixelRepresentation", 0) == 1 and not header.signed:
+        # Signed values stored as unsigned two's complement: the wavelet
+        # low-pass would average across the wrap-around, so decode in full.
         return None
     levels = j2k.reduce_levels(header, target_size)
     if levels == 0:
         return None
-    arr = j2k.decode_codestream(frame, header, levels)
-    if _int(ds, "PixelRepresentation", 0) == 1 and not header.signed:
-        # Codestream says unsigned, the header says signed: the header wins
-        # (as in pydicom), sign-extending from Bits Stored.
-        bits = _int(ds, "BitsStored", header.precision)
-        arr = arr.astype(np.int32)
-        arr[arr >= 1 << (bits - 1)] -= 1 << bits
-    return arr, 2**levels
+    return j2k.decode_codestream(frame, header, levels), 2**levels
 
 
-def first_frame(ds: Dataset, ts: UID, target_size: int | None) -> tuple[np.ndarray, int]:
+def first_frame(
+    ds: Dataset, ts: UID, target_size: int | None
+) -> tuple[np.ndarray, int]:
     """Stored values of frame 0 and the factor decoding already shrank it by.
 
     Only grey JPEG 2000 decodes at reduced resolution; any trouble on that
     path falls back to pydicom's full decode, which handles the edge cases.
     """
-    if target_size and ts in _J2K_SYNTAXES and _int(ds, "SamplesPerPixel", 1) == 1:
+    if ts in _J2K_SYNTAXES:
         try:
             reduced = _j2k_first_frame(ds, target_size)
         except (OSError, ValueError, SyntaxError, struct.error, StopIteration):
@@ -157,7 +170,7 @@ def first_frame(ds: Dataset, ts: UID, target_size: int | None) -> tuple[np.ndarr
 def _first(value: Any) -> float | None:
     if value is None or value == "":
         return None
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+    if isinstance(value, (list, tuple, MultiValue)):
         value = value[0] if len(value) else None
     try:
         return None if value is None else float(value)
@@ -204,6 +217,8 @@ def grey_to_unit(raw: np.ndarray, ds: Dataset, factor: int) -> np.ndarray:
         intercept = _first(ds.get("RescaleIntercept"))
         values = pixels.rescale(small, slope or 1.0, intercept or 0.0)
         out = window_or_minmax(values, ds)
+    if raw.dtype.kind == "f":  # float pixel data may hold NaN
+        out = np.nan_to_num(out, nan=0.0)
     if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
         out = pixels.invert(out)
     return out
@@ -213,7 +228,8 @@ def colour_to_unit(raw: np.ndarray, ds: Dataset, factor: int) -> np.ndarray:
     """RGB (or palette) stored values -> [0, 1] luminance, shrunk by ``factor``."""
     if str(ds.get("PhotometricInterpretation", "")).strip() == "PALETTE COLOR":
         raw = apply_color_lut(raw, ds)
-        top = 255.0 if raw.dtype == np.uint8 else 65535.0
+        # Some palettes declare 16-bit entries but hold 8-bit values.
+        top = 255.0 if raw.dtype == np.uint8 or raw.max() <= 255 else 65535.0
     else:
         top = float(2 ** _int(ds, "BitsStored", 8 * raw.dtype.itemsize) - 1)
     grey = pixels.to_grey(pixels.downsample(raw, factor))
@@ -227,6 +243,20 @@ def _classify(exc: BaseException) -> UnreadableImageError:
     return UnreadableImageError("corrupt data", type(exc).__name__)
 
 
+def _has_image_header(fp: IO[bytes]) -> bool:
+    """Whether the header alone describes an image.
+
+    pydicom returns an empty dataset when encapsulated pixel data ends before
+    its delimiter, so a cut-off compressed file is re-read up to the pixels.
+    """
+    try:
+        fp.seek(0)
+        ds = pydicom.dcmread(fp, force=True, stop_before_pixels=True)
+        return bool(_int(ds, "Rows", 0) and _int(ds, "Columns", 0))
+    except _DECODE_ERRORS:
+        return False
+
+
 def load_dicom(fp: IO[bytes], target_size: int | None = None) -> XrayImage:
     """Decode the first frame of a DICOM file object into an :class:`XrayImage`."""
     try:
@@ -236,14 +266,16 @@ def load_dicom(fp: IO[bytes], target_size: int | None = None) -> XrayImage:
     except _DECODE_ERRORS as exc:
         raise _classify(exc) from None
     if not any(k in ds for k in _PIXEL_KEYWORDS):
-        if rows and cols:  # an image header whose pixel data was cut off
-            raise UnreadableImageError("truncated file", "pixel data missing")
+        if (rows and cols) or _has_image_header(fp):
+            raise UnreadableImageError("truncated file", "pixel data cut off")
         raise UnreadableImageError("no pixel data")
     samples = _int(ds, "SamplesPerPixel", 1)
     check_size(rows, cols, samples)
+    if not photometric and samples == 1:  # old (ACR-NEMA style) files omit it
+        photometric = ds.PhotometricInterpretation = "MONOCHROME2"
     if photometric not in _GREY + _COLOUR + ("PALETTE COLOR",):
         raise UnreadableImageError(
-            f"unsupported photometric interpretation {photometric or '(none)'}"
+            f"unsupported photometric interpretation {photometric[:16] or '(none)'}"
         )
     try:
         ts = _ensure_transfer_syntax(ds)

@@ -47,7 +47,7 @@ def parse_header(data: bytes) -> J2KHeader | None:
     if start < 0:
         return None
     pos = start + 2
-    size: tuple[int, int, int, int, int] | None = None
+    size: tuple[int, int, int, int, bool] | None = None
     levels: int | None = None
     try:
         while pos + 4 <= len(data):
@@ -56,7 +56,13 @@ def parse_header(data: bytes) -> J2KHeader | None:
                 xsiz, ysiz, xo, yo = struct.unpack(">IIII", data[pos + 6 : pos + 22])
                 (comps,) = struct.unpack(">H", data[pos + 38 : pos + 40])
                 ssiz = data[pos + 40]
-                size = (ysiz - yo, xsiz - xo, comps, (ssiz & 0x7F) + 1, bool(ssiz & 0x80))
+                size = (
+                    ysiz - yo,
+                    xsiz - xo,
+                    comps,
+                    (ssiz & 0x7F) + 1,
+                    bool(ssiz & 0x80),
+                )
             elif marker == 0xFF52:  # COD
                 levels = data[pos + 9]
             elif marker in (0xFF90, 0xFF93):  # SOT / SOD: main header is over
@@ -68,7 +74,8 @@ def parse_header(data: bytes) -> J2KHeader | None:
         return None
     if size is None or levels is None:
         return None
-    return J2KHeader(*size, levels=levels)
+    rows, cols, comps, precision, signed = size
+    return J2KHeader(rows, cols, comps, precision, signed, levels)
 
 
 def reduce_levels(header: J2KHeader, target_size: int | None) -> int:
@@ -92,11 +99,23 @@ def decode_codestream(data: bytes, header: J2KHeader, reduce: int) -> np.ndarray
     check_size(header.rows, header.cols, header.components)
     if header.precision > 16 or header.components not in (1, 3):
         raise ValueError(f"{header.components} x {header.precision}-bit not handled")
+    power = 1 << reduce
+    expected = (-(-header.rows // power), -(-header.cols // power))
     with Image.open(io.BytesIO(data), formats=["JPEG2000"]) as im:
         if reduce:
-            im.reduce = reduce  # type: ignore[method-assign]  # Pillow's J2K attribute
+            setattr(im, "reduce", reduce)  # noqa: B010  (J2K property shadows Image.reduce)
+            # Pillow (13.0 at least) predicts the reduced size by rounding,
+            # OpenJPEG takes the ceiling, and on a mismatch the decode fails
+            # ("broken data stream") for sides not divisible by 2**reduce.
+            # Preset the size so that either formula yields the ceiling.
+            im._size = (
+                expected[1] * power - power // 2,
+                expected[0] * power - power // 2,
+            )
         im.load()
         arr = np.asarray(im)
+    if arr.shape[:2] != expected:
+        raise ValueError(f"decoded {arr.shape[:2]}, expected {expected}")
     if header.components == 3:
         return arr
     shift = (8 if arr.dtype == np.uint8 else 16) - header.precision

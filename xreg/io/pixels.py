@@ -81,8 +81,10 @@ def window(
         if width <= 0:
             raise ValueError(f"window width {width} must be > 0")
         with np.errstate(over="ignore"):
-            out = 1.0 / (1.0 + np.exp(np.float32(-4.0 / width) * (x - np.float32(center))))
-        return out.astype(np.float32, copy=False)
+            out = 1.0 / (
+                1.0 + np.exp(np.float32(-4.0 / width) * (x - np.float32(center)))
+            )
+        return np.asarray(out, dtype=np.float32)
     if function == "LINEAR_EXACT":
         if width <= 0:
             raise ValueError(f"window width {width} must be > 0")
@@ -92,7 +94,9 @@ def window(
             raise ValueError(f"window width {width} must be >= 1")
         if width == 1:
             return (x > center - 0.5).astype(np.float32)
-        out = (x - np.float32(center - 0.5)) * np.float32(1.0 / (width - 1)) + np.float32(0.5)
+        out = (x - np.float32(center - 0.5)) * np.float32(
+            1.0 / (width - 1)
+        ) + np.float32(0.5)
     else:
         raise ValueError(f"unknown VOI LUT function {function}")
     return np.clip(out, 0.0, 1.0, out=out)
@@ -104,7 +108,7 @@ def normalise_range(arr: np.ndarray, low: float, high: float) -> np.ndarray:
     if high <= low:
         return np.zeros_like(out)
     out -= np.float32(low)
-    out *= np.float32(1.0 / (high - low))
+    out /= np.float32(high - low)  # divide, not multiply: exact for x / 65535
     return np.clip(out, 0.0, 1.0, out=out)
 
 

@@ -17,6 +17,7 @@ _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "tiff": "TIFF", "jp2": "JPEG2000"}
 _ORIENTATION_TAG = 0x0112
 _BITS = {"1": 1, "I": 32, "F": 32}
 _DECODE_ERRORS = (
+    Image.DecompressionBombError,
     OSError,
     SyntaxError,
     ValueError,
@@ -31,7 +32,9 @@ _DECODE_ERRORS = (
 
 def _classify(exc: BaseException) -> UnreadableImageError:
     if isinstance(exc, Image.DecompressionBombError):
-        return UnreadableImageError("image too large", "Pillow decompression-bomb limit")
+        return UnreadableImageError(
+            "image too large", "Pillow decompression-bomb limit"
+        )
     if isinstance(exc, EOFError) or "truncated" in str(exc).lower():
         return UnreadableImageError("truncated file", type(exc).__name__)
     if isinstance(exc, UnidentifiedImageError):
@@ -87,6 +90,15 @@ def _draft_scale(before: tuple[int, int], after: tuple[int, int]) -> int:
     return 1
 
 
+def _orientation(im: Image.Image) -> int:
+    """The EXIF/TIFF Orientation tag, 1 (as stored) when absent or malformed."""
+    try:
+        value = im.getexif().get(_ORIENTATION_TAG, 1)
+        return int(value) if int(value) in range(1, 9) else 1
+    except (TypeError, ValueError, OSError, SyntaxError, struct.error):
+        return 1  # a broken EXIF block should not cost the image
+
+
 def _load_pillow(fp: IO[bytes], fmt: str, target_size: int | None) -> XrayImage:
     with Image.open(fp, formats=[_PIL_FORMATS[fmt]]) as im:
         cols, rows = im.size
@@ -99,7 +111,7 @@ def _load_pillow(fp: IO[bytes], fmt: str, target_size: int | None) -> XrayImage:
             im.draft("L", (target_size, target_size) if target_size else im.size)
             reduced = _draft_scale((cols, rows), im.size)
         im.load()
-        orientation = int(im.getexif().get(_ORIENTATION_TAG, 1) or 1)
+        orientation = _orientation(im)
         arr, white = to_array(im)
     factor = pixels.reduction_factor(arr.shape, target_size)
     out = scale_to_unit(pixels.downsample(arr, factor), white)
@@ -120,7 +132,13 @@ def _load_j2k(data: bytes, target_size: int | None) -> XrayImage:
         raise UnreadableImageError("corrupt data", "no JPEG 2000 main header")
     check_size(header.rows, header.cols, header.components)
     levels = j2k.reduce_levels(header, target_size)
-    arr = j2k.decode_codestream(data, header, levels)
+    try:
+        arr = j2k.decode_codestream(data, header, levels)
+    except (OSError, ValueError):
+        if not levels:
+            raise
+        levels = 0  # e.g. image offsets make the reduced size unpredictable
+        arr = j2k.decode_codestream(data, header, levels)
     factor = pixels.reduction_factor(arr.shape[:2], target_size)
     small = pixels.downsample(arr, factor)
     if header.components == 3:
