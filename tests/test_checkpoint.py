@@ -21,7 +21,7 @@ from xreg.checkpoint import (
     save_checkpoint,
 )
 from xreg.errors import CheckpointError
-from xreg.models import BODY_PARTS, STANDARD_HEADS, HeadSpec, build_model
+from xreg.models import BODY_PARTS, STANDARD_HEADS, HeadSpec, MultiHeadNet, build_model
 
 ARCH, SIZE = "mobilenet_v3_small", 64
 
@@ -43,7 +43,7 @@ def _card(**changes: Any) -> ModelCard:
     return dataclasses.replace(base, **changes)
 
 
-def _model(seed: int = 0) -> torch.nn.Module:
+def _model(seed: int = 0) -> MultiHeadNet:
     torch.manual_seed(seed)
     return build_model(ARCH, STANDARD_HEADS, input_size=SIZE)
 
@@ -339,4 +339,14 @@ def test_state_dict_with_wrong_shapes(tmp_path: Path) -> None:
 def test_state_dict_not_tensors(tmp_path: Path) -> None:
     path = _write_payload(tmp_path / "m.pt", _payload_with_state({"a": 1}))
     with pytest.raises(CheckpointError, match="no state_dict of tensors"):
+        load_checkpoint(path)
+
+
+def test_card_for_an_unbuildable_model(tmp_path: Path) -> None:
+    card = dataclasses.replace(_card(), arch="vit_b_16", input_size=40)
+    path = _write_payload(tmp_path / "m.pt", _payload_with_state(_model().state_dict()))
+    payload = torch.load(path, weights_only=True)
+    payload["card"] = json.dumps(card.to_dict())
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="no buildable model.*divisible by 16"):
         load_checkpoint(path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torchvision.models as tvm
@@ -149,7 +151,7 @@ def test_build_model_never_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
     build_model("mobilenet_v3_small", STANDARD_HEADS, input_size=64)
 
 
-def _seed_cache(tmp_path, monkeypatch: pytest.MonkeyPatch, arch: str) -> str:  # type: ignore[no-untyped-def]
+def _seed_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, arch: str) -> str:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     url = tvm.get_weight(ARCHS[arch].weights).url
     target = tmp_path / "hub" / "checkpoints" / url.rsplit("/", 1)[-1]
@@ -158,7 +160,7 @@ def _seed_cache(tmp_path, monkeypatch: pytest.MonkeyPatch, arch: str) -> str:  #
 
 
 def test_load_imagenet_backbone_from_seeded_cache(
-    tmp_path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     target = _seed_cache(tmp_path, monkeypatch, "mobilenet_v3_small")
     torch.manual_seed(1)
@@ -180,7 +182,7 @@ def test_load_imagenet_backbone_from_seeded_cache(
 
 
 def test_load_imagenet_backbone_corrupt_cache_is_checkpoint_error(
-    tmp_path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     target = _seed_cache(tmp_path, monkeypatch, "resnet18")
     with open(target, "wb") as f:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -79,6 +80,11 @@ def test_other_dtypes_and_layouts(card: ModelCard) -> None:
     pixels = np.random.default_rng(2).random((90, 70))
     want = preprocess(pixels.astype(np.float32), card)
     assert torch.allclose(preprocess(pixels, card), want, atol=1e-6)  # float64
+    readonly = pixels.astype(np.float32)
+    readonly.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns about non-writable arrays
+        assert torch.equal(preprocess(readonly, card), want)
     # A transposed (non-contiguous) view is an image of the other orientation.
     assert torch.allclose(preprocess(pixels.T.astype(np.float32), card)[0], want[0].T,
                           atol=1e-5)

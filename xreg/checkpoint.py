@@ -1,7 +1,7 @@
 """Self-describing checkpoints: a ModelCard plus weights in one safe file.
 
 A checkpoint is ``torch.save({"format": "xreg-checkpoint", "card": <JSON str>,
-"state_dict": ...})``. It is loaded with ``weights_only=False`` and never with
+"state_dict": ...})``. It is loaded with ``weights_only=True`` and never with
 unsafe pickle, so a checkpoint from a stranger cannot run code.
 """
 
@@ -319,7 +319,10 @@ def load_checkpoint(
         isinstance(v, torch.Tensor) for v in state.values()
     ):
         raise CheckpointError(f"{path}: checkpoint has no state_dict of tensors")
-    model = build_model(card.arch, card.heads, input_size=card.input_size)
+    try:
+        model = build_model(card.arch, card.heads, input_size=card.input_size)
+    except ConfigError as exc:  # e.g. a ViT card whose size is not a multiple of 16
+        raise CheckpointError(f"{path}: model card describes no buildable model: {exc}") from None
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # raised for shape mismatches even when not strict

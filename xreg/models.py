@@ -82,7 +82,9 @@ def _strip_classifier_seq(model: nn.Module) -> None:
     What remains (MobileNetV3's pretrained 960->1280 Linear + Hardswish) is
     ImageNet-trained and worth keeping; the Dropout would double the head's.
     """
-    layers = list(model.classifier.children())
+    classifier = model.classifier
+    assert isinstance(classifier, nn.Sequential)  # true of every arch that uses this
+    layers = list(classifier.children())
     layers.pop()  # the 1000-way ImageNet Linear
     while layers and isinstance(layers[-1], nn.Dropout):
         layers.pop()

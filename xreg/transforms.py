@@ -37,8 +37,9 @@ class Preprocessor:
         if not isinstance(pixels, np.ndarray) or pixels.ndim != 2 or 0 in pixels.shape:
             shape = getattr(pixels, "shape", type(pixels).__name__)
             raise UnreadableImageError("not a 2-D grey image", f"got {shape}")
-        # float32 is what load_image yields; convert anything else once here.
-        x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
+        # float32 is what load_image yields; anything else is converted once
+        # here. A read-only array is copied too: torch warns on those.
+        x = torch.from_numpy(np.require(pixels, np.float32, ["C", "W"]))
         if x.shape != (self.size, self.size):
             # torch's antialiased bilinear matches Pillow's BILINEAR resize to
             # ~1e-5 and was as fast or faster for both small and 5 MP inputs.
