@@ -82,3 +82,43 @@ def test_suffixed_keeps_extension():
     got = suffixed(PurePosixPath("a/b.tar.gz"), "abcdef1234")
     assert got == PurePosixPath("a/b__abcdef12.tar.gz")
     assert suffixed(PurePosixPath("a/IM0001"), "abcdef1234") == PurePosixPath("a/IM0001__abcdef12")
+
+
+def test_apply_move_refuses_a_source_that_changed(tmp_path):
+    import hashlib
+    import os
+
+    from xreg.errors import PlacementError
+    from xreg.sorting import Move, apply_move
+
+    src = tmp_path / "a.png"
+    src.write_bytes(b"original")
+    sha = hashlib.sha256(b"original").hexdigest()
+    st = src.stat()
+    src.write_bytes(b"modified after it was hashed")
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    move = Move(src, sha, PurePosixPath("hand/a.png"), "sorted")
+    with pytest.raises(PlacementError, match="source changed"):
+        apply_move(move, tmp_path / "out", "copy", (st.st_size, st.st_mtime_ns))
+    assert [p.name for p in (tmp_path / "out" / "hand").iterdir()] == []
+    # Without the scan-time stat the copy itself is hashed, with the same result.
+    with pytest.raises(PlacementError):
+        apply_move(move, tmp_path / "out", "copy")
+
+
+def test_apply_move_adopts_identical_and_suffixes_different(tmp_path):
+    import hashlib
+
+    from xreg.sorting import Move, apply_move
+
+    src = tmp_path / "a.png"
+    src.write_bytes(b"content")
+    sha = hashlib.sha256(b"content").hexdigest()
+    move = Move(src, sha, PurePosixPath("hand/a.png"), "sorted")
+    out = tmp_path / "out"
+    assert apply_move(move, out, "copy") == PurePosixPath("hand/a.png")
+    assert apply_move(move, out, "copy") == PurePosixPath("hand/a.png")  # adopted, no copy
+    assert sorted(p.name for p in (out / "hand").iterdir()) == ["a.png"]
+    (out / "hand" / "a.png").write_bytes(b"someone else")
+    assert apply_move(move, out, "copy") == PurePosixPath(f"hand/a__{sha[:8]}.png")
+    assert (out / "hand" / "a.png").read_bytes() == b"someone else"

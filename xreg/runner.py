@@ -298,7 +298,9 @@ def _start_batch(
     for move in moves:
         placed = None
         if move.duplicate_of is None:
-            placed = placer.submit(apply_move, move, ctx.out_root, ctx.options.mode)
+            src = by_source[move.source].source
+            placed = placer.submit(apply_move, move, ctx.out_root, ctx.options.mode,
+                                   (src.size, src.mtime_ns))
         jobs.append(_Job(move, by_source[move.source], placed))
 
 

@@ -13,6 +13,7 @@ import errno
 import hashlib
 import os
 import re
+import shutil
 import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -176,12 +177,16 @@ def find_placed(out_root: Path, dest: str, sha256: str, source: Path, mode: str)
     return None
 
 
-def apply_move(move: Move, out_root: Path, mode: str) -> PurePosixPath:
+def apply_move(
+    move: Move, out_root: Path, mode: str, expected: tuple[int, int] | None = None
+) -> PurePosixPath:
     """Place ``move.source`` under ``out_root`` and return where it went (relative).
 
     Never overwrites: if the planned name holds other content, a suffixed
     name is used; if it already holds this content (a rerun after a kill), it
-    is adopted. The source itself is never touched here.
+    is adopted. The source itself is never touched here. ``expected`` is the
+    source's (size, mtime_ns) when it was hashed: a copy is refused if the
+    source changed since.
     """
     for rel in _candidates(move.dest, move.sha256):
         final = out_root / rel
@@ -193,7 +198,7 @@ def apply_move(move: Move, out_root: Path, mode: str) -> PurePosixPath:
         tmp = temp_path(final, move.sha256)
         _remove_quietly(tmp)
         try:
-            _write_temp(move.source, tmp, move.sha256, mode)
+            _write_temp(move.source, tmp, move.sha256, mode, expected)
             if _place_no_replace(tmp, final):
                 _fsync_dir(final.parent)
                 return rel
@@ -202,7 +207,9 @@ def apply_move(move: Move, out_root: Path, mode: str) -> PurePosixPath:
     raise PlacementError(f"no free name for {move.dest}")
 
 
-def _write_temp(source: Path, tmp: Path, sha256: str, mode: str) -> None:
+def _write_temp(
+    source: Path, tmp: Path, sha256: str, mode: str, expected: tuple[int, int] | None
+) -> None:
     if mode == "link":
         os.symlink(source.absolute(), tmp)
         return
@@ -216,18 +223,21 @@ def _write_temp(source: Path, tmp: Path, sha256: str, mode: str) -> None:
         if not os.path.samestat(os.stat(source), os.stat(tmp)):
             raise PlacementError("hard link does not point at the source")
         return
-    digest = hashlib.sha256()
-    with open(source, "rb") as src, open(tmp, "xb") as dst:
-        for chunk in iter(lambda: src.read(_CHUNK), b""):
-            digest.update(chunk)
-            dst.write(chunk)
-        dst.flush()
-        os.fsync(dst.fileno())
-    if digest.hexdigest() != sha256:
+    # The kernel copies (sendfile); the content was hashed when it was read
+    # for the model, so an unchanged size and mtime is enough for a copy.
+    # A move also reads the copy back, since its source is about to go.
+    shutil.copyfile(source, tmp)
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    if expected is not None and _stat_key(source) != expected:
         raise PlacementError("source changed while it was being sorted; it will be retried")
-    if mode == "move" and file_sha256(tmp) != sha256:
-        # Read back before the source may be deleted.
+    if (mode == "move" or expected is None) and file_sha256(tmp) != sha256:
         raise PlacementError("copy failed verification")
+
+
+def _stat_key(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
 
 
 def _place_no_replace(tmp: Path, final: Path) -> bool:
