@@ -196,3 +196,35 @@ def test_load_imagenet_backbone_vit_needs_224() -> None:
     model = build_model("vit_b_16", STANDARD_HEADS, input_size=32)
     with pytest.raises(CheckpointError, match="224"):
         load_imagenet_backbone(model)
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v3_small", "mobilenet_v2", "resnet18", "efficientnet_b0"])
+def test_inference_model_keeps_the_logits(arch):
+    """BN folding and channels_last must not change what the model says."""
+    from xreg.predict import inference_model
+
+    torch.manual_seed(0)
+    model = build_model(arch, STANDARD_HEADS, input_size=64)
+    for m in model.modules():  # exact (cumulative) statistics in the calibration below
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    # Calibrate BN statistics on structured inputs: a random-init net then
+    # answers differently per image, and BN folding has real work to do.
+    model.train()
+    with torch.no_grad():
+        for _ in range(5):
+            ramp = torch.rand(8, 1, 1, 1) * torch.linspace(0, 3, 64)[None, None, None, :]
+            model(ramp.expand(8, 3, 64, 64) + torch.randn(8, 3, 64, 64) * 0.1)
+    model.eval()
+    x = torch.linspace(0, 3, 64)[None, None, None, :] * torch.rand(4, 1, 1, 1)
+    x = x.expand(4, 3, 64, 64) + torch.randn(4, 3, 64, 64) * 0.1
+    with torch.inference_mode():
+        expected = model(x)
+        fast = inference_model(model, torch.device("cpu"))
+        got = fast(x.contiguous(memory_format=torch.channels_last))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    for head in expected:
+        assert torch.allclose(expected[head], got[head], atol=2e-3, rtol=1e-3)
+    # Outputs differ between inputs, so the comparison above is not vacuous.
+    assert (expected["body_part"][0] - expected["body_part"][1]).abs().max() > 1e-3
