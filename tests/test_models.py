@@ -198,7 +198,9 @@ def test_load_imagenet_backbone_vit_needs_224() -> None:
         load_imagenet_backbone(model)
 
 
-@pytest.mark.parametrize("arch", ["mobilenet_v3_small", "mobilenet_v2", "resnet18", "efficientnet_b0"])
+@pytest.mark.parametrize(
+    "arch", ["mobilenet_v3_small", "mobilenet_v2", "resnet18", "efficientnet_b0"]
+)
 def test_inference_model_keeps_the_logits(arch):
     """BN folding and channels_last must not change what the model says."""
     from xreg.predict import inference_model

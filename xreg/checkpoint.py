@@ -24,6 +24,7 @@ import torch
 
 from xreg import __version__
 from xreg.errors import CheckpointError, ConfigError
+from xreg.hashing import file_sha256
 from xreg.models import ARCHS, STANDARD_HEADS, HeadSpec, MultiHeadNet, build_model
 
 __all__ = [
@@ -204,15 +205,6 @@ class LoadedModel:
     card: ModelCard
     sha256: str
     path: Path
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _write_atomic(path: Path, data: bytes | memoryview) -> None:

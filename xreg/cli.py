@@ -227,7 +227,7 @@ def _print_sort_summary(result: Any, out_dir: Path) -> None:
                 dest = f"(duplicate of) {o.dest}" if o.status == "duplicate" else o.dest
                 plan.add_row(o.source, dest, conf)
         out.print(plan)
-    table = Table(title=f"xreg sort → {out_dir}")
+    table = Table(title="xreg sort", caption=str(out_dir))
     table.add_column("outcome")
     table.add_column("files", justify="right")
     for status, n in result.to_dict()["counts"].items():

@@ -10,7 +10,6 @@ leaves at most a temp file that the next run removes.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import re
 import shutil
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from xreg.errors import ConfigError, PlacementError
+from xreg.hashing import file_sha256
 
 DEFAULT_LAYOUT = "{body_part}/{instrument}/{name}"
 REVIEW_DIR = "_review"
@@ -31,7 +31,6 @@ LAYOUT_FIELDS = (
 )
 TEMP_PREFIX = ".xreg-tmp-"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -145,14 +144,6 @@ def suffixed(dest: PurePosixPath, sha256: str, length: int = 8) -> PurePosixPath
 def temp_path(final: Path, sha256: str) -> Path:
     """The temp name a placement of ``sha256`` uses in ``final``'s folder."""
     return final.parent / f"{TEMP_PREFIX}{sha256[:16]}"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def holds(final: Path, sha256: str, source: Path, mode: str) -> bool:
