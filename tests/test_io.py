@@ -698,3 +698,51 @@ def test_reduction_factor_and_window_functions() -> None:
     assert px.window(np.array([100.0]), 100, 50, "SIGMOID")[0] == pytest.approx(0.5)
     with pytest.raises(ValueError):
         px.window(x, 100, 0)
+
+
+def _twelve_bit_dicom(path: Path, overlay: bool) -> np.ndarray:
+    """A 12-bit-stored MONOCHROME2 file; with ``overlay`` the unused high bits
+    hold garbage, as overlay planes in old files do."""
+    rng = np.random.default_rng(3)
+    values = (rng.random((240, 200)) * 4095).astype(np.uint16)
+    garbage = rng.integers(0, 16, values.shape, dtype=np.uint16) << 12
+    stored = values | garbage if overlay else values
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.Rows, ds.Columns = values.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = stored.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return values
+
+
+@pytest.mark.parametrize("target", [None, 60])
+def test_unused_high_bits_are_ignored(tmp_path, target):
+    clean = _twelve_bit_dicom(tmp_path / "clean.dcm", overlay=False)
+    _twelve_bit_dicom(tmp_path / "overlay.dcm", overlay=True)
+    a = load_image(tmp_path / "clean.dcm", target_size=target).pixels
+    b = load_image(tmp_path / "overlay.dcm", target_size=target).pixels
+    np.testing.assert_array_equal(a, b)
+    if target is None:
+        expected = (clean - clean.min()) / float(clean.max() - clean.min())
+        np.testing.assert_allclose(a, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm", "RG1_UNCR.dcm",
+                                  "emri_small.dcm"])
+def test_native_fast_path_matches_pydicom(name):
+    """Uncompressed files are read as views; pydicom's own decode must agree."""
+    import pydicom
+
+    from xreg.io.dicom import grey_to_unit
+
+    path = dicom_path(name)
+    ds = pydicom.dcmread(path)
+    raw = pydicom.pixels.pixel_array(ds, index=0)
+    expected = grey_to_unit(raw, ds, 1)
+    got = load_image(path).pixels
+    np.testing.assert_allclose(got, expected, atol=1e-6)

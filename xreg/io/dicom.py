@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import struct
 from typing import IO, Any
 
@@ -257,15 +258,58 @@ def _has_image_header(fp: IO[bytes]) -> bool:
         return False
 
 
+def _native_pixels(fp: IO[bytes], ds: Dataset) -> np.ndarray | None:
+    """Frame 0 of uncompressed little-endian grey pixel data, as a zero-copy view.
+
+    ``ds`` was read up to (not including) the pixel data, so ``fp`` stands at
+    the PixelData element. Reading a 10 MB radiograph through pydicom copies
+    it three times (buffer, array, unused-bit masking); a view costs nothing
+    and is all the downsampler needs. Anything unusual returns ``None`` and
+    takes pydicom's general path.
+    """
+    if not isinstance(fp, io.BytesIO):
+        return None
+    ts = _ensure_transfer_syntax(ds)
+    alloc, stored = _int(ds, "BitsAllocated", 0), _int(ds, "BitsStored", 0)
+    rows, cols = _int(ds, "Rows", 0), _int(ds, "Columns", 0)
+    signed = _int(ds, "PixelRepresentation", 0) == 1
+    if (ts not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) or alloc not in (8, 16)
+            or _int(ds, "SamplesPerPixel", 1) != 1 or not 0 < stored <= alloc
+            or (signed and stored != alloc) or not rows or not cols):
+        return None
+    data = fp.getvalue()  # the caller's bytes, not a copy
+    pos = fp.tell()
+    if data[pos:pos + 4] != b"\xe0\x7f\x10\x00":
+        return None
+    if ts == ExplicitVRLittleEndian:
+        if data[pos + 4:pos + 6] not in (b"OW", b"OB"):
+            return None
+        start, length = pos + 12, int.from_bytes(data[pos + 8:pos + 12], "little")
+    else:
+        start, length = pos + 8, int.from_bytes(data[pos + 4:pos + 8], "little")
+    count = rows * cols
+    if length == 0xFFFFFFFF or length < count * alloc // 8 or len(data) < start + length:
+        return None  # undefined length, or truncated: the general path says which
+    dtype = np.dtype(("<i" if signed else "<u") + str(alloc // 8))
+    raw = np.frombuffer(data, dtype=dtype, count=count, offset=start).reshape(rows, cols)
+    if stored < alloc and int(raw.max()) >> stored:
+        raw = raw & np.array((1 << stored) - 1, dtype=dtype)  # overlay bits set: mask
+    return raw
+
+
 def load_dicom(fp: IO[bytes], target_size: int | None = None) -> XrayImage:
     """Decode the first frame of a DICOM file object into an :class:`XrayImage`."""
     try:
-        ds = pydicom.dcmread(fp, force=True)
+        ds = pydicom.dcmread(fp, force=True, stop_before_pixels=True)
+        native = _native_pixels(fp, ds)
+        if native is None:
+            fp.seek(0)
+            ds = pydicom.dcmread(fp, force=True)
         photometric = str(ds.get("PhotometricInterpretation", "")).strip()
         rows, cols = _int(ds, "Rows", 0), _int(ds, "Columns", 0)
     except _DECODE_ERRORS as exc:
         raise _classify(exc) from None
-    if not any(k in ds for k in _PIXEL_KEYWORDS):
+    if native is None and not any(k in ds for k in _PIXEL_KEYWORDS):
         if (rows and cols) or _has_image_header(fp):
             raise UnreadableImageError("truncated file", "pixel data cut off")
         raise UnreadableImageError("no pixel data")
@@ -280,7 +324,7 @@ def load_dicom(fp: IO[bytes], target_size: int | None = None) -> XrayImage:
     try:
         ts = _ensure_transfer_syntax(ds)
         _check_decodable(ts)
-        raw, reduced = first_frame(ds, ts, target_size)
+        raw, reduced = (native, 1) if native is not None else first_frame(ds, ts, target_size)
         factor = pixels.reduction_factor(raw.shape[:2], target_size)
         if raw.ndim == 3 or photometric == "PALETTE COLOR":
             out = colour_to_unit(raw, ds, factor)

@@ -42,8 +42,10 @@ def load_image(
     if isinstance(source, (bytes, bytearray, memoryview)):
         return _decode(io.BytesIO(source), target_size)
     try:
+        # One read into memory: decoders then work on views of these bytes.
         with open(source, "rb") as f:
-            return _decode(f, target_size)
+            data = f.read()
+        return _decode(io.BytesIO(data), target_size)
     except IsADirectoryError:
         raise UnreadableImageError("not an image", "a directory") from None
     except FileNotFoundError:
