@@ -161,6 +161,9 @@ def child_baseline(folder: Path, n: int) -> dict:
 
 
 def _run_child(args: list[str]) -> dict:
+    # Flush what generation and earlier runs wrote, so that kernel writeback
+    # of their gigabytes does not slow this measurement's reads and fsyncs.
+    os.sync()
     out = subprocess.run([sys.executable, __file__, "--child", *args], check=True,
                          capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])

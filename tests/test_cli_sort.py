@@ -311,3 +311,26 @@ def test_help_explains_every_option():
                    "--min-confidence", "--min-age", "--layout", "--registry", "--json",
                    "--quiet", "--strict", "Exit codes"):
         assert option in result.output
+
+
+def test_a_decoder_crash_is_an_unreadable_file_not_a_dead_run(inputs, tmp_path, tiny_weights,
+                                                              monkeypatch):
+    import xreg.predict
+
+    real = xreg.predict.load_image
+
+    def flaky(data, target_size=None):
+        image = real(data, target_size)
+        if image.meta.format == "png":
+            raise ZeroDivisionError("a bug in some decoder")
+        return image
+
+    monkeypatch.setattr(xreg.predict, "load_image", flaky)
+    in_dir, _ = inputs
+    out_dir = tmp_path / "out"
+    code, output = sort(in_dir, out_dir, tiny_weights, "--json")
+    assert code == 0
+    counts = json.loads(output)["counts"]
+    assert counts["unreadable"] == 2 + 3 and counts["sorted"] == len(READABLE) - 3
+    reasons = {e for (e,) in rows(out_dir, "SELECT error FROM images WHERE format IS NULL")}
+    assert "decoder failed (ZeroDivisionError)" in reasons

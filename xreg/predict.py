@@ -106,6 +106,9 @@ def _decode(source: SourceFile, preprocess: Preprocessor, known: Container[str])
     except (MemoryError, RecursionError):
         out.status, out.error = "unreadable", "image too large"
         return out
+    except Exception as exc:  # noqa: BLE001 - one odd file must not stop a folder
+        out.status, out.error = "unreadable", f"decoder failed ({type(exc).__name__})"
+        return out
     out.meta = image.meta
     out.tensor = preprocess(image.pixels)
     return out
