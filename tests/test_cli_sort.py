@@ -284,6 +284,8 @@ def test_registry_stats_and_export(inputs, tmp_path, tiny_weights):
     assert sort(in_dir, out_dir, tiny_weights)[0] == 0
     stats = runner.invoke(app, ["registry", "stats", str(out_dir)])
     assert stats.exit_code == 0 and "unreadable" in stats.output and "total" in stats.output
+    runs = runner.invoke(app, ["registry", "runs", str(out_dir)], env={"COLUMNS": "200"})
+    assert runs.exit_code == 0 and "finished" in runs.output and "sorted 12" in runs.output
     exported = runner.invoke(app, ["registry", "export", str(out_dir), "--format", "json"])
     items = json.loads(exported.output)
     assert len(items) == len(READABLE) + 2

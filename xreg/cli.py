@@ -263,6 +263,27 @@ def registry_stats(
     out.print(table)
 
 
+@registry_app.command("runs")
+def registry_runs(
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="A sorted folder.")],
+    registry: Annotated[Path | None, typer.Option(help="Registry file if not in OUT.")] = None,
+) -> None:
+    """Every run: when, by whom, with which model, and what it did."""
+    from xreg.registry import Registry
+
+    with _errors(), Registry(registry or out_dir / "registry.sqlite", readonly=True) as reg:
+        runs = reg.runs()
+    table = Table(title="runs")
+    for col in ("id", "started", "status", "user", "model", "model sha256", "counts"):
+        table.add_column(col)
+    for r in runs:
+        counts = json.loads(r["counts"] or "{}")
+        done = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v)
+        table.add_row(str(r["id"]), r["started"], r["status"], r["user"] or "",
+                      r["model_name"] or "", (r["model_sha256"] or "")[:12], done)
+    out.print(table)
+
+
 @registry_app.command("export")
 def registry_export(
     out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="A sorted folder.")],
