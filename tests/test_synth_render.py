@@ -124,9 +124,21 @@ def test_hip_fracture_mask_sits_on_the_proximal_femur(fracture: str) -> None:
 
 
 def test_views_of_one_patient_share_instrument_and_fracture() -> None:
-    views = [render_phantom(PhantomSpec("hip", v, "L", seed=10 + i, size=SIZE, instrument="nail",
-                                        fracture="intertrochanteric", patient_seed=7))
-             for i, v in enumerate(VIEWS)]
+    views = [
+        render_phantom(
+            PhantomSpec(
+                "hip",
+                v,
+                "L",
+                seed=10 + i,
+                size=SIZE,
+                instrument="nail",
+                fracture="intertrochanteric",
+                patient_seed=7,
+            )
+        )
+        for i, v in enumerate(VIEWS)
+    ]
     for ph in views:
         assert ph.masks["hardware"].any() and ph.masks["fracture"].any()
     # the anatomy generator follows patient_seed, not seed: AP renders with another
@@ -163,17 +175,37 @@ def test_prostheses_and_rods_stay_where_they_belong() -> None:
     assert "hip_prosthesis" not in compatible_instruments("hand")
 
 
-@pytest.mark.parametrize("bad, match", [
-    ({"body_part": "chest"}, "body_part"),
-    ({"view": "PA"}, "view"),
-    ({"laterality": "X"}, "laterality"),
-    ({"instrument": "staple"}, "instrument"),
-    ({"distractors": ("hat",)}, "distractors"),
-    ({"body_part": "knee", "fracture": "neck"}, "fracture"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"body_part": "chest"}, "body_part"),
+        ({"view": "PA"}, "view"),
+        ({"laterality": "X"}, "laterality"),
+        ({"instrument": "staple"}, "instrument"),
+        ({"distractors": ("hat",)}, "distractors"),
+        ({"body_part": "knee", "fracture": "neck"}, "fracture"),
+    ],
+)
 def test_invalid_specs_are_rejected(bad: dict[str, object], match: str) -> None:
-    args: dict[str, object] = {"body_part": "hip", "view": "AP", "laterality": "R", "seed": 0,
-                               "size": SIZE}
+    args: dict[str, object] = {
+        "body_part": "hip",
+        "view": "AP",
+        "laterality": "R",
+        "seed": 0,
+        "size": SIZE,
+    }
     args.update(bad)
     with pytest.raises(XregError, match=match):
         render_phantom(PhantomSpec(**args))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", ["chest", "skull", "abdomen", "blank"])
+def test_out_of_scope_images_are_valid_and_deterministic(kind: str) -> None:
+    from xreg.synth.out_of_scope import render_out_of_scope
+
+    a = render_out_of_scope(kind, 3, SIZE)
+    assert a.shape == (SIZE, SIZE) and a.dtype == np.float32
+    assert 0.0 <= a.min() and a.max() < METAL_LEVEL
+    assert np.array_equal(a, render_out_of_scope(kind, 3, SIZE))
+    with pytest.raises(XregError, match="out-of-scope"):
+        render_out_of_scope("pizza", 3, SIZE)

@@ -20,8 +20,13 @@ Point = tuple[float, float]
 LAYERS = ("soft", "bone", "metal", "distractor", "fracture")
 
 
-def affine(angle_deg: float = 0.0, scale: float = 1.0, shift: Point = (0.0, 0.0),
-           center: Point = (0.5, 0.5), mirror: bool = False) -> np.ndarray:
+def affine(
+    angle_deg: float = 0.0,
+    scale: float = 1.0,
+    shift: Point = (0.0, 0.0),
+    center: Point = (0.5, 0.5),
+    mirror: bool = False,
+) -> np.ndarray:
     """3x3 matrix: mirror/rotate/scale about ``center``, then translate by ``shift``."""
     a = np.deg2rad(angle_deg)
     c, s = np.cos(a) * scale, np.sin(a) * scale
@@ -30,7 +35,8 @@ def affine(angle_deg: float = 0.0, scale: float = 1.0, shift: Point = (0.0, 0.0)
         m = m @ np.diag([-1.0, 1.0, 1.0])
     to0 = np.array([[1, 0, -center[0]], [0, 1, -center[1]], [0, 0, 1.0]])
     back = np.array([[1, 0, center[0] + shift[0]], [0, 1, center[1] + shift[1]], [0, 0, 1.0]])
-    return back @ m @ to0
+    out: np.ndarray = back @ m @ to0
+    return out
 
 
 def ellipse(c: Point, rx: float, ry: float, angle_deg: float = 0.0, n: int = 40) -> np.ndarray:
@@ -74,7 +80,8 @@ def bezier(p0: Point, p1: Point, p2: Point, n: int = 24) -> np.ndarray:
     """Points along a quadratic Bezier curve."""
     t = np.linspace(0, 1, n)[:, None]
     a, b, c = (np.asarray(p, float) for p in (p0, p1, p2))
-    return (1 - t) ** 2 * a + 2 * (1 - t) * t * b + t ** 2 * c
+    out: np.ndarray = (1 - t) ** 2 * a + 2 * (1 - t) * t * b + t**2 * c
+    return out
 
 
 def lerp(p0: Point, p1: Point, t: float) -> Point:
@@ -107,7 +114,8 @@ class Canvas:
         """Canonical points (N, 2) to pixel coordinates (N, 2)."""
         m = self._stack[-1]
         pts = np.asarray(pts, float)
-        return pts @ m[:2, :2].T + m[:2, 2]
+        out: np.ndarray = pts @ m[:2, :2].T + m[:2, 2]
+        return out
 
     def scale(self) -> float:
         """Pixels per canonical unit under the current transform."""
@@ -118,16 +126,24 @@ class Canvas:
         px = self.to_pixels(pts)
         self._raster(layer, px, value, maximum, lambda d, p: d.polygon(p, fill=255))
 
-    def line(self, layer: str, pts: np.ndarray, width: float, value: float = 1.0,
-             maximum: bool = False) -> None:
+    def line(
+        self, layer: str, pts: np.ndarray, width: float, value: float = 1.0, maximum: bool = False
+    ) -> None:
         """Add a polyline of canonical ``width`` (drawn at least 1 px wide)."""
         px = self.to_pixels(pts)
         w = max(1, int(round(width * self.scale())))
-        self._raster(layer, px, value, maximum,
-                     lambda d, p: d.line(p, fill=255, width=w, joint="curve"), pad=w)
+        self._raster(
+            layer,
+            px,
+            value,
+            maximum,
+            lambda d, p: d.line(p, fill=255, width=w, joint="curve"),
+            pad=w,
+        )
 
-    def _raster(self, layer: str, px: np.ndarray, value: float, maximum: bool,
-                draw_fn: object, pad: int = 1) -> None:
+    def _raster(
+        self, layer: str, px: np.ndarray, value: float, maximum: bool, draw_fn: object, pad: int = 1
+    ) -> None:
         n = self.size
         x0, y0 = np.floor(px.min(0)).astype(int) - pad
         x1, y1 = np.ceil(px.max(0)).astype(int) + pad + 1
@@ -137,7 +153,7 @@ class Canvas:
         img = Image.new("L", (int(x1 - x0), int(y1 - y0)))
         local = (px - (x0, y0)).ravel().tolist()
         draw_fn(ImageDraw.Draw(img), local)  # type: ignore[operator]
-        arr = np.asarray(img, np.float32)[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
+        arr = np.asarray(img, np.float32)[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
         dst = self.layers[layer][cy0:cy1, cx0:cx1]
         if maximum:
             np.maximum(dst, arr * (value / 255.0), out=dst)
@@ -145,21 +161,29 @@ class Canvas:
             dst += arr * (value / 255.0)
 
 
-def bone_ellipse(cv: Canvas, c: Point, rx: float, ry: float, angle: float = 0.0,
-                 density: float = 1.0, cortex: float = 0.22) -> None:
+def bone_ellipse(
+    cv: Canvas,
+    c: Point,
+    rx: float,
+    ry: float,
+    angle: float = 0.0,
+    density: float = 1.0,
+    cortex: float = 0.22,
+) -> None:
     """A compact bone (carpal, tarsal, epiphysis): bright cortical rim, softer inside."""
     cv.poly("bone", ellipse(c, rx, ry, angle), density)
     k = 1.0 - cortex
     cv.poly("bone", ellipse(c, rx * k, ry * k, angle), -0.35 * density)
 
 
-def long_bone(cv: Canvas, p0: Point, p1: Point, r0: float, r1: float,
-              density: float = 1.0, wall: float = 0.32) -> None:
+def long_bone(
+    cv: Canvas, p0: Point, p1: Point, r0: float, r1: float, density: float = 1.0, wall: float = 0.32
+) -> None:
     """A tubular bone shaft: cortex brighter at the rim, darker medullary canal."""
     cv.poly("bone", capsule(p0, p1, r0, r1), density)
     k = 1.0 - wall
     q0, q1 = lerp(p0, p1, 0.06), lerp(p0, p1, 0.94)
-    cv.poly("bone", capsule(q0, q1, r0 * k, r1 * k), -0.55 * density)
+    cv.poly("bone", capsule(q0, q1, r0 * k, r1 * k), -0.65 * density)
 
 
 def smooth(pts: np.ndarray, rounds: int = 2) -> np.ndarray:
@@ -179,7 +203,9 @@ def bone_poly(cv: Canvas, pts: np.ndarray, density: float = 1.0, cortex: float =
     cv.poly("bone", c + (pts - c) * (1.0 - cortex), -0.35 * density)
 
 
-def rrect(c: Point, w: float, h: float, angle: float = 0.0, p: float = 5.0, n: int = 40) -> np.ndarray:
+def rrect(
+    c: Point, w: float, h: float, angle: float = 0.0, p: float = 5.0, n: int = 40
+) -> np.ndarray:
     """Rounded rectangle (superellipse) of full width ``w`` and height ``h``."""
     t = np.linspace(0, 2 * np.pi, n, endpoint=False)
     ct, st = np.cos(t), np.sin(t)

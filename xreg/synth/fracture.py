@@ -19,12 +19,12 @@ from xreg.synth._canvas import Canvas, Point, affine, band
 class FractureParams:
     """Per-patient displacement of the distal fragment relative to the head."""
 
-    kind: str             # "neck" or "intertrochanteric"
-    angulation: float     # degrees the distal fragment rotates (varus/external rotation)
-    shortening: float     # canonical units the shaft rides up
-    shift: float          # sideways translation at the fracture
-    impacted: bool        # bright band where the fragments overlap
-    roughness: float      # amplitude of the irregular break line
+    kind: str  # "neck" or "intertrochanteric"
+    angulation: float  # degrees the distal fragment rotates (varus/external rotation)
+    shortening: float  # canonical units the shaft rides up
+    shift: float  # sideways translation at the fracture
+    impacted: bool  # bright band where the fragments overlap
+    roughness: float  # amplitude of the irregular break line
 
 
 def fracture_params(kind: str, pr: np.random.Generator) -> FractureParams:
@@ -51,8 +51,9 @@ def fragment_transform(fp: FractureParams, pivot: Point, up: Point) -> np.ndarra
     return affine(fp.angulation, 1.0, (sx, sy), center=pivot)
 
 
-def draw_break(cv: Canvas, a: Point, b: Point, fp: FractureParams,
-               rng: np.random.Generator) -> None:
+def draw_break(
+    cv: Canvas, a: Point, b: Point, fp: FractureParams, rng: np.random.Generator
+) -> None:
     """Irregular cortical break from ``a`` to ``b`` plus its mask band."""
     n = 14
     t = np.linspace(0, 1, n)[:, None]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from xreg.synth._canvas import (Canvas, Point, arc, band, bezier, capsule, ellipse, lerp, rrect)
+from xreg.synth._canvas import Canvas, Point, arc, band, bezier, capsule, ellipse, lerp, rrect
 from xreg.synth.anatomy import Anchors
 
 Gen = np.random.Generator
@@ -27,8 +27,13 @@ _COMPATIBLE: dict[str, tuple[str, ...]] = {
     "spine": ("spinal_rods", "screws"),
 }
 # What a surgeon would have used instead when an instrument makes no sense there.
-_NEAREST = {"hip_prosthesis": "plate", "knee_prosthesis": "plate", "spinal_rods": "plate",
-            "nail": "plate", "anchor": "screws"}
+_NEAREST = {
+    "hip_prosthesis": "plate",
+    "knee_prosthesis": "plate",
+    "spinal_rods": "plate",
+    "nail": "plate",
+    "anchor": "screws",
+}
 
 
 def compatible_instruments(body_part: str) -> tuple[str, ...]:
@@ -70,25 +75,34 @@ def screw(cv: Canvas, head: Point, tip: Point, r: float, head_size: float = 1.0)
     rad = np.where(np.arange(len(t)) % 2 == 0, r, r * 0.6)
     rad[-1] = r * 0.3
     core = np.asarray(head) + t[:, None] * d
-    cv.poly("metal", np.concatenate([core + n * rad[:, None], (core - n * rad[:, None])[::-1]]), 1.0)
+    cv.poly(
+        "metal", np.concatenate([core + n * rad[:, None], (core - n * rad[:, None])[::-1]]), 1.0
+    )
     hc = np.asarray(head) - d * r * 0.5
-    cv.poly("metal", rrect(tuple(hc), r * 2.4 * head_size, r * 1.3,
-                           float(np.degrees(np.arctan2(n[1], n[0]))), 4), 1.0)
+    cv.poly(
+        "metal",
+        rrect(
+            tuple(hc), r * 2.4 * head_size, r * 1.3, float(np.degrees(np.arctan2(n[1], n[0]))), 4
+        ),
+        1.0,
+    )
 
 
-def _across(shaft: tuple[Point, Point, float], t: float, tilt: float, side: float) -> tuple[Point, Point]:
+def _across(
+    shaft: tuple[Point, Point, float], t: float, tilt: float, side: float
+) -> tuple[Point, Point]:
     """Entry and exit points of a line crossing the shaft at fraction ``t``."""
     p0, p1, r = shaft
     d, n = _unit(p0, p1)
     a = np.deg2rad(tilt)
     v = n * np.cos(a) + d * np.sin(a)
     c = np.asarray(lerp(p0, p1, t))
-    return tuple(c + side * v * r * 1.25), tuple(c - side * v * r * 1.15)  # type: ignore[return-value]
+    return tuple(c + side * v * r * 1.25), tuple(c - side * v * r * 1.15)
 
 
 def _screws(cv: Canvas, a: Anchors, hr: Gen) -> None:
     if "hip" in a.extra:  # cannulated screws along the neck, from below the trochanter
-        hc, r, base, s0, _ = a.extra["hip"]  # type: ignore[misc]
+        hc, r, base, s0, _ = a.extra["hip"]
         d, n = _unit(base, hc)
         for off in np.linspace(-0.5, 0.5, int(hr.integers(2, 4))):
             start = np.asarray(base) - d * r * 1.3 + n * off * r * 0.9
@@ -112,14 +126,23 @@ def _plate(cv: Canvas, a: Anchors, hr: Gen) -> None:
     holes = int(max(3, ln / (r * 0.9)))
     for i, t in enumerate(np.linspace(0.06, 0.94, holes)):
         c = start + d * ln * t
-        cv.poly("metal", ellipse(tuple(c), w * 0.22, w * 0.3, float(np.degrees(np.arctan2(d[1], d[0])))), -1.0)
+        cv.poly(
+            "metal",
+            ellipse(tuple(c), w * 0.22, w * 0.3, float(np.degrees(np.arctan2(d[1], d[0])))),
+            -1.0,
+        )
         if i % 2 == 0 or hr.random() < 0.3:
             screw(cv, tuple(c + n * side * r * 0.5), tuple(c - n * side * r * 1.5), r * 0.16)
     if "hip" in a.extra:  # sliding hip screw: barrel + lag screw into the head
-        hc, hrad, base, _, _ = a.extra["hip"]  # type: ignore[misc]
+        hc, hrad, base, _, _ = a.extra["hip"]
         dd, _ = _unit(base, hc)
-        screw(cv, tuple(np.asarray(base) - dd * hrad * 1.6), tuple(np.asarray(hc) + dd * hrad * 0.5),
-              hrad * 0.22, 1.4)
+        screw(
+            cv,
+            tuple(np.asarray(base) - dd * hrad * 1.6),
+            tuple(np.asarray(hc) + dd * hrad * 0.5),
+            hrad * 0.22,
+            1.4,
+        )
 
 
 def _nail(cv: Canvas, a: Anchors, hr: Gen) -> None:
@@ -130,13 +153,18 @@ def _nail(cv: Canvas, a: Anchors, hr: Gen) -> None:
     end = np.asarray(p0) + d * length * hr.uniform(0.8, 1.1)
     cv.poly("metal", capsule(tuple(top), tuple(end), r * 0.38, r * 0.32, 8), 1.0)
     for t in (0.12, 0.85):
-        e, x = _across((tuple(top), tuple(end), r), t, 0, 1.0)  # type: ignore[arg-type]
+        e, x = _across((tuple(top), tuple(end), r), t, 0, 1.0)
         screw(cv, e, x, r * 0.15)
     if "hip" in a.extra:
-        hc, hrad, base, _, _ = a.extra["hip"]  # type: ignore[misc]
+        hc, hrad, base, _, _ = a.extra["hip"]
         dd, _ = _unit(base, hc)
-        screw(cv, tuple(np.asarray(base) - dd * hrad * 1.4), tuple(np.asarray(hc) + dd * hrad * 0.5),
-              hrad * 0.22, 1.3)
+        screw(
+            cv,
+            tuple(np.asarray(base) - dd * hrad * 1.4),
+            tuple(np.asarray(hc) + dd * hrad * 0.5),
+            hrad * 0.22,
+            1.3,
+        )
 
 
 def _kwire(cv: Canvas, a: Anchors, hr: Gen) -> None:
@@ -147,7 +175,7 @@ def _kwire(cv: Canvas, a: Anchors, hr: Gen) -> None:
 
 
 def _anchor(cv: Canvas, a: Anchors, hr: Gen) -> None:
-    c, rad = a.extra.get("head", (a.joint, a.shaft[2]))  # type: ignore[misc]
+    c, rad = a.extra.get("head", (a.joint, a.shaft[2]))
     for _ in range(int(hr.integers(1, 3))):
         ang = hr.uniform(0, 2 * np.pi)
         v = np.array([np.cos(ang), np.sin(ang)])
@@ -156,7 +184,7 @@ def _anchor(cv: Canvas, a: Anchors, hr: Gen) -> None:
 
 
 def _hip_prosthesis(cv: Canvas, a: Anchors, hr: Gen) -> None:
-    hc, r, base, s0, s1 = a.extra["hip"]  # type: ignore[misc]
+    hc, r, base, s0, s1 = a.extra["hip"]
     cup = arc(hc, r * 1.12, r * 1.12, 180 + hr.uniform(-15, 5), 360 + hr.uniform(-5, 15))
     cv.poly("metal", band(cup, r * 0.22), 1.0)
     cv.poly("metal", ellipse(hc, r * 0.78, r * 0.78), 1.0)
@@ -168,15 +196,21 @@ def _hip_prosthesis(cv: Canvas, a: Anchors, hr: Gen) -> None:
 
 
 def _knee_prosthesis(cv: Canvas, a: Anchors, hr: Gen, lat: bool) -> None:
-    (cx, cy), cr, plateau, width = a.extra["knee"]  # type: ignore[misc]
+    (cx, cy), cr, plateau, width = a.extra["knee"]
     if lat:
         cv.poly("metal", band(arc((cx, cy), cr * 1.05, cr * 1.05, -40, 200), cr * 0.22), 1.0)
-        cv.poly("metal", band(np.array([(cx - cr, cy - cr * 0.6), (cx - cr * 0.2, cy - cr * 0.2)]),
-                              cr * 0.15), 1.0)
+        cv.poly(
+            "metal",
+            band(np.array([(cx - cr, cy - cr * 0.6), (cx - cr * 0.2, cy - cr * 0.2)]), cr * 0.15),
+            1.0,
+        )
     else:
         for s in (-1, 1):
-            cv.poly("metal", band(arc((cx + s * width * 0.25, cy), width * 0.26, cr * 0.6, 0, 180),
-                                  cr * 0.25), 1.0)
+            cv.poly(
+                "metal",
+                band(arc((cx + s * width * 0.25, cy), width * 0.26, cr * 0.6, 0, 180), cr * 0.25),
+                1.0,
+            )
         cv.poly("metal", rrect((cx, cy - cr * 0.5), width * 0.95, cr * 0.25, 0, 6), 1.0)
     ty = plateau + cr * 0.35
     cv.poly("metal", rrect((cx, ty), width * 0.95, cr * 0.22, 0, 8), 1.0)
@@ -184,11 +218,11 @@ def _knee_prosthesis(cv: Canvas, a: Anchors, hr: Gen, lat: bool) -> None:
 
 
 def _spinal(cv: Canvas, a: Anchors, hr: Gen, rods: bool) -> None:
-    levels, lat, seg = a.extra["spine"]  # type: ignore[misc]
+    levels, lat, seg = a.extra["spine"]
     k = int(hr.integers(2, min(5, len(levels)) + 1))
     i0 = int(hr.integers(0, len(levels) - k + 1))
     heads: list[list[np.ndarray]] = [[], []]
-    for (c, w, h, ang) in levels[i0:i0 + k]:
+    for c, w, h, ang in levels[i0 : i0 + k]:
         r = h * 0.09
         if lat:
             t = np.deg2rad(ang)
@@ -199,7 +233,13 @@ def _spinal(cv: Canvas, a: Anchors, hr: Gen, rods: bool) -> None:
         else:
             for j, s in enumerate((-1, 1)):
                 head = np.asarray(c) + np.array([s * w * 0.38, -h * 0.1])
-                screw(cv, tuple(head), tuple(np.asarray(c) + np.array([s * w * 0.08, h * 0.05])), r, 1.3)
+                screw(
+                    cv,
+                    tuple(head),
+                    tuple(np.asarray(c) + np.array([s * w * 0.08, h * 0.05])),
+                    r,
+                    1.3,
+                )
                 heads[j].append(head)
     if rods:
         for hs in heads:
@@ -221,14 +261,19 @@ def draw_instrument(cv: Canvas, instrument: str, view: str, a: Anchors, hr: Gen)
     elif instrument == "knee_prosthesis":
         _knee_prosthesis(cv, a, hr, view == "LAT")
     else:
-        {"screws": _screws, "plate": _plate, "nail": _nail, "kwire": _kwire,
-         "anchor": _anchor}[instrument](cv, a, hr)
+        {"screws": _screws, "plate": _plate, "nail": _nail, "kwire": _kwire, "anchor": _anchor}[
+            instrument
+        ](cv, a, hr)
 
 
 def _somewhere(a: Anchors, vr: Gen) -> np.ndarray:
+    """A point on the soft tissue near the joint (the joint is always in view)."""
     p0, p1, r = a.limb[int(vr.integers(len(a.limb)))]
-    c = np.asarray(lerp(p0, p1, vr.uniform(0.1, 0.6)))
-    return np.clip(c + vr.uniform(-r, r, 2) * 0.8, 0.12, 0.88)
+    far = p1 if np.hypot(*np.subtract(p1, a.joint)) > np.hypot(*np.subtract(p0, a.joint)) else p0
+    d = np.subtract(far, a.joint)
+    c = np.asarray(a.joint) + d / (np.hypot(*d) + 1e-9) * vr.uniform(0.0, 0.2)
+    out: np.ndarray = c + vr.uniform(-1, 1, 2) * min(r * 0.6, 0.12)
+    return out
 
 
 def draw_distractor(cv: Canvas, kind: str, a: Anchors, vr: Gen) -> None:
@@ -254,21 +299,34 @@ def draw_distractor(cv: Canvas, kind: str, a: Anchors, vr: Gen) -> None:
             c = tuple(_somewhere(a, vr))
             cv.poly("distractor", ellipse(c, 0.028, 0.028), 0.15)
             cv.poly("distractor", ellipse(c, 0.007, 0.007), 0.9)
-            cv.line("distractor", bezier(c, tuple(vr.uniform(0, 1, 2)), tuple(vr.uniform(0, 1, 2))),
-                    0.004, 0.35)
+            cv.line(
+                "distractor",
+                bezier(c, tuple(vr.uniform(0, 1, 2)), tuple(vr.uniform(0, 1, 2))),
+                0.004,
+                0.35,
+            )
     elif kind == "button":
         c0 = _somewhere(a, vr)
+        step = np.array([0.0, 0.07 if c0[1] < 0.5 else -0.07])  # a button row, towards the centre
         for i in range(int(vr.integers(2, 5))):
-            c = c0 + np.array([0.0, 0.08 * i])
+            c = c0 + step * i
             cv.poly("distractor", ellipse(tuple(c), 0.014, 0.014), 0.6)
             for dx, dy in ((-1, -1), (1, -1), (-1, 1), (1, 1)):
-                cv.poly("distractor", ellipse((c[0] + dx * 0.004, c[1] + dy * 0.004), 0.002, 0.002), -0.5)
+                cv.poly(
+                    "distractor",
+                    ellipse((c[0] + dx * 0.004, c[1] + dy * 0.004), 0.002, 0.002),
+                    -0.5,
+                )
     elif kind == "zip":
-        p0 = _somewhere(a, vr)
-        d = np.array([np.sin(vr.uniform(-0.4, 0.4)), 1.0])
+        z0 = _somewhere(a, vr)
+        d = np.array([np.sin(vr.uniform(-0.4, 0.4)), 1.0 if z0[1] < 0.5 else -1.0])
         for t in np.arange(0, vr.uniform(0.2, 0.45), 0.009):
-            c = p0 + d * t
-            cv.poly("distractor", rrect(tuple(c + [0.003 * (-1) ** int(t / 0.009), 0]), 0.012, 0.005), 0.6)
-        cv.poly("distractor", rrect(tuple(p0 - d * 0.02), 0.02, 0.03), 0.6)
+            c = z0 + d * t
+            cv.poly(
+                "distractor",
+                rrect(tuple(c + [0.003 * (-1) ** int(t / 0.009), 0]), 0.012, 0.005),
+                0.6,
+            )
+        cv.poly("distractor", rrect(tuple(z0 - d * 0.02), 0.02, 0.03), 0.6)
     else:
         raise ValueError(f"unknown distractor {kind!r}")

@@ -20,10 +20,18 @@ from xreg.errors import XregError
 from xreg.synth._canvas import Canvas, affine
 from xreg.synth.anatomy import draw_anatomy
 from xreg.synth.hardware import draw_distractor, draw_instrument, resolve_instrument
-from xreg.synth.spec import BODY_PARTS, DISTRACTORS, FRACTURES, INSTRUMENTS, VIEWS, Phantom, PhantomSpec
+from xreg.synth.spec import (
+    BODY_PARTS,
+    DISTRACTORS,
+    FRACTURES,
+    INSTRUMENTS,
+    VIEWS,
+    Phantom,
+    PhantomSpec,
+)
 
-METAL_LEVEL = 0.95       # instruments render at or above this
-NON_METAL_MAX = 0.9      # everything else (bone, casts, rings, markers) stays below
+METAL_LEVEL = 0.95  # instruments render at or above this
+NON_METAL_MAX = 0.9  # everything else (bone, casts, rings, markers) stays below
 _POSE_ROT = {"hand": 10.0, "foot": 10.0, "spine": 6.0, "hip": 6.0}
 
 
@@ -58,15 +66,20 @@ def render_phantom(spec: PhantomSpec) -> Phantom:
     n = spec.size
     cv = Canvas(n)
     rot = _POSE_ROT.get(spec.body_part, 12.0)
-    pose = affine(vr.uniform(-rot, rot), vr.uniform(0.92, 1.04), tuple(vr.uniform(-0.03, 0.03, 2)),
-                  mirror=spec.laterality == "L")
+    pose = affine(
+        vr.uniform(-rot, rot),
+        vr.uniform(0.92, 1.04),
+        tuple(vr.uniform(-0.03, 0.03, 2)),
+        mirror=spec.laterality == "L",
+    )
     with cv.frame(pose):
         anchors = draw_anatomy(cv, spec.body_part, spec.view, pr, vr, spec.fracture)
-        if spec.instrument is not None:
-            inst = resolve_instrument(spec.body_part, spec.instrument)
-            draw_instrument(cv, inst, spec.view, anchors, hr)
-        for d in spec.distractors:
-            draw_distractor(cv, d, anchors, vr)
+        with cv.frame(anchors.frame):
+            if spec.instrument is not None:
+                inst = resolve_instrument(spec.body_part, spec.instrument)
+                draw_instrument(cv, inst, spec.view, anchors, hr)
+            for d in spec.distractors:
+                draw_distractor(cv, d, anchors, vr)
     image, field = _form_image(cv, vr)
     _burn_marker(image, spec.laterality, vr, field)
     masks = {
@@ -82,7 +95,7 @@ def _lowres_blur(a: np.ndarray, factor: int, sigma: float) -> np.ndarray:
     n = a.shape[0]
     small = Image.fromarray(a).reduce(factor)
     blurred = gaussian_filter(np.asarray(small), sigma, mode="nearest")
-    return np.array(Image.fromarray(blurred).resize((n, n), Image.BILINEAR))
+    return np.array(Image.fromarray(blurred).resize((n, n), Image.Resampling.BILINEAR))
 
 
 def _blur3(a: np.ndarray, passes: int) -> np.ndarray:
@@ -103,7 +116,7 @@ def _noise(vr: np.random.Generator, n: int, grain: int) -> np.ndarray:
     """Zero-mean, unit-ish band-limited noise with blobs about ``grain`` px wide."""
     m = max(8, n // grain)
     small = vr.standard_normal((m, m), dtype=np.float32)
-    return np.array(Image.fromarray(small).resize((n, n), Image.BILINEAR))
+    return np.array(Image.fromarray(small).resize((n, n), Image.Resampling.BILINEAR))
 
 
 def _form_image(cv: Canvas, vr: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -113,7 +126,7 @@ def _form_image(cv: Canvas, vr: np.random.Generator) -> tuple[np.ndarray, np.nda
     soft = _lowres_blur(L["soft"], 8, 1.2)
     # blur is linear, so bone and distractors share one pass (edge softness of the focal spot)
     np.clip(L["bone"], 0, None, out=L["bone"])
-    dense = L["bone"] * np.float32(vr.uniform(1.1, 1.6))
+    dense = L["bone"] * np.float32(vr.uniform(0.8, 1.2))
     mu_dist = np.float32(vr.uniform(1.4, 1.8))
     if L["distractor"].any():
         dense += np.clip(L["distractor"], 0, None) * mu_dist
@@ -124,7 +137,8 @@ def _form_image(cv: Canvas, vr: np.random.Generator) -> tuple[np.ndarray, np.nda
     dense *= tex
     dense += soft * np.float32(vr.uniform(0.3, 0.5))
     # tone curve 1 - exp(-att), gamma and window through one lookup table
-    lo, hi, gamma = vr.uniform(0.0, 0.08), vr.uniform(0.78, NON_METAL_MAX - 0.02), vr.uniform(0.75, 1.35)
+    lo, hi = vr.uniform(0.0, 0.08), vr.uniform(0.78, NON_METAL_MAX - 0.02)
+    gamma = vr.uniform(0.6, 1.1)
     grid = np.linspace(0.0, 8.0, 4097, dtype=np.float32)
     lut = (lo + (hi - lo) * (1.0 - np.exp(-grid)) ** gamma).astype(np.float32)
     idx = np.minimum(dense * np.float32(512.0), np.float32(4096)).astype(np.int32)
@@ -141,8 +155,9 @@ def _form_image(cv: Canvas, vr: np.random.Generator) -> tuple[np.ndarray, np.nda
     metal = L["metal"]
     if metal.any():
         # drawn metal pixels are fully metal (thin k-wires too); the blur only softens the rim
-        mm = np.maximum(np.clip(_blur3(metal, max(1, round(px * 0.6))) * 2.5, 0, 1),
-                        np.clip(metal * 2.0, 0, 1))
+        mm = np.maximum(
+            np.clip(_blur3(metal, max(1, round(px * 0.6))) * 2.5, 0, 1), np.clip(metal * 2.0, 0, 1)
+        )
         level = np.float32(vr.uniform(0.975, 1.0))
         img += mm * (level - img - grain * np.float32(0.03))
     field = _collimation(vr, n)
@@ -180,9 +195,11 @@ def _burn_marker(img: np.ndarray, side: str, vr: np.random.Generator, field: np.
     ys = np.nonzero(field.any(1))[0]
     xs = np.nonzero(field.any(0))[0]
     margin = int(n * 0.07)
-    y = int(ys[0] + margin * vr.uniform(0.6, 1.5)) if vr.random() < 0.7 else int(ys[-1] - margin * 1.5 - w)
-    x = int(xs[0] + margin * vr.uniform(0.6, 1.4)) if side == "R" else int(xs[-1] - margin * vr.uniform(0.6, 1.4) - w)
+    top = vr.random() < 0.7
+    y = int(ys[0] + margin * vr.uniform(0.6, 1.5)) if top else int(ys[-1] - margin * 1.5 - w)
+    inset = margin * vr.uniform(0.6, 1.4)
+    x = int(xs[0] + inset) if side == "R" else int(xs[-1] - inset - w)
     y, x = int(np.clip(y, 0, n - w)), int(np.clip(x, 0, n - w))
     s = np.asarray(stamp, np.float32) / 255.0
-    region = img[y:y + w, x:x + w]
+    region = img[y : y + w, x : x + w]
     region[:] = np.maximum(region, s * vr.uniform(0.8, 0.88))
