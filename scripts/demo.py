@@ -2,8 +2,9 @@
 
 Placeholder until trained weights ship: the checkpoint is RANDOMLY
 initialised, so the body-part labels are meaningless; what the demo shows is
-the pipeline (real DICOM from pydicom's test data, 16-bit PNG, JPEG, a
-truncated file, a duplicate) and the registry it builds.
+the pipeline (phantoms from `xreg synth` as 16-bit PNG, JPEG and DICOM, real
+DICOM from pydicom's test data, a truncated file, a duplicate) and the
+registry it builds.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
 from pydicom.data import get_testdata_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,22 +24,18 @@ DICOM = ("CT_small.dcm", "MR_small_RLE.dcm", "RG1_J2KR.dcm", "JPGLosslessP14SV1_
 
 
 def make_inputs(folder: Path) -> None:
-    rng = np.random.default_rng(7)
+    """Phantoms from `xreg synth` plus real DICOM files and the usual mess."""
+    run("synth", str(folder / "phantoms"), "--count", "36", "--size", "512",
+        "--hip-pairs", "2", "--seed", "7", "--quiet")
     (folder / "pacs_export").mkdir(parents=True)
-    (folder / "scans").mkdir()
     for name in DICOM:
         path = get_testdata_file(name)
         if path:  # extension-less, as PACS exports often are
             shutil.copyfile(path, folder / "pacs_export" / Path(name).stem)
-    yy, xx = np.mgrid[0:512, 0:400]
-    for i in range(4):
-        bone = np.exp(-((xx - 200 - 20 * i) ** 2) / 3000.0) * (0.5 + 0.5 * np.sin(yy / 40.0 + i))
-        img = np.clip(bone + rng.normal(0, 0.05, bone.shape), 0, 1)
-        Image.fromarray((img * 65535).astype(np.uint16)).save(folder / "scans" / f"film_{i}.png")
-        Image.fromarray((img * 255).astype(np.uint8)).save(folder / "scans" / f"photo_{i}.jpg")
-    shutil.copyfile(folder / "scans" / "film_0.png", folder / "film_0_again.png")
-    data = (folder / "scans" / "photo_0.jpg").read_bytes()
-    (folder / "scans" / "cut_off.jpg").write_bytes(data[: len(data) // 2])
+    first_png = sorted((folder / "phantoms").rglob("*.png"))[0]
+    shutil.copyfile(first_png, folder / "same_film_again.png")
+    data = sorted((folder / "phantoms").rglob("*.jpg"))[0].read_bytes()
+    (folder / "cut_off.jpg").write_bytes(data[: len(data) // 2])
 
 
 def run(*args: str) -> None:

@@ -22,7 +22,8 @@ from xreg.errors import ConfigError
 from xreg.io import load_image
 from xreg.synth import generate
 from xreg.synth.generate import LABEL_COLUMNS, generate_dataset
-from xreg.synth.plan import compatible_instruments, plan_dataset
+from xreg.synth.hardware import compatible_instruments
+from xreg.synth.plan import plan_dataset
 from xreg.synth.sheet import sheet_specs, write_contact_sheet
 from xreg.synth.spec import BODY_PARTS, INSTRUMENTS, VIEWS, Phantom, PhantomSpec
 from xreg.synth.writers import (

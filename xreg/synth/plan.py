@@ -12,24 +12,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from xreg.errors import ConfigError
+from xreg.synth.hardware import compatible_instruments
 from xreg.synth.spec import BODY_PARTS, DISTRACTORS, FRACTURES, VIEWS, PhantomSpec
 from xreg.synth.writers import DicomHeader, DicomVariant
 
 FORMATS = ("png16", "jpeg", "dicom")
 IMAGE_DIR = "images"
 
-#: Used only while ``xreg.synth.hardware`` (the renderer's own table) is absent.
-_FALLBACK_INSTRUMENTS: dict[str, tuple[str, ...]] = {
-    "ankle": ("screws", "plate", "kwire"),
-    "elbow": ("screws", "plate", "kwire"),
-    "foot": ("screws", "plate", "kwire"),
-    "hand": ("screws", "plate", "kwire"),
-    "hip": ("hip_prosthesis", "screws", "nail", "plate"),
-    "knee": ("knee_prosthesis", "screws", "plate", "anchor"),
-    "shoulder": ("screws", "plate", "anchor", "nail"),
-    "spine": ("spinal_rods", "screws"),
-    "wrist": ("plate", "screws", "kwire"),
-}
 #: Where each non-instrument object plausibly shows up.
 _DISTRACTORS_FOR: dict[str, tuple[str, ...]] = {
     "ankle": ("cast", "iv_line", "zip"),
@@ -71,16 +60,6 @@ class Item:
     def laterality_label(self) -> str:
         """The laterality to record: empty for the spine, which has none."""
         return "" if self.spec.body_part == "spine" else self.spec.laterality
-
-
-def compatible_instruments(body_part: str) -> tuple[str, ...]:
-    """Instruments that fit ``body_part``: the renderer's table, else a local one."""
-    try:
-        from xreg.synth.hardware import compatible_instruments as from_renderer
-    except ImportError:
-        return _FALLBACK_INSTRUMENTS[body_part]
-    kinds = tuple(from_renderer(body_part))
-    return kinds or _FALLBACK_INSTRUMENTS[body_part]
 
 
 def _check(count: int, size: int, formats: tuple[str, ...], instrument_rate: float,

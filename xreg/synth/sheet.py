@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from xreg.errors import ConfigError
-from xreg.synth.plan import compatible_instruments
+from xreg.synth.hardware import compatible_instruments
 from xreg.synth.spec import BODY_PARTS, FRACTURES, Phantom, PhantomSpec
 
 _CAPTION = 16
