@@ -134,15 +134,15 @@ def _plate(cv: Canvas, a: Anchors, hr: Gen) -> None:
         if i % 2 == 0 or hr.random() < 0.3:
             screw(cv, tuple(c + n * side * r * 0.5), tuple(c - n * side * r * 1.5), r * 0.16)
     if "hip" in a.extra:  # sliding hip screw: barrel + lag screw into the head
-        hc, hrad, base, _, _ = a.extra["hip"]
-        dd, _ = _unit(base, hc)
-        screw(
-            cv,
-            tuple(np.asarray(base) - dd * hrad * 1.6),
-            tuple(np.asarray(hc) + dd * hrad * 0.5),
-            hrad * 0.22,
-            1.4,
-        )
+        _lag_screw(cv, a, 1.6, 1.4)
+
+
+def _lag_screw(cv: Canvas, a: Anchors, back: float, head_size: float) -> None:
+    """A lag screw from below the femoral neck's base up into the head."""
+    hc, hrad, base, _, _ = a.extra["hip"]
+    dd, _ = _unit(base, hc)
+    screw(cv, tuple(np.asarray(base) - dd * hrad * back),
+          tuple(np.asarray(hc) + dd * hrad * 0.5), hrad * 0.22, head_size)
 
 
 def _nail(cv: Canvas, a: Anchors, hr: Gen) -> None:
@@ -156,15 +156,7 @@ def _nail(cv: Canvas, a: Anchors, hr: Gen) -> None:
         e, x = _across((tuple(top), tuple(end), r), t, 0, 1.0)
         screw(cv, e, x, r * 0.15)
     if "hip" in a.extra:
-        hc, hrad, base, _, _ = a.extra["hip"]
-        dd, _ = _unit(base, hc)
-        screw(
-            cv,
-            tuple(np.asarray(base) - dd * hrad * 1.4),
-            tuple(np.asarray(hc) + dd * hrad * 0.5),
-            hrad * 0.22,
-            1.3,
-        )
+        _lag_screw(cv, a, 1.4, 1.3)
 
 
 def _kwire(cv: Canvas, a: Anchors, hr: Gen) -> None:
