@@ -39,3 +39,7 @@ class LockedError(XregError):
 
 class PlacementError(XregError):
     """A file could not be placed at its destination (verification failed)."""
+
+
+class MetricsInputError(XregError, ValueError):
+    """Arrays passed to a metric function have the wrong shape or values."""
