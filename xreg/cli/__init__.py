@@ -1,0 +1,13 @@
+"""The ``xreg`` command line: a thin skin over the library.
+
+Each command parses options, makes one library call and renders the result.
+Errors become messages and exit codes in ``_common.handle_errors``, and only
+there. One module per command group; this package assembles them.
+"""
+
+from __future__ import annotations
+
+from xreg.cli import registry, sort, synth  # noqa: F401  (registers the commands)
+from xreg.cli._common import app
+
+__all__ = ["app"]

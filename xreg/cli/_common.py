@@ -1,0 +1,99 @@
+"""Shared pieces of the command line: the Typer apps, consoles, errors, progress."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from xreg import __version__
+from xreg.errors import ConfigError, LockedError, XregError
+
+EXIT_OK, EXIT_ATTENTION, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 3
+
+app = typer.Typer(
+    help="Sort folders of musculoskeletal radiographs into a patient registry.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals may hold patient data
+    add_completion=False,
+)
+registry_app = typer.Typer(help="Query the SQLite registry of a sorted folder.",
+                           no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
+weights_app = typer.Typer(help="Inspect and create model checkpoints.", no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
+
+out = Console()
+err = Console(stderr=True, soft_wrap=True)  # messages stay greppable in logs
+
+
+@contextmanager
+def handle_errors() -> Iterator[None]:
+    """Map library errors to a one-line message and an exit code."""
+    try:
+        yield
+    except LockedError as exc:
+        err.print(f"[bold red]locked:[/] {exc}")
+        raise typer.Exit(EXIT_LOCKED) from None
+    except (ConfigError, XregError) as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"xreg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """xreg: body part, instrument and hip-fracture registry for radiographs."""
+
+
+class _Reporter:
+    """Rich bar on a terminal; plain periodic log lines otherwise (cron, CI)."""
+
+    def __init__(self, progress: Progress | None, quiet: bool,
+                 description: str = "sorting") -> None:
+        self.progress, self.quiet, self.description = progress, quiet, description
+        self.total = self.done = 0
+        self.task: Any = None
+        self.last_log = self.started = time.monotonic()
+
+    def start(self, total: int) -> None:
+        self.total = total
+        if self.progress is not None:
+            self.task = self.progress.add_task(self.description, total=total)
+        elif not self.quiet:
+            err.print(f"xreg: {total} file(s) to sort", highlight=False)
+
+    def advance(self, outcome: Any) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress.advance(self.task)
+            return
+        now = time.monotonic()
+        if not self.quiet and (now - self.last_log >= 10 or self.done == self.total):
+            rate = self.done / max(now - self.started, 1e-9)
+            err.print(f"xreg: {self.done}/{self.total} files ({rate:.1f}/s)", highlight=False)
+            self.last_log = now
+
+
+@contextmanager
+def progress_reporter(quiet: bool, description: str = "sorting") -> Iterator[_Reporter]:
+    if quiet or not err.is_terminal:
+        yield _Reporter(None, quiet, description)
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True) as progress:
+        yield _Reporter(progress, quiet, description)

@@ -1,0 +1,117 @@
+"""``xreg registry`` and ``xreg weights``: query a registry, inspect checkpoints."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from xreg.cli._common import (
+    err,
+    handle_errors,
+    out,
+    registry_app,
+    weights_app,
+)
+
+
+class ExportFormat(str, Enum):
+    csv = "csv"
+    json = "json"
+
+
+@registry_app.command("stats")
+def registry_stats(
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="A sorted folder.")],
+    registry: Annotated[Path | None, typer.Option(help="Registry file if not in OUT.")] = None,
+) -> None:
+    """Counts of images per status, body part and instrument."""
+    from xreg.registry import Registry
+
+    with handle_errors(), Registry(registry or out_dir / "registry.sqlite", readonly=True) as reg:
+        rows = reg.stats()
+    table = Table(title="registry")
+    for col in ("status", "body part", "instrument", "images", "source paths"):
+        table.add_column(col, justify="right" if col in ("images", "source paths") else "left")
+    for r in rows:
+        instrument = {1: "instrument", 0: "no_instrument"}.get(r["instrument"], "")
+        table.add_row(r["status"], r["body_part"] or "", instrument, str(r["images"]),
+                      str(r["sources"]))
+    table.add_row("total", "", "", str(sum(r["images"] for r in rows)),
+                  str(sum(r["sources"] for r in rows)), style="bold")
+    out.print(table)
+
+
+@registry_app.command("runs")
+def registry_runs(
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="A sorted folder.")],
+    registry: Annotated[Path | None, typer.Option(help="Registry file if not in OUT.")] = None,
+) -> None:
+    """Every run: when, by whom, with which model, and what it did."""
+    from xreg.registry import Registry
+
+    with handle_errors(), Registry(registry or out_dir / "registry.sqlite", readonly=True) as reg:
+        runs = reg.runs()
+    table = Table(title="runs")
+    for col in ("id", "started", "status", "user", "model", "model sha256", "counts"):
+        table.add_column(col)
+    for r in runs:
+        counts = json.loads(r["counts"] or "{}")
+        done = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v)
+        table.add_row(str(r["id"]), r["started"], r["status"], r["user"] or "",
+                      r["model_name"] or "", (r["model_sha256"] or "")[:12], done)
+    out.print(table)
+
+
+@registry_app.command("export")
+def registry_export(
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="A sorted folder.")],
+    fmt: Annotated[ExportFormat, typer.Option(
+        "--format", help="Output format.")] = ExportFormat.csv,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Write here instead of standard output.")] = None,
+    registry: Annotated[Path | None, typer.Option(help="Registry file if not in OUT.")] = None,
+) -> None:
+    """Every image row with its source paths, as CSV or JSON."""
+    from xreg.export import write_export
+    from xreg.registry import Registry
+
+    with handle_errors(), Registry(registry or out_dir / "registry.sqlite", readonly=True) as reg:
+        if output is None:
+            write_export(reg.iter_images(), fmt.value, sys.stdout)
+        else:
+            with open(output, "w", newline="", encoding="utf-8") as fh:
+                write_export(reg.iter_images(), fmt.value, fh)
+
+
+@weights_app.command("info")
+def weights_info(
+    path: Annotated[Path, typer.Argument(help="A checkpoint file.")],
+) -> None:
+    """Print a checkpoint's model card and sha256."""
+    from xreg.checkpoint import load_checkpoint
+
+    with handle_errors():
+        loaded = load_checkpoint(path)
+    sys.stdout.write(json.dumps(loaded.card.to_dict() | {"sha256": loaded.sha256},
+                                indent=2, default=str) + "\n")
+
+
+@weights_app.command("random")
+def weights_random(
+    path: Annotated[Path, typer.Argument(help="Where to write the checkpoint.")],
+    arch: Annotated[str, typer.Option(help="Backbone architecture.")] = "mobilenet_v2",
+    input_size: Annotated[int, typer.Option(help="Model input size in pixels.")] = 224,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Write a RANDOM-weight checkpoint (tests, benchmarks, the placeholder demo)."""
+    from xreg.checkpoint import make_random_checkpoint
+
+    with handle_errors():
+        sha = make_random_checkpoint(path, arch=arch, input_size=input_size, seed=seed)
+    err.print(f"wrote {path} (random weights: predictions are meaningless) sha256={sha}")

@@ -1,0 +1,153 @@
+"""``xreg sort``: classify and place every radiograph under IN."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from xreg.cli._common import (
+    EXIT_ATTENTION,
+    EXIT_OK,
+    app,
+    err,
+    handle_errors,
+    out,
+    progress_reporter,
+)
+
+
+class Mode(str, Enum):
+    copy = "copy"
+    move = "move"
+    link = "link"
+    hardlink = "hardlink"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+SORT_HELP = """Sort every radiograph under IN into OUT.
+
+Files go to OUT/<body_part>/<instrument|no_instrument>/ (see --layout);
+images the model is unsure about to OUT/_review/; files that cannot be
+decoded to OUT/_unreadable/. OUT/registry.sqlite records, for every file,
+its content hash, source path(s), the model's output and where it went.
+
+Nothing is ever overwritten or lost: each file is written under a temp name,
+fsynced, verified, then linked into place; --mode move deletes a source only
+after its copy is verified and recorded. Identical content is stored once.
+A second run over the same input does nothing new; a killed run is finished
+by the next one. Only one run may sort into an OUT at a time.
+
+Exit codes: 0 done; 1 some files could not be placed (or, with --strict,
+some went to _review/_unreadable); 2 usage, config or weights error;
+3 another run holds the lock on OUT.
+"""
+
+
+@app.command("sort", help=SORT_HELP)
+def sort_cmd(
+    in_dir: Annotated[Path, typer.Argument(metavar="IN", help="Folder to scan, recursively.")],
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="Sorted output folder.")],
+    weights: Annotated[Path | None, typer.Option(
+        help="Model checkpoint (.pt) to classify with.  [default: XREG_WEIGHTS]",
+        envvar="XREG_WEIGHTS")] = None,
+    mode: Annotated[Mode | None, typer.Option(
+        help="copy: leave IN as it is; move: delete each source once its copy is verified "
+             "and recorded; link: symlink to the source; hardlink: same file, two names "
+             "(same filesystem only).  [default: copy]")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Classify and print the plan; create, move and record nothing.")] = False,
+    batch_size: Annotated[int | None, typer.Option(
+        help="Images per model batch.  [default: 16]", min=1)] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="Threads decoding images while the model runs.  [default: 2]", min=1)] = None,
+    device: Annotated[Device | None, typer.Option(
+        help="Where the model runs; auto picks CUDA when present.  [default: auto]")] = None,
+    min_confidence: Annotated[float | None, typer.Option(
+        help="Body-part probability below which an image goes to _review.  "
+             "[default: the model card's threshold]", min=0.0, max=1.0)] = None,
+    min_age: Annotated[float | None, typer.Option(
+        help="Skip files modified less than this many seconds ago (still being "
+             "written); the next run picks them up.  [default: 10]", min=0.0)] = None,
+    layout: Annotated[str | None, typer.Option(
+        help="Destination template under OUT. Fields: {body_part} {instrument} {view} "
+             "{laterality} {study_date} {year} {modality} {study_uid} {name} {stem} {ext} "
+             "{sha8}. Header values are reduced to letters, digits, '.', '_' and '-', so "
+             "none can leave OUT.  [default: {body_part}/{instrument}/{name}]")] = None,
+    registry: Annotated[Path | None, typer.Option(
+        help="Registry database.  [default: OUT/registry.sqlite]")] = None,
+    config: Annotated[Path | None, typer.Option(
+        help="YAML file with defaults (a 'sort:' section, e.g. configs/sort.yaml); "
+             "command-line options win.")] = None,
+    strict: Annotated[bool | None, typer.Option(
+        "--strict/--no-strict",
+        help="Exit 1 when any file went to _review or _unreadable.  [default: no-strict]")] = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print a JSON summary (counts and every file) instead of tables.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="No progress and no summary; just the exit code.")] = False,
+) -> None:
+    from xreg.config import load_sort_options
+    from xreg.runner import run_sort
+
+    with handle_errors():
+        options = load_sort_options(config, {
+            "weights": weights, "mode": mode.value if mode else None,
+            "dry_run": dry_run or None, "batch_size": batch_size, "workers": workers,
+            "device": device.value if device else None, "min_confidence": min_confidence,
+            "min_age": min_age, "layout": layout, "registry": registry, "strict": strict,
+        })
+        with progress_reporter(quiet or as_json) as reporter:
+            result = run_sort(in_dir, out_dir, options, reporter)
+    code = _sort_exit_code(result.counts, options.strict)
+    if as_json:
+        payload = result.to_dict() | {"exit_code": code}
+        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+    elif not quiet:
+        _print_sort_summary(result, out_dir)
+    raise typer.Exit(code)
+
+
+def _sort_exit_code(counts: Any, strict: bool) -> int:
+    if counts.get("failed", 0):
+        return EXIT_ATTENTION
+    if strict and (counts.get("review", 0) or counts.get("unreadable", 0)):
+        return EXIT_ATTENTION
+    return EXIT_OK
+
+
+def _print_sort_summary(result: Any, out_dir: Path) -> None:
+    if result.dry_run:
+        plan = Table(title="Plan (dry run: nothing was changed)")
+        for col in ("source", "would go to", "confidence"):
+            plan.add_column(col)
+        for o in result.outcomes:
+            if o.dest:
+                conf = f"{o.confidence:.2f}" if o.confidence is not None else ""
+                dest = f"(duplicate of) {o.dest}" if o.status == "duplicate" else o.dest
+                plan.add_row(o.source, dest, conf)
+        out.print(plan)
+    table = Table(title="xreg sort", caption=str(out_dir))
+    table.add_column("outcome")
+    table.add_column("files", justify="right")
+    for status, n in result.to_dict()["counts"].items():
+        if n:
+            table.add_row(status, str(n))
+    out.print(table)
+    for o in result.outcomes:
+        if o.status == "failed":
+            err.print(f"[red]failed:[/] {o.source}: {o.error}", highlight=False)
+    if result.recovered:
+        out.print(f"finished {result.recovered} placement(s) left by an interrupted run")
+
+
