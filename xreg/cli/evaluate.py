@@ -1,0 +1,107 @@
+"""``xreg evaluate``: score a checkpoint on labelled radiographs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from xreg.cli._common import (
+    EXIT_ATTENTION,
+    EXIT_OK,
+    app,
+    err,
+    handle_errors,
+    out,
+    progress_reporter,
+)
+from xreg.cli.sort import Device
+
+EVALUATE_HELP = """Score the checkpoint WEIGHTS on the labelled images in DATA.
+
+DATA is a CSV manifest (columns path, body_part, instrument [0/1/empty],
+optional patient_id and split; relative paths resolve against the CSV's
+folder, as in `xreg synth`'s labels.csv) or a folder in sort layout,
+<body_part>/<instrument|no_instrument>/... (_review and _unreadable skipped).
+
+Body part: log loss, MCC, Cohen's kappa, accuracy, per-class AUC and the
+confusion matrix. Instrument, at the card's threshold: AUC, sensitivity,
+specificity, Youden's J, F1, accuracy, PPV, NPV. Every interval is a 95%
+bootstrap CI. --json prints: checkpoint {name, sha256, note}, data, counts,
+body_part, instrument (null when unlabelled), misclassified, skipped;
+metrics are [value, low, high], null where undefined.
+
+Exit codes: 0 done; 1 some labelled files could not be read (listed);
+2 usage, data or weights error.
+"""
+
+
+@app.command("evaluate", help=EVALUATE_HELP)
+def evaluate_cmd(
+    weights: Annotated[Path, typer.Argument(help="Model checkpoint (.pt).")],
+    data: Annotated[Path, typer.Argument(help="Manifest CSV or sort-layout folder.")],
+    report: Annotated[Path | None, typer.Option(
+        help="Also write report.md with a ROC curve and a confusion matrix here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Images per model batch.", min=1)] = 16,
+    device: Annotated[Device, typer.Option(
+        help="Where the model runs; auto picks CUDA when present.")] = Device.auto,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples per CI.", min=1)] = 5000,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+) -> None:
+    from xreg.evaluate import evaluate
+
+    with handle_errors(), progress_reporter(as_json or not err.is_terminal,
+                                            "evaluating") as reporter:
+        evaluation = evaluate(weights, data, batch_size=batch_size, device=device.value,
+                              n_resamples=resamples, seed=seed, on_start=reporter.start,
+                              on_decoded=lambda: reporter.advance(None))
+        written = []
+        if report is not None:
+            from xreg.report import write_report
+
+            written = write_report(evaluation, report)
+    if as_json:
+        payload = evaluation.to_dict() | {"report": [str(p) for p in written]}
+        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+    else:
+        _print_tables(evaluation)
+        for path in written:
+            out.print(f"wrote {path}", highlight=False)
+    for s in evaluation.skipped:
+        err.print(f"[yellow]{s.status}:[/] {s.path}: {s.reason}", highlight=False)
+    raise typer.Exit(EXIT_ATTENTION if evaluation.skipped else EXIT_OK)
+
+
+def _print_tables(ev: Any) -> None:
+    from xreg.report import BINARY_METRICS, MULTICLASS_METRICS, format_estimate
+
+    out.print(f"{ev.checkpoint}  sha256 {ev.sha256[:12]}  {ev.note}", highlight=False)
+    body = Table(title=f"Body part ({len(ev.paths)} images)")
+    body.add_column("metric")
+    body.add_column("value (95% CI)", justify="right")
+    for key, name in MULTICLASS_METRICS:
+        body.add_row(name, format_estimate(getattr(ev.body_part, key)))
+    for label, auc in ev.body_part.auc_per_class.items():
+        body.add_row(f"AUC {label}", "n/a" if auc != auc else f"{auc:.3f}")
+    out.print(body)
+    if ev.instrument is not None:
+        inst = Table(title=f"Instrument ({ev.instrument_true.size} images, "
+                           f"threshold {ev.instrument_threshold:g})")
+        inst.add_column("metric")
+        inst.add_column("value (95% CI)", justify="right")
+        for key, name in BINARY_METRICS:
+            inst.add_row(name, format_estimate(ev.instrument[key]))
+        out.print(inst)
+    if ev.misclassified:
+        wrong = Table(title=f"Misclassified ({len(ev.misclassified)})")
+        wrong.add_column("file", overflow="fold")
+        for col in ("head", "true", "predicted", "probability"):
+            wrong.add_column(col)
+        for m in ev.misclassified:
+            wrong.add_row(m.path, m.head, m.true, m.predicted, f"{m.probability:.3f}")
+        out.print(wrong)

@@ -1,0 +1,117 @@
+"""Labelled image sets for evaluation: a CSV manifest or a sorted folder.
+
+A manifest has columns ``path``, ``body_part``, ``instrument`` (``0``/``1``,
+empty when unknown) and optionally ``patient_id`` and ``split``; relative
+paths resolve against the manifest's folder (``xreg synth`` writes one). A
+folder in xreg's sort layout, ``<body_part>/<instrument|no_instrument>/...``,
+is labelled by where each file lies; ``_review`` and ``_unreadable`` are
+skipped because nobody has labelled what is in them.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from xreg.errors import ConfigError
+from xreg.io import find_images
+from xreg.models import BODY_PARTS, INSTRUMENT_LABELS
+
+__all__ = ["REQUIRED_COLUMNS", "LabelledImage", "load_labels"]
+
+REQUIRED_COLUMNS = ("path", "body_part", "instrument")
+_IGNORED_FOLDERS = frozenset({"_review", "_unreadable"})
+_INSTRUMENT_VALUES = {"0": 0, "1": 1, "": None}
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    """One image and its ground truth; ``instrument`` is 1, 0 or None (unknown)."""
+
+    path: Path
+    body_part: str
+    instrument: int | None
+    patient_id: str | None
+    split: str | None
+
+
+def load_labels(data: Path, body_parts: Sequence[str] = BODY_PARTS) -> list[LabelledImage]:
+    """Read the labelled images of a manifest CSV or a sort-layout folder, sorted by path.
+
+    ``body_parts`` are the labels a body part may take (a model card's head).
+    An unreadable manifest, a missing column, an unknown body part or a bad
+    instrument value raises ``ConfigError`` naming the row and column.
+    """
+    data = Path(data)
+    if data.is_dir():
+        images = _from_folder(data, body_parts)
+    elif data.is_file():
+        images = _from_manifest(data, body_parts)
+    else:
+        raise ConfigError(f"no labelled data at {data} (expected a CSV file or a folder)")
+    if not images:
+        raise ConfigError(f"{data} holds no labelled images")
+    return sorted(images, key=lambda im: str(im.path))
+
+
+def _from_manifest(path: Path, body_parts: Sequence[str]) -> list[LabelledImage]:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+            header = rows[0].keys() if rows else []
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"cannot read manifest {path}: {exc}") from None
+    if not rows:
+        raise ConfigError(f"manifest {path} has no rows")
+    for column in REQUIRED_COLUMNS:
+        if column not in header:
+            raise ConfigError(f"manifest {path} has no column {column!r} "
+                              f"(required: {', '.join(REQUIRED_COLUMNS)})")
+    root = path.parent
+    images = []
+    # Row numbers count the header as row 1, as a spreadsheet shows them.
+    for number, row in enumerate(rows, start=2):
+        def bad(column: str, why: str, row_number: int = number) -> ConfigError:
+            return ConfigError(f"manifest {path}, row {row_number}, column {column!r}: {why}")
+
+        if None in row:
+            raise bad("path", "more fields than the header has columns")
+        rel = (row["path"] or "").strip()
+        if not rel:
+            raise bad("path", "empty")
+        body_part = (row["body_part"] or "").strip()
+        if body_part not in body_parts:
+            raise bad("body_part", f"unknown body part {body_part!r}; "
+                      f"known: {', '.join(body_parts)}")
+        raw = (row["instrument"] or "").strip()
+        if raw not in _INSTRUMENT_VALUES:
+            raise bad("instrument", f"{raw!r} is not 0, 1 or empty")
+        images.append(LabelledImage(
+            path=root / rel, body_part=body_part, instrument=_INSTRUMENT_VALUES[raw],
+            patient_id=(row.get("patient_id") or "").strip() or None,
+            split=(row.get("split") or "").strip() or None,
+        ))
+    return images
+
+
+def _from_folder(root: Path, body_parts: Sequence[str]) -> list[LabelledImage]:
+    images = []
+    for path in find_images(root):
+        parts = path.relative_to(root).parts
+        if parts[0] in _IGNORED_FOLDERS:
+            continue
+        if len(parts) < 3:
+            raise ConfigError(f"{path} is not under <body_part>/<instrument|no_instrument>/ "
+                              f"in {root}")
+        body_part, instrument = parts[0], parts[1]
+        if body_part not in body_parts:
+            raise ConfigError(f"{path}: folder {body_part!r} is not a body part; "
+                              f"known: {', '.join(body_parts)}")
+        if instrument not in INSTRUMENT_LABELS:
+            raise ConfigError(f"{path}: folder {instrument!r} is not one of "
+                              f"{', '.join(INSTRUMENT_LABELS)}")
+        images.append(LabelledImage(path, body_part, INSTRUMENT_LABELS.index(instrument),
+                                    None, None))
+    return images
