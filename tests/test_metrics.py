@@ -163,7 +163,7 @@ def test_binary_metrics_share_bootstrap_resamples() -> None:
 def test_youden_threshold_separable() -> None:
     neg, pos = [0.05, 0.2, 0.3], [0.7, 0.8, 0.95]
     t = youden_threshold([0, 0, 0, 1, 1, 1], neg + pos)
-    assert max(neg) < t <= min(pos)
+    assert t == pytest.approx((max(neg) + min(pos)) / 2)
     m = binary_metrics([0, 0, 0, 1, 1, 1], neg + pos, t, n_resamples=10)
     assert m["youden"].value == 1.0
 
@@ -172,14 +172,15 @@ def test_youden_threshold_overlapping() -> None:
     # Negatives 0.1, 0.2, 0.5; positives 0.35, 0.6, 0.9, 0.95.
     # t = 0.35: sens 4/4, spec 2/3 -> J 2/3;  t = 0.6: sens 3/4, spec 3/3 -> J 3/4 (best);
     # t = 0.9: sens 2/4, spec 1 -> J 1/2;  t = 0.1: sens 1, spec 0 -> J 0.
+    # The returned threshold is the midpoint of the gap below 0.6 (0.5 .. 0.6).
     t = youden_threshold([0, 0, 0, 1, 1, 1, 1], [0.1, 0.2, 0.5, 0.35, 0.6, 0.9, 0.95])
-    assert t == pytest.approx(0.6)
+    assert t == pytest.approx(0.55)
 
 
 def test_youden_threshold_ties_go_to_highest() -> None:
     # 0.35 and 0.6 both give J = 2/3 (1 - 1/3 and 2/3 - 0, unequal in floating point).
     t = youden_threshold([0, 0, 0, 1, 1, 1], [0.1, 0.2, 0.5, 0.35, 0.6, 0.9])
-    assert t == pytest.approx(0.6)
+    assert t == pytest.approx(0.55)
 
 
 def test_youden_threshold_needs_two_classes() -> None:

@@ -17,15 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
 
-from xreg.checkpoint import ModelCard, load_checkpoint
+from xreg.checkpoint import LoadedModel, ModelCard, load_checkpoint
 from xreg.datasets import LabelledImage, load_labels
 from xreg.errors import ConfigError
 from xreg.metrics import Estimate, MulticlassReport, binary_metrics, multiclass_metrics
 from xreg.predict import SourceFile, predict_files, resolve_device
 
-__all__ = ["Evaluation", "Misclassified", "Skipped", "evaluate", "score"]
+__all__ = ["Evaluation", "Misclassified", "Skipped", "evaluate", "evaluate_images", "score"]
 
 BODY_PART, INSTRUMENT = "body_part", "instrument"
 
@@ -182,6 +183,7 @@ def evaluate(
     weights: Path,
     data: Path,
     *,
+    split: str | None = None,
     batch_size: int = 16,
     device: str = "auto",
     workers: int = 2,
@@ -193,18 +195,49 @@ def evaluate(
     """Run the checkpoint at ``weights`` over the labelled images of ``data`` and score it.
 
     ``data`` is a manifest CSV or a sort-layout folder (see
-    :func:`xreg.datasets.load_labels`). Raises ``CheckpointError`` or
-    ``ConfigError`` for bad inputs, including when no image could be decoded.
+    :func:`xreg.datasets.load_labels`); ``split`` keeps only the manifest rows
+    of that split (e.g. ``test`` of a training run's ``split.csv``). Raises
+    ``CheckpointError`` or ``ConfigError`` for bad inputs, including when no
+    image could be decoded.
     """
     torch_device = resolve_device(device)
     loaded = load_checkpoint(weights)
+    images = load_labels(data, loaded.card.head(BODY_PART).labels)
+    if split is not None:
+        images = [im for im in images if im.split == split]
+        if not images:
+            raise ConfigError(f"{data} has no rows with split {split!r}")
+    root = Path(data) if Path(data).is_dir() else Path(data).parent
+    return evaluate_images(
+        loaded, images, root=root, data=os.fspath(data), batch_size=batch_size,
+        device=torch_device, workers=workers, n_resamples=n_resamples, seed=seed,
+        on_decoded=on_decoded, on_start=on_start,
+    )
+
+
+def evaluate_images(
+    loaded: LoadedModel,
+    images: Sequence[LabelledImage],
+    *,
+    root: Path,
+    data: str,
+    batch_size: int = 16,
+    device: torch.device | None = None,
+    workers: int = 2,
+    n_resamples: int = 5000,
+    seed: int = 0,
+    on_decoded: Callable[[], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> Evaluation:
+    """Score an already loaded model on ``images`` through the inference path.
+
+    Paths in the result are shown relative to ``root`` where possible.
+    """
     card = loaded.card
     labels = card.head(BODY_PART).labels
     has_instrument = any(h.name == INSTRUMENT for h in card.heads)
     if has_instrument and len(card.head(INSTRUMENT).labels) != 2:
         raise ConfigError(f"model {card.name!r}: the instrument head is not binary")
-    images = load_labels(data, labels)
-    root = Path(data) if Path(data).is_dir() else Path(data).parent
     by_path: dict[Path, LabelledImage] = {im.path: im for im in images}
     if on_start is not None:
         on_start(len(images))
@@ -216,7 +249,7 @@ def evaluate(
     skipped: list[Skipped] = []
     sources = [_source(im.path) for im in images]
     for batch in predict_files(sources, loaded, batch_size=batch_size, workers=workers,
-                               device=torch_device, on_decoded=on_decoded):
+                               device=device, on_decoded=on_decoded):
         for p in batch:
             shown = _display(p.source.path, root)
             if p.status != "ok":
@@ -233,5 +266,5 @@ def evaluate(
     if not paths:
         raise ConfigError(f"none of the {len(images)} labelled images in {data} "
                           "could be decoded")
-    return score(card, paths, y, np.asarray(probs), it, ip, data=os.fspath(data),
+    return score(card, paths, y, np.asarray(probs), it, ip, data=data,
                  sha256=loaded.sha256, skipped=skipped, n_resamples=n_resamples, seed=seed)

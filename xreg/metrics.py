@@ -253,7 +253,10 @@ def youden_threshold(y_true: ArrayLike, prob: ArrayLike) -> float:
     """The ROC threshold maximising sensitivity + specificity - 1.
 
     Meant for ``prob >= threshold`` as in :func:`binary_metrics`; ties go to
-    the highest such threshold (the most specific one).
+    the highest such threshold (the most specific one). Every value between
+    that score and the next lower one classifies the data alike; the midpoint
+    is returned, so new cases scoring a little under the lowest chosen
+    positive are not cut off by a threshold sitting right on it.
     """
     y, p = _binary_inputs(y_true, prob)
     if y.all() or not y.any():
@@ -263,7 +266,9 @@ def youden_threshold(y_true: ArrayLike, prob: ArrayLike) -> float:
     j = (tpr - fpr)[1:]
     # Equal J values can differ in the last bit (1 - 1/3 vs 2/3 - 0); treat them as ties.
     best = 1 + int(np.flatnonzero(j >= j.max() - 1e-12)[0])
-    return float(thresholds[best])
+    below = p[p < thresholds[best]]
+    lower = float(below.max()) if below.size else 0.0
+    return (float(thresholds[best]) + lower) / 2
 
 
 # --------------------------------------------------------------------- multiclass

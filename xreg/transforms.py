@@ -2,6 +2,8 @@
 
 Grey pixels in [0, 1] -> antialiased square resize to ``card.input_size`` ->
 ``(x - card.mean) / card.std`` -> the single channel repeated to 3.
+Training caches the resized grey images (:func:`resize_grey`, the very step
+inference takes) and augments whole batches with :func:`augment_batch`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import torch.nn.functional as F
 from xreg.checkpoint import ModelCard
 from xreg.errors import UnreadableImageError
 
-__all__ = ["Preprocessor", "preprocess"]
+__all__ = ["Preprocessor", "augment_batch", "preprocess", "resize_grey"]
 
 
 class Preprocessor:
@@ -34,19 +36,7 @@ class Preprocessor:
         The result is an ``expand``ed view (3 channels share memory): stack or
         copy it before writing into it.
         """
-        if not isinstance(pixels, np.ndarray) or pixels.ndim != 2 or 0 in pixels.shape:
-            shape = getattr(pixels, "shape", type(pixels).__name__)
-            raise UnreadableImageError("not a 2-D grey image", f"got {shape}")
-        # float32 is what load_image yields; anything else is converted once
-        # here. A read-only array is copied too: torch warns on those.
-        x = torch.from_numpy(np.require(pixels, np.float32, ["C", "W"]))
-        if x.shape != (self.size, self.size):
-            # torch's antialiased bilinear matches Pillow's BILINEAR resize to
-            # ~1e-5 and was as fast or faster for both small and 5 MP inputs.
-            x = F.interpolate(
-                x[None, None], size=(self.size, self.size),
-                mode="bilinear", antialias=True, align_corners=False,
-            )[0, 0]
+        x = resize_grey(pixels, self.size)
         # Out of place: when no resize was needed x shares the caller's array.
         x = (x - self.mean) / self.std
         return x.expand(3, self.size, self.size)
@@ -55,3 +45,46 @@ class Preprocessor:
 def preprocess(pixels: np.ndarray, card: ModelCard) -> torch.Tensor:
     """One-off form of ``Preprocessor(card)(pixels)``."""
     return Preprocessor(card)(pixels)
+
+
+def resize_grey(pixels: np.ndarray, size: int) -> torch.Tensor:
+    """A 2-D grey image as a ``(size, size)`` float32 tensor (antialiased bilinear).
+
+    Without a resize the result shares memory with ``pixels``.
+    """
+    if not isinstance(pixels, np.ndarray) or pixels.ndim != 2 or 0 in pixels.shape:
+        shape = getattr(pixels, "shape", type(pixels).__name__)
+        raise UnreadableImageError("not a 2-D grey image", f"got {shape}")
+    # float32 is what load_image yields; anything else is converted once
+    # here. A read-only array is copied too: torch warns on those.
+    x = torch.from_numpy(np.require(pixels, np.float32, ["C", "W"]))
+    if x.shape != (size, size):
+        # torch's antialiased bilinear matches Pillow's BILINEAR resize to
+        # ~1e-5 and was as fast or faster for both small and 5 MP inputs.
+        x = F.interpolate(
+            x[None, None], size=(size, size),
+            mode="bilinear", antialias=True, align_corners=False,
+        )[0, 0]
+    return x
+
+
+def augment_batch(
+    x: torch.Tensor, generator: torch.Generator, *, hflip: bool, rot90: bool
+) -> torch.Tensor:
+    """Randomly flip (p=0.5) and rotate by k*90 degrees each image of ``(B, S, S)``.
+
+    Draws from ``generator`` only, so a seeded epoch is reproducible. The
+    thesis's augmentation; square inputs keep their shape under rotation.
+    """
+    out = x.clone()
+    n = x.shape[0]
+    if hflip:
+        flip = torch.rand(n, generator=generator) < 0.5
+        out[flip] = out[flip].flip(-1)
+    if rot90:
+        ks = torch.randint(0, 4, (n,), generator=generator)
+        for k in (1, 2, 3):
+            chosen = ks == k
+            if chosen.any():
+                out[chosen] = torch.rot90(out[chosen], k, dims=(-2, -1))
+    return out

@@ -25,7 +25,8 @@ EVALUATE_HELP = """Score the checkpoint WEIGHTS on the labelled images in DATA.
 
 DATA is a CSV manifest (columns path, body_part, instrument [0/1/empty],
 optional patient_id and split; relative paths resolve against the CSV's
-folder, as in `xreg synth`'s labels.csv) or a folder in sort layout,
+folder, as in `xreg synth`'s labels.csv; --split test scores only the test
+rows, e.g. of the split.csv an `xreg train` run writes) or a folder in sort layout,
 <body_part>/<instrument|no_instrument>/... (_review and _unreadable skipped).
 
 Body part: log loss, MCC, Cohen's kappa, accuracy, per-class AUC and the
@@ -44,6 +45,9 @@ Exit codes: 0 done; 1 some labelled files could not be read (listed);
 def evaluate_cmd(
     weights: Annotated[Path, typer.Argument(help="Model checkpoint (.pt).")],
     data: Annotated[Path, typer.Argument(help="Manifest CSV or sort-layout folder.")],
+    split: Annotated[str | None, typer.Option(
+        help="Only the manifest rows of this split, e.g. test of a training "
+             "run's split.csv.")] = None,
     report: Annotated[Path | None, typer.Option(
         help="Also write report.md with a ROC curve and a confusion matrix here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
@@ -57,9 +61,9 @@ def evaluate_cmd(
 
     with handle_errors(), progress_reporter(as_json or not err.is_terminal,
                                             "evaluating") as reporter:
-        evaluation = evaluate(weights, data, batch_size=batch_size, device=device.value,
-                              n_resamples=resamples, seed=seed, on_start=reporter.start,
-                              on_decoded=lambda: reporter.advance(None))
+        evaluation = evaluate(weights, data, split=split, batch_size=batch_size,
+                              device=device.value, n_resamples=resamples, seed=seed,
+                              on_start=reporter.start, on_decoded=lambda: reporter.advance(None))
         written = []
         if report is not None:
             from xreg.report import write_report

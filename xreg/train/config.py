@@ -1,0 +1,143 @@
+"""Training recipes: YAML (its ``train:`` section) into a frozen, validated dataclass.
+
+``configs/bodypart_instrument.yaml`` is the thesis recipe. Keys are flat and
+plain (no expressions); an unknown key or a bad value is rejected by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from xreg.errors import ConfigError
+from xreg.models import ARCHS
+
+__all__ = ["PRETRAINED", "TrainConfig", "load_train_config"]
+
+PRETRAINED = ("imagenet", "none")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training recipe; defaults are the thesis's (see DESIGN.md)."""
+
+    name: str = ""  # model name in the card; empty: the output file's stem
+    arch: str = "mobilenet_v2"
+    input_size: int = 224
+    dropout: float = 0.2
+    pretrained: str = "imagenet"  # imagenet | none
+    allow_random_init: bool = False  # imagenet unavailable: random init instead of failing
+    lr: float = 2e-5
+    milestones: tuple[int, ...] = (20, 40, 60, 80)
+    gamma: float = 0.5
+    batch_size: int = 16
+    max_epochs: int = 100
+    patience: int = 10  # epochs without a better validation loss before stopping
+    label_smoothing: float = 0.1  # body part head only
+    weighted_sampling: bool = True  # balance the instrument classes in each epoch
+    hflip: bool = True
+    rot90: bool = True
+    split: tuple[float, float, float] = (0.7, 0.2, 0.1)  # train, val, test
+    seed: int = 0
+    instrument_threshold: str | float = "youden"  # youden (on val) or a probability
+    min_confidence: float = 0.5
+    resamples: int = 5000  # bootstrap resamples for the test metrics' CIs
+
+    def __post_init__(self) -> None:
+        def bad(key: str, why: str) -> ConfigError:
+            return ConfigError(f"train config key {key!r}: {why}")
+
+        if not isinstance(self.name, str):
+            raise bad("name", "must be a string")
+        if self.arch not in ARCHS:
+            raise bad("arch", f"unknown arch {self.arch!r}; choose one of {sorted(ARCHS)}")
+        for key, low in (("input_size", 32), ("batch_size", 2), ("max_epochs", 1),
+                         ("patience", 1), ("resamples", 1)):
+            value = getattr(self, key)
+            if not _is_int(value) or value < low:
+                raise bad(key, f"must be an integer >= {low}, got {value!r}")
+        if not _is_int(self.seed):
+            raise bad("seed", f"must be an integer, got {self.seed!r}")
+        if self.pretrained not in PRETRAINED:
+            raise bad("pretrained", f"must be one of {', '.join(PRETRAINED)}")
+        for key in ("allow_random_init", "weighted_sampling", "hflip", "rot90"):
+            if not isinstance(getattr(self, key), bool):
+                raise bad(key, "must be true or false")
+        for key, lo, hi in (("dropout", 0.0, 0.99), ("label_smoothing", 0.0, 0.99),
+                            ("gamma", 1e-6, 1.0), ("min_confidence", 0.0, 1.0)):
+            value = getattr(self, key)
+            if not _is_number(value) or not lo <= value <= hi:
+                raise bad(key, f"must be a number in [{lo}, {hi}], got {value!r}")
+        if not _is_number(self.lr) or not 0 < self.lr < 1:
+            raise bad("lr", f"must be a number in (0, 1), got {self.lr!r}")
+        milestones = _as_tuple(self.milestones, "milestones")
+        if not all(_is_int(m) and m >= 1 for m in milestones) \
+                or list(milestones) != sorted(set(milestones)):
+            raise bad("milestones", "must be increasing positive epoch numbers")
+        object.__setattr__(self, "milestones", milestones)
+        split = _as_tuple(self.split, "split")
+        if len(split) != 3 or not all(_is_number(f) and f >= 0 for f in split) \
+                or not math.isclose(sum(split), 1.0, abs_tol=1e-6) or split[0] <= 0 \
+                or split[1] <= 0:
+            raise bad("split", "must be [train, val, test] fractions summing to 1, "
+                      "train and val > 0")
+        object.__setattr__(self, "split", tuple(float(f) for f in split))
+        t = self.instrument_threshold
+        if t != "youden" and not (_is_number(t) and 0 <= float(t) <= 1):
+            raise bad("instrument_threshold", f"must be 'youden' or a probability, got {t!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (stored in the card and in resume state)."""
+        data = dataclasses.asdict(self)
+        data["milestones"] = list(self.milestones)
+        data["split"] = list(self.split)
+        return data
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+def _as_tuple(value: Any, key: str) -> tuple[Any, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"train config key {key!r}: must be a list")
+    return tuple(value)
+
+
+def load_train_config(path: Path | None, overrides: Mapping[str, Any] | None = None
+                      ) -> TrainConfig:
+    """Read ``path`` (its ``train:`` section, or the whole file) over the defaults.
+
+    ``overrides`` (keys given on the command line; None values ignored) win
+    over the file. Raises ``ConfigError`` naming an unknown key or bad value.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        section = data.get("train", data)
+        if not isinstance(section, dict):
+            raise ConfigError(f"{path}: 'train' must be a mapping")
+        values.update(section)
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown train config key(s): {', '.join(unknown)} "
+                          f"(known: {', '.join(sorted(known))})")
+    return TrainConfig(**values)

@@ -1,0 +1,282 @@
+"""The training loop: seeded epochs, validation, early stopping, resumable state.
+
+Every epoch draws its sampling order, augmentation and dropout from
+generators seeded by (seed, epoch) alone, and the run's state (model,
+optimiser, scheduler, early-stopping counters, log) is saved atomically after
+each epoch. So an interrupted run resumed with ``resume=True`` continues
+exactly where it stopped and ends with the same weights as an uninterrupted
+one (on the CPU; CUDA kernels need not be deterministic).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numpy.typing import NDArray
+
+from xreg.errors import CheckpointError
+from xreg.models import MultiHeadNet
+from xreg.train.config import TrainConfig
+from xreg.transforms import augment_batch
+
+__all__ = ["Callbacks", "EpochLog", "FitResult", "Tensors", "fit", "predict_tensors"]
+
+STATE_FILE, BEST_FILE = "state.pt", "best.pt"
+IGNORE = -100  # instrument label unknown: left out of that head's loss
+
+
+@dataclass(frozen=True)
+class EpochLog:
+    """One epoch's figures, as written to log.csv / log.json."""
+
+    epoch: int
+    lr: float
+    train_loss: float
+    train_body_part_acc: float
+    train_instrument_acc: float
+    val_loss: float
+    val_body_part_acc: float
+    val_instrument_acc: float
+    seconds: float
+    best: bool
+
+
+@dataclass
+class Callbacks:
+    """Optional progress hooks; the library itself never prints."""
+
+    message: Callable[[str], None] | None = None
+    decode_start: Callable[[int], None] | None = None  # images to decode (cache miss)
+    decoded: Callable[[], None] | None = None
+    epoch_start: Callable[[int, int, int], None] | None = None  # epoch, max_epochs, steps
+    step: Callable[[float, float], None] | None = None  # running loss, body part accuracy
+    epoch_end: Callable[[EpochLog], None] | None = None
+
+    def say(self, text: str) -> None:
+        if self.message is not None:
+            self.message(text)
+
+
+@dataclass
+class Tensors:
+    """One split in memory: grey pixels (N, S, S) and labels (instrument -100 = unknown)."""
+
+    pixels: torch.Tensor
+    body_part: torch.Tensor
+    instrument: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.body_part.shape[0])
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` leaves: the best weights are loaded into the model."""
+
+    log: list[EpochLog] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_loss: float = math.inf
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_log(run_dir: Path, log: list[EpochLog]) -> None:
+    """log.csv and log.json: one row per finished epoch."""
+    # JSON has no NaN (an accuracy with no labels to score): write null.
+    rows = [{k: None if isinstance(v, float) and math.isnan(v) else v
+             for k, v in asdict(e).items()} for e in log]
+    _write_text_atomic(run_dir / "log.json", json.dumps(rows, indent=1) + "\n")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=[f for f in EpochLog.__dataclass_fields__],
+                            lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_text_atomic(run_dir / "log.csv", buf.getvalue())
+
+
+def _inputs(x: torch.Tensor, mean: float, std: float, device: torch.device) -> torch.Tensor:
+    x = ((x.to(device, torch.float32) - mean) / std)[:, None]
+    return x.expand(-1, 3, -1, -1).contiguous(memory_format=torch.channels_last)
+
+
+def _sample_order(train: Tensors, config: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+    n = len(train)
+    if not config.weighted_sampling:
+        return torch.randperm(n, generator=gen)
+    # Each instrument class (unknown counted as its own) gets an equal share of draws.
+    classes, inverse, counts = torch.unique(train.instrument, return_inverse=True,
+                                            return_counts=True)
+    weights = (1.0 / counts.double())[inverse]
+    return torch.multinomial(weights, n, replacement=True, generator=gen)
+
+
+def _batches(order: torch.Tensor, size: int) -> list[torch.Tensor]:
+    chunks = [order[i:i + size] for i in range(0, len(order), size)]
+    if len(chunks) > 1 and len(chunks[-1]) < 2:
+        chunks.pop()  # batch norm cannot train on a batch of one
+    return chunks
+
+
+def _losses(logits: Mapping[str, torch.Tensor], bp: torch.Tensor, inst: torch.Tensor,
+            smoothing: float) -> torch.Tensor:
+    loss = F.cross_entropy(logits["body_part"], bp, label_smoothing=smoothing)
+    if (inst != IGNORE).any():
+        loss = loss + F.cross_entropy(logits["instrument"], inst, ignore_index=IGNORE)
+    return loss
+
+
+@torch.no_grad()
+def predict_tensors(model: MultiHeadNet, data: Tensors, mean: float, std: float,
+                    device: torch.device, batch_size: int = 64
+                    ) -> dict[str, NDArray[np.float64]]:
+    """Softmax probabilities per head for a split held in memory (eval mode)."""
+    model.eval()
+    out: dict[str, list[torch.Tensor]] = {h.name: [] for h in model.head_specs}
+    for start in range(0, len(data), batch_size):
+        logits = model(_inputs(data.pixels[start:start + batch_size], mean, std, device))
+        for name, value in logits.items():
+            out[name].append(torch.softmax(value.float(), 1).cpu())
+    return {k: torch.cat(v).double().numpy() for k, v in out.items()}
+
+
+def _validate(model: MultiHeadNet, val: Tensors, mean: float, std: float,
+              device: torch.device) -> tuple[float, float, float]:
+    probs = predict_tensors(model, val, mean, std, device)
+    bp = val.body_part.numpy()
+    p_bp = np.clip(probs["body_part"][np.arange(len(bp)), bp], 1e-12, 1.0)
+    loss = float(-np.log(p_bp).mean())  # unsmoothed: the true validation log loss
+    bp_acc = float((probs["body_part"].argmax(1) == bp).mean())
+    inst = val.instrument.numpy()
+    known = inst != IGNORE
+    inst_acc = math.nan
+    if known.any():
+        p_in = np.clip(probs["instrument"][known, inst[known]], 1e-12, 1.0)
+        loss += float(-np.log(p_in).mean())
+        inst_acc = float((probs["instrument"][known].argmax(1) == inst[known]).mean())
+    return loss, bp_acc, inst_acc
+
+
+def fit(
+    model: MultiHeadNet,
+    train: Tensors,
+    val: Tensors,
+    config: TrainConfig,
+    *,
+    mean: float,
+    std: float,
+    run_dir: Path,
+    device: torch.device,
+    state: Mapping[str, Any] | None = None,
+    extra_state: Mapping[str, Any] | None = None,
+    callbacks: Callbacks | None = None,
+) -> FitResult:
+    """Train ``model`` on ``train`` with early stopping on ``val``'s loss.
+
+    ``state`` is a saved ``state.pt`` to continue from. ``extra_state`` is
+    stored alongside (e.g. the config and init) so a resume can check it.
+    On return the best epoch's weights are loaded into ``model``.
+    """
+    cb = callbacks or Callbacks()
+    model.to(device).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=list(config.milestones), gamma=config.gamma)
+    result = FitResult()
+    bad_epochs, start_epoch = 0, 1
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        result.log = [EpochLog(**e) for e in json.loads(state["log"])]
+        result.best_epoch, result.best_val_loss = state["best_epoch"], state["best_val_loss"]
+        bad_epochs, start_epoch = state["bad_epochs"], state["epoch"] + 1
+        result.seconds = sum(e.seconds for e in result.log)
+    steps = len(_batches(torch.arange(len(train)), config.batch_size))
+    for epoch in range(start_epoch, config.max_epochs + 1):
+        if bad_epochs >= config.patience:
+            result.stopped_early = True
+            break
+        started = time.monotonic()
+        torch.manual_seed(config.seed * 100_003 + epoch)  # dropout
+        gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+        order = _sample_order(train, config, gen)
+        if cb.epoch_start is not None:
+            cb.epoch_start(epoch, config.max_epochs, steps)
+        model.train()
+        lr = float(optimizer.param_groups[0]["lr"])
+        total, seen, bp_right, inst_right, inst_seen = 0.0, 0, 0, 0, 0
+        for idx in _batches(order, config.batch_size):
+            x = augment_batch(train.pixels[idx].float(), gen, hflip=config.hflip,
+                              rot90=config.rot90)
+            bp, inst = train.body_part[idx].to(device), train.instrument[idx].to(device)
+            logits = model(_inputs(x, mean, std, device))
+            loss = _losses(logits, bp, inst, config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+            n = len(idx)
+            total += float(loss.detach()) * n
+            seen += n
+            bp_right += int((logits["body_part"].argmax(1) == bp).sum())
+            known = inst != IGNORE
+            inst_seen += int(known.sum())
+            inst_right += int((logits["instrument"].argmax(1)[known] == inst[known]).sum())
+            if cb.step is not None:
+                cb.step(total / seen, bp_right / seen)
+        scheduler.step()
+        val_loss, val_bp, val_inst = _validate(model, val, mean, std, device)
+        best = val_loss < result.best_val_loss
+        if best:
+            result.best_val_loss, result.best_epoch, bad_epochs = val_loss, epoch, 0
+            _save_atomic({k: v.detach().cpu() for k, v in model.state_dict().items()},
+                         run_dir / BEST_FILE)
+        else:
+            bad_epochs += 1
+        entry = EpochLog(epoch, lr, total / max(seen, 1), bp_right / max(seen, 1),
+                         inst_right / inst_seen if inst_seen else math.nan,
+                         val_loss, val_bp, val_inst, time.monotonic() - started, best)
+        result.log.append(entry)
+        result.seconds += entry.seconds
+        write_log(run_dir, result.log)
+        _save_atomic({
+            **(extra_state or {}),
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "epoch": epoch,
+            "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
+            "bad_epochs": bad_epochs, "log": json.dumps([asdict(e) for e in result.log]),
+        }, run_dir / STATE_FILE)
+        if cb.epoch_end is not None:
+            cb.epoch_end(entry)
+    try:
+        best_state = torch.load(run_dir / BEST_FILE, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as exc:
+        raise CheckpointError(f"cannot read the best epoch's weights in {run_dir}: "
+                              f"{exc}") from None
+    model.load_state_dict(best_state)
+    return result
