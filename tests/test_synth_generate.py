@@ -320,3 +320,21 @@ def test_real_renderer_round_trip(tmp_path: Path) -> None:
         read = load_image(tmp_path / "a" / item.path).pixels
         r = np.corrcoef(read.ravel(), image.ravel())[0, 1]
         assert r > (0.98 if item.format == "jpeg" else 0.995), (item.path, r)
+
+
+def test_out_of_scope_images_are_written_apart_from_the_labels(tmp_path: Path) -> None:
+    summary = generate_dataset(tmp_path / "o", 0, seed=4, size=64, workers=1, out_of_scope=6)
+    assert summary.images == 0 and summary.out_of_scope == 6
+    rows = list(csv.DictReader((tmp_path / "o" / "out_of_scope.csv").open()))
+    assert [r["kind"] for r in rows] == ["chest", "skull", "abdomen", "blank", "photo",
+                                         "chest"]
+    for r in rows:
+        image = load_image(tmp_path / "o" / r["path"])
+        assert image.pixels.shape == (64, 64)
+    # The photo is a colour JPEG: load_image turned it to grey.
+    photo = load_image(tmp_path / "o" / rows[4]["path"])
+    assert photo.meta.format == "jpeg"
+    # A rerun replaces them (none left over from the first run).
+    generate_dataset(tmp_path / "o", 0, seed=4, size=64, workers=1, out_of_scope=2)
+    assert sorted(p.name for p in (tmp_path / "o" / "out_of_scope").iterdir()) == [
+        "oos_000000.png", "oos_000001.jpg"]

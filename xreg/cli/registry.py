@@ -115,3 +115,40 @@ def weights_random(
     with handle_errors():
         sha = make_random_checkpoint(path, arch=arch, input_size=input_size, seed=seed)
     err.print(f"wrote {path} (random weights: predictions are meaningless) sha256={sha}")
+
+
+@weights_app.command("calibrate")
+def weights_calibrate(
+    path: Annotated[Path, typer.Argument(help="The checkpoint to calibrate.")],
+    in_scope: Annotated[Path, typer.Option(
+        help="Labelled in-scope images: a manifest CSV or sort-layout folder (ideally "
+             "not the training images).")],
+    out_of_scope: Annotated[Path, typer.Option(
+        help="A folder of images that are none of the body parts (chest, skull, "
+             "abdomen, photos; `xreg synth --out-of-scope` writes some).")],
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Write the calibrated checkpoint here (default: replace "
+                               "PATH atomically).")] = None,
+    keep: Annotated[float, typer.Option(
+        help="Fraction of in-scope images that must stay out of _review.",
+        min=0.5, max=1.0)] = 0.99,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Set the card's min_confidence so out-of-scope images go to _review.
+
+    Picks the highest threshold on the top body-part probability that keeps
+    --keep of the in-scope images sorted, then reports the fraction of the
+    out-of-scope images it sends to _review. The result is recorded in the
+    card (training.calibration).
+    """
+    from xreg.calibrate import calibrate_checkpoint
+
+    with handle_errors():
+        result = calibrate_checkpoint(path, in_scope, out_of_scope, output or path, keep=keep)
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
+        return
+    out.print(f"min_confidence {result.threshold:.4f}: {result.in_scope_to_review:.1%} of "
+              f"{result.in_scope} in-scope and {result.out_of_scope_to_review:.1%} of "
+              f"{result.out_of_scope} out-of-scope images go to _review; wrote "
+              f"{output or path}", highlight=False)

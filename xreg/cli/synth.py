@@ -44,6 +44,10 @@ def synth_cmd(
         help="Extra hip studies, each an AP and a LAT image of one patient.", min=0)] = 0,
     fracture_rate: Annotated[float, typer.Option(
         help="Fraction of hip pairs with a fracture.", min=0.0, max=1.0)] = 0.45,
+    out_of_scope: Annotated[int, typer.Option(
+        help="Also write this many images that are none of the body parts (chest, "
+             "skull, abdomen, blank, photo) to OUT/out_of_scope/, listed in "
+             "OUT/out_of_scope.csv.", min=0)] = 0,
     contact_sheet: Annotated[Path | None, typer.Option(
         help="Also write a PNG grid of every class x view x instrument.")] = None,
     workers: Annotated[int | None, typer.Option(
@@ -59,7 +63,7 @@ def synth_cmd(
         summary = generate_dataset(
             out_dir, count, seed, size=size, formats=kinds, instrument_rate=instrument_rate,
             hip_pairs=hip_pairs, fracture_rate=fracture_rate, workers=workers,
-            contact_sheet=contact_sheet, reporter=reporter)
+            contact_sheet=contact_sheet, reporter=reporter, out_of_scope=out_of_scope)
     if as_json:
         sys.stdout.write(json.dumps(summary.to_dict(), indent=2) + "\n")
     elif not quiet:
@@ -75,7 +79,8 @@ def _print_synth_summary(summary: Any) -> None:
     table.add_row("total", str(summary.images), style="bold")
     out.print(table)
     formats_line = ", ".join(f"{k} {n}" for k, n in summary.by_format.items())
-    out.print(f"{summary.instrument} with instrument; {summary.hip_pairs} hip pair(s), "
+    out.print(f"{summary.instrument} with instrument; {summary.out_of_scope} out of scope; "
+              f"{summary.hip_pairs} hip pair(s), "
               f"{summary.fractures} fractured; {formats_line}; {summary.seconds:.1f} s")
     if summary.contact_sheet:
         out.print(f"contact sheet: {summary.contact_sheet}")

@@ -31,15 +31,16 @@ from xreg.synth.plan import FORMATS, IMAGE_DIR, Item, plan_dataset
 from xreg.synth.spec import Phantom, PhantomSpec
 from xreg.synth.writers import write_dicom, write_jpeg, write_png16
 
-__all__ = ["LABEL_COLUMNS", "Item", "SynthSummary", "generate_dataset", "label_row",
-           "plan_dataset", "render_phantom"]
+__all__ = ["LABEL_COLUMNS", "OUT_OF_SCOPE_DIR", "Item", "SynthSummary", "generate_dataset",
+           "label_row", "plan_dataset", "render_phantom", "write_out_of_scope"]
 
 LABELS_NAME = "labels.csv"
+OUT_OF_SCOPE_DIR = "out_of_scope"  # OUT/out_of_scope/ and OUT/out_of_scope.csv
 MARKER_NAME = ".xreg-synth"
 LABEL_COLUMNS = ("path", "body_part", "instrument", "instrument_kind", "distractors", "view",
                  "laterality", "patient_id", "study_id", "pair_role", "fracture", "format",
                  "seed")
-_OUR_FILE = re.compile(r"(\.)?img_\d{6}(\.png|\.jpg|\.dcm)?(\.tmp)?")
+_OUR_FILE = re.compile(r"(\.)?(img|oos)_\d{6}(\.png|\.jpg|\.dcm)?(\.tmp)?")
 #: Below this many items a process pool costs more than it saves.
 _MIN_PARALLEL = 16
 
@@ -65,11 +66,13 @@ class SynthSummary:
     by_format: dict[str, int] = field(default_factory=dict)
     contact_sheet: Path | None = None
     seconds: float = 0.0
+    out_of_scope: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"out": str(self.out), "labels": str(self.labels), "images": self.images,
                 "hip_pairs": self.hip_pairs, "instrument": self.instrument,
-                "fractures": self.fractures, "by_body_part": self.by_body_part,
+                "fractures": self.fractures, "out_of_scope": self.out_of_scope,
+                "by_body_part": self.by_body_part,
                 "by_format": self.by_format, "seconds": round(self.seconds, 3),
                 "contact_sheet": str(self.contact_sheet) if self.contact_sheet else None}
 
@@ -129,12 +132,13 @@ def _prepare_out(out: Path, params: dict[str, Any]) -> None:
         if not _is_previous_output(out):
             raise ConfigError(f"OUT {out} is not empty and holds no previous 'xreg synth' "
                               f"output ({LABELS_NAME}); choose an empty or new folder")
-        images = out / IMAGE_DIR
-        if images.is_dir():
-            for entry in images.iterdir():
-                if entry.is_file() and _OUR_FILE.fullmatch(entry.name):
-                    entry.unlink()
+        for folder in (out / IMAGE_DIR, out / OUT_OF_SCOPE_DIR):
+            if folder.is_dir():
+                for entry in folder.iterdir():
+                    if entry.is_file() and _OUR_FILE.fullmatch(entry.name):
+                        entry.unlink()
         (out / LABELS_NAME).unlink(missing_ok=True)
+        (out / f"{OUT_OF_SCOPE_DIR}.csv").unlink(missing_ok=True)
     (out / IMAGE_DIR).mkdir(parents=True, exist_ok=True)
     (out / MARKER_NAME).write_text(json.dumps(params, sort_keys=True) + "\n", encoding="utf-8")
 
@@ -177,25 +181,30 @@ def generate_dataset(
     workers: int | None = None,
     contact_sheet: str | os.PathLike[str] | None = None,
     reporter: Reporter | None = None,
+    out_of_scope: int = 0,
 ) -> SynthSummary:
     """Render ``count`` phantoms plus ``hip_pairs`` AP+LAT hip studies into ``out``.
 
     Writes ``out/images/...`` and ``out/labels.csv`` (columns
     :data:`LABEL_COLUMNS`, in plan order), and a contact sheet PNG when
-    ``contact_sheet`` is given. ``workers`` processes render in parallel
+    ``contact_sheet`` is given, and ``out_of_scope`` images that are none of
+    the body parts (see :func:`write_out_of_scope`). ``workers`` processes render in parallel
     (default: the CPU count). Raises ConfigError for bad arguments or an
     OUT that holds something other than a previous synth output.
     """
     started = time.monotonic()
     root = Path(out)
-    items = plan_dataset(count, seed, size=size, formats=tuple(formats),
-                         instrument_rate=instrument_rate, hip_pairs=hip_pairs,
-                         fracture_rate=fracture_rate)
+    if out_of_scope < 0:
+        raise ConfigError(f"out_of_scope must be >= 0, not {out_of_scope}")
+    # Only out-of-scope images is a valid request (a calibration set).
+    items = [] if count == hip_pairs == 0 and out_of_scope else plan_dataset(
+        count, seed, size=size, formats=tuple(formats), instrument_rate=instrument_rate,
+        hip_pairs=hip_pairs, fracture_rate=fracture_rate)
     if workers is not None and workers < 1:
         raise ConfigError(f"workers must be >= 1, not {workers}")
     params = {"count": count, "seed": seed, "size": size, "formats": list(formats),
               "instrument_rate": instrument_rate, "hip_pairs": hip_pairs,
-              "fracture_rate": fracture_rate}
+              "fracture_rate": fracture_rate, "out_of_scope": out_of_scope}
     _prepare_out(root, params)
     if reporter is not None:
         reporter.start(len(items))
@@ -203,6 +212,7 @@ def generate_dataset(
         if reporter is not None:
             reporter.advance(path)
     labels = _write_labels(root, items)
+    write_out_of_scope(root, out_of_scope, seed, size)
     sheet = None
     if contact_sheet is not None:
         from xreg.synth.sheet import write_contact_sheet
@@ -215,5 +225,44 @@ def generate_dataset(
         fractures=sum(1 for i in items if i.spec.fracture and i.pair_role == "AP"),
         by_body_part=dict(sorted(Counter(i.spec.body_part for i in items).items())),
         by_format=dict(sorted(Counter(i.format for i in items).items())),
-        contact_sheet=sheet, seconds=time.monotonic() - started,
+        contact_sheet=sheet, seconds=time.monotonic() - started, out_of_scope=out_of_scope,
     )
+
+
+def write_out_of_scope(out: Path, count: int, seed: int, size: int) -> Path | None:
+    """Write ``count`` images that are none of the body parts, and their manifest.
+
+    Chest, skull, abdomen and blank radiographs (16-bit PNG and JPEG in turn)
+    and colour photographs, cycled, into ``out/out_of_scope/``; the manifest
+    ``out/out_of_scope.csv`` has columns path, kind, format, seed. They are
+    kept out of ``labels.csv`` because no body part label is right for them.
+    """
+    from PIL import Image
+
+    from xreg.synth.out_of_scope import OUT_OF_SCOPE_FILES, render_out_of_scope, render_photo
+
+    if count <= 0:
+        return None
+    folder = out / OUT_OF_SCOPE_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(count):
+        kind = OUT_OF_SCOPE_FILES[i % len(OUT_OF_SCOPE_FILES)]
+        item_seed = seed * 1_000_003 + i
+        if kind == "photo":
+            name, fmt = f"oos_{i:06d}.jpg", "jpeg"
+            tmp = folder / f".{name}.tmp"
+            Image.fromarray(render_photo(item_seed, size), "RGB").save(tmp, "JPEG", quality=90)
+            os.replace(tmp, folder / name)
+        elif i % 2:
+            name, fmt = f"oos_{i:06d}.jpg", "jpeg"
+            write_jpeg(render_out_of_scope(kind, item_seed, size), folder / name)
+        else:
+            name, fmt = f"oos_{i:06d}.png", "png16"
+            write_png16(render_out_of_scope(kind, item_seed, size), folder / name)
+        rows.append(f"{OUT_OF_SCOPE_DIR}/{name},{kind},{fmt},{item_seed}\n")
+    path = out / f"{OUT_OF_SCOPE_DIR}.csv"
+    tmp = out / f".{OUT_OF_SCOPE_DIR}.csv.tmp"
+    tmp.write_text("path,kind,format,seed\n" + "".join(rows), encoding="utf-8")
+    os.replace(tmp, path)
+    return path

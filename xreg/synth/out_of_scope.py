@@ -24,6 +24,9 @@ from xreg.synth._canvas import (
 from xreg.synth.render import _burn_marker, _form_image
 
 OUT_OF_SCOPE = ("chest", "skull", "abdomen", "blank")
+#: Out-of-scope kinds in the order ``xreg synth --out-of-scope`` cycles through;
+#: "photo" is a colour picture, not a radiograph at all.
+OUT_OF_SCOPE_FILES = (*OUT_OF_SCOPE, "photo")
 
 
 def _chest(cv: Canvas, rng: np.random.Generator) -> None:
@@ -136,3 +139,22 @@ def render_out_of_scope(kind: str, seed: int, size: int = 1024) -> np.ndarray:
     if kind != "blank" or rng.random() < 0.5:
         _burn_marker(image, str(rng.choice(["L", "R"])), rng, field)
     return image
+
+
+def render_photo(seed: int, size: int = 1024) -> np.ndarray:
+    """A (size, size, 3) uint8 colour picture of smooth blobs: someone's photograph.
+
+    Users drop phone pictures and screenshots into imaging shares; they must
+    end up in ``_review``, not in a body part folder.
+    """
+    rng = np.random.default_rng([seed, 4])
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    image = np.zeros((size, size, 3), np.float32)
+    image += rng.uniform(0.2, 0.8, 3).astype(np.float32)  # background colour
+    for _ in range(int(rng.integers(4, 9))):
+        cx, cy = rng.uniform(0, 1, 2)
+        radius = rng.uniform(0.08, 0.35)
+        blob = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * radius ** 2))
+        image += blob[..., None] * rng.uniform(-0.6, 0.6, 3).astype(np.float32)
+    image += rng.normal(0, 0.02, image.shape).astype(np.float32)
+    return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)

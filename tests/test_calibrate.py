@@ -1,0 +1,59 @@
+"""min_confidence calibration: the threshold rule and the checkpoint it writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from xreg.calibrate import choose_min_confidence
+from xreg.checkpoint import load_checkpoint
+from xreg.cli import app
+from xreg.errors import ConfigError
+from xreg.synth.generate import generate_dataset
+
+
+def test_threshold_keeps_the_promised_share_of_in_scope_images() -> None:
+    good = np.linspace(0.5, 1.0, 200)  # 200 in-scope confidences
+    bad = np.array([0.2, 0.3, 0.55, 0.9])
+    cal = choose_min_confidence(good, bad, keep=0.99)
+    # 1% of 200 = 2 images may fall below: the threshold is the third lowest score.
+    assert cal.threshold == pytest.approx(good[2])
+    assert cal.in_scope_to_review == pytest.approx(2 / 200)
+    assert cal.out_of_scope_to_review == pytest.approx(2 / 4)  # 0.2 and 0.3 caught
+    strict = choose_min_confidence(good, bad, keep=1.0)
+    assert strict.threshold == good[0] and strict.in_scope_to_review == 0.0
+
+
+def test_threshold_rule_on_shuffled_input_and_bad_arguments() -> None:
+    rng = np.random.default_rng(0)
+    good = rng.uniform(0.3, 1.0, 1000)
+    cal = choose_min_confidence(good, [], keep=0.95)
+    assert cal.in_scope_to_review <= 0.05
+    assert (good >= cal.threshold).mean() >= 0.95
+    assert np.isnan(cal.out_of_scope_to_review)
+    with pytest.raises(ConfigError, match="in-scope"):
+        choose_min_confidence([], [0.1])
+    with pytest.raises(ConfigError, match="keep"):
+        choose_min_confidence([0.5], [0.1], keep=0.0)
+
+
+def test_cli_calibrate_writes_the_threshold_into_the_card(
+        tiny_weights: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    generate_dataset(data, 18, seed=2, size=64, workers=1, out_of_scope=10)
+    out = tmp_path / "calibrated.pt"
+    result = CliRunner().invoke(app, [
+        "weights", "calibrate", str(tiny_weights), "--in-scope", str(data / "labels.csv"),
+        "--out-of-scope", str(data / "out_of_scope"), "--output", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    cal = json.loads(result.stdout)
+    assert (cal["in_scope"], cal["out_of_scope"]) == (18, 10)
+    card = load_checkpoint(out).card
+    assert card.thresholds["min_confidence"] == pytest.approx(cal["threshold"])
+    assert card.training["calibration"]["keep"] == 0.99
+    # The input checkpoint is untouched.
+    assert load_checkpoint(tiny_weights).card.thresholds["min_confidence"] == 0.5

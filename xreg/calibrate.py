@@ -1,0 +1,116 @@
+"""Calibrate ``min_confidence``: images that are none of the body parts go to ``_review``.
+
+A classifier over 9 body parts must say *something* for a chest film or a
+phone photo. ``xreg sort`` sends a file to ``_review`` when its top body-part
+probability is below the card's ``min_confidence``. This module picks that
+threshold from labelled in-scope images (so that at most ``1 - keep`` of them
+go to review) and measures how many out-of-scope images it catches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from xreg.checkpoint import LoadedModel, load_checkpoint, save_checkpoint
+from xreg.errors import ConfigError
+from xreg.io import find_images
+from xreg.predict import SourceFile, predict_files, resolve_device
+
+__all__ = ["Calibration", "calibrate_checkpoint", "choose_min_confidence"]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The chosen threshold and what it does on the calibration images."""
+
+    threshold: float
+    keep: float
+    in_scope: int
+    out_of_scope: int
+    in_scope_to_review: float  # fraction of in-scope images below the threshold
+    out_of_scope_to_review: float  # fraction of out-of-scope images below it
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def choose_min_confidence(in_scope: ArrayLike, out_of_scope: ArrayLike,
+                          keep: float = 0.99) -> Calibration:
+    """Threshold on the top body-part probability that keeps ``keep`` of in-scope images.
+
+    Files go to review when ``confidence < threshold``. The threshold is the
+    largest value that still leaves at least ``keep`` of the in-scope
+    confidences at or above it (a lower-tail order statistic, never
+    interpolated past a real score), so the promise holds on these images.
+    """
+    good = np.sort(np.asarray(in_scope, dtype=np.float64))
+    bad = np.asarray(out_of_scope, dtype=np.float64)
+    if good.size == 0:
+        raise ConfigError("calibration needs in-scope images")
+    if not 0.0 < keep <= 1.0:
+        raise ConfigError(f"keep must be in (0, 1], not {keep}")
+    # At most floor((1 - keep) * n) in-scope images may fall below the threshold.
+    allowed = int(np.floor((1.0 - keep) * good.size + 1e-9))
+    threshold = float(good[allowed])
+    return Calibration(
+        threshold=threshold, keep=keep, in_scope=int(good.size), out_of_scope=int(bad.size),
+        in_scope_to_review=float((good < threshold).mean()),
+        out_of_scope_to_review=float((bad < threshold).mean()) if bad.size else float("nan"),
+    )
+
+
+def _confidences(loaded: LoadedModel, paths: Sequence[Path], device: str) -> list[float]:
+    sources = []
+    for p in paths:
+        st = p.stat()
+        sources.append(SourceFile(p, st.st_size, st.st_mtime_ns))
+    out: list[float] = []
+    for batch in predict_files(sources, loaded, device=resolve_device(device)):
+        out.extend(max(p.probabilities["body_part"].values()) for p in batch
+                   if p.status == "ok")
+    return out
+
+
+def calibrate_checkpoint(
+    weights: Path,
+    in_scope: Path,
+    out_of_scope: Path,
+    out: Path,
+    *,
+    keep: float = 0.99,
+    device: str = "auto",
+) -> Calibration:
+    """Choose ``min_confidence`` for ``weights`` and write the updated checkpoint to ``out``.
+
+    ``in_scope`` is a labelled manifest or sort-layout folder (only its images
+    are used, not its labels); ``out_of_scope`` a folder of images that are
+    none of the body parts. ``out`` may equal ``weights`` (replaced atomically).
+    """
+    from xreg.datasets import load_labels
+
+    loaded = load_checkpoint(weights)
+    good_paths = [im.path for im in load_labels(in_scope, loaded.card.head("body_part").labels)]
+    bad_paths = find_images(out_of_scope)
+    if not bad_paths:
+        raise ConfigError(f"no images in {out_of_scope}")
+    good = _confidences(loaded, good_paths, device)
+    bad = _confidences(loaded, bad_paths, device)
+    calibration = choose_min_confidence(good, bad, keep)
+    card = loaded.card
+    card = dataclasses.replace(
+        card,
+        thresholds={**card.thresholds, "min_confidence": calibration.threshold},
+        training={**card.training, "calibration": {
+            **calibration.to_dict(), "in_scope_data": os.fspath(in_scope),
+            "out_of_scope_data": os.fspath(out_of_scope)}},
+    )
+    save_checkpoint(out, loaded.model, card)
+    return calibration
