@@ -1,10 +1,16 @@
-"""`make demo`: sort a small mixed-format folder and show the registry.
+"""`make demo`: sort a small mixed-format folder with the shipped weights, then score it.
 
-Placeholder until trained weights ship: the checkpoint is RANDOMLY
-initialised, so the body-part labels are meaningless; what the demo shows is
-the pipeline (phantoms from `xreg synth` as 16-bit PNG, JPEG and DICOM, real
-DICOM from pydicom's test data, a truncated file, a duplicate) and the
-registry it builds.
+1. `xreg synth`: 90 phantoms (16-bit PNG, JPEG and DICOM in turn, some DICOM
+   without an extension), 2 AP+LAT hip studies and 10 images that are none
+   of the body parts (chest, skull, abdomen, blank, a colour photo); plus
+   real DICOM from pydicom's test data, a truncated file and a duplicate.
+2. `xreg sort` with the shipped default weights (no --weights needed), twice:
+   the second run finds everything already done.
+3. `xreg registry stats`, then `xreg evaluate` against the phantom labels,
+   writing a report with ROC and confusion-matrix plots.
+
+The shipped weights were trained on phantoms only; see
+weights/bodypart_instrument_phantom.md.
 """
 
 from __future__ import annotations
@@ -19,43 +25,44 @@ from pydicom.data import get_testdata_file
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / ".demo"
 XREG = [sys.executable, "-m", "xreg"]
-DICOM = ("CT_small.dcm", "MR_small_RLE.dcm", "RG1_J2KR.dcm", "JPGLosslessP14SV1_1s_1f_8b.dcm",
-         "SC_rgb.dcm", "emri_small.dcm")
+# Real files: a distal tibia CR (in scope), a chest CR, CT, MR, ultrasound, RGB.
+DICOM = ("RG3_J2KR.dcm", "RG1_J2KR.dcm", "CT_small.dcm", "MR_small_RLE.dcm",
+         "JPGLosslessP14SV1_1s_1f_8b.dcm", "SC_rgb.dcm")
 
 
 def make_inputs(folder: Path) -> None:
     """Phantoms from `xreg synth` plus real DICOM files and the usual mess."""
-    run("synth", str(folder / "phantoms"), "--count", "36", "--size", "512",
-        "--hip-pairs", "2", "--seed", "7", "--quiet")
+    run("synth", str(folder / "phantoms"), "--count", "90", "--size", "512",
+        "--hip-pairs", "2", "--out-of-scope", "10", "--instrument-rate", "0.25",
+        "--seed", "7", "--quiet")
     (folder / "pacs_export").mkdir(parents=True)
     for name in DICOM:
         path = get_testdata_file(name)
         if path:  # extension-less, as PACS exports often are
             shutil.copyfile(path, folder / "pacs_export" / Path(name).stem)
-    first_png = sorted((folder / "phantoms").rglob("*.png"))[0]
+    first_png = sorted((folder / "phantoms" / "images").glob("*.png"))[0]
     shutil.copyfile(first_png, folder / "same_film_again.png")
-    data = sorted((folder / "phantoms").rglob("*.jpg"))[0].read_bytes()
+    data = sorted((folder / "phantoms" / "images").glob("*.jpg"))[0].read_bytes()
     (folder / "cut_off.jpg").write_bytes(data[: len(data) // 2])
 
 
-def run(*args: str) -> None:
+def run(*args: str) -> int:
     print("$ xreg " + " ".join(args), flush=True)
-    subprocess.run([*XREG, *args], check=False)
+    return subprocess.run([*XREG, *args], check=False).returncode
 
 
 def main() -> None:
     shutil.rmtree(DEMO, ignore_errors=True)
     make_inputs(DEMO / "in")
-    weights = DEMO / "random-mobilenet_v2.pt"
-    run("weights", "random", str(weights), "--arch", "mobilenet_v2", "--input-size", "224")
-    print("\nNOTE: placeholder demo with RANDOM weights: labels are meaningless until trained "
-          "weights ship.\n")
-    run("sort", str(DEMO / "in"), str(DEMO / "out"), "--weights", str(weights),
-        "--min-age", "0", "--min-confidence", "0")
-    run("sort", str(DEMO / "in"), str(DEMO / "out"), "--weights", str(weights),
-        "--min-age", "0", "--min-confidence", "0")
+    print("\nNOTE: the shipped weights were trained on synthetic phantoms only and are "
+          "not validated on real radiographs (weights/bodypart_instrument_phantom.md).\n")
+    run("sort", str(DEMO / "in"), str(DEMO / "out"), "--min-age", "0")
+    run("sort", str(DEMO / "in"), str(DEMO / "out"), "--min-age", "0")
     run("registry", "stats", str(DEMO / "out"))
+    run("evaluate", str(ROOT / "weights" / "bodypart_instrument_phantom.pt"),
+        str(DEMO / "in" / "phantoms" / "labels.csv"), "--report", str(DEMO / "report"))
     print(f"\nSorted folder: {DEMO / 'out'}  (registry: {DEMO / 'out' / 'registry.sqlite'})")
+    print(f"Report: {DEMO / 'report' / 'report.md'}")
 
 
 if __name__ == "__main__":

@@ -62,6 +62,8 @@ def test_config_overrides_win_and_none_is_ignored(tmp_path: Path) -> None:
     ("train:\n  pretrained: yes\n", "'pretrained'"),
     ("train:\n  instrument_threshold: best\n", "'instrument_threshold'"),
     ("train:\n  batch_size: 1\n", "'batch_size'"),
+    ("train:\n  heads: [instrument, body_part]\n", "'heads'"),
+    ("train:\n  heads: [body_part, fracture]\n", "'heads'"),
     ("- just a list\n", "mapping"),
 ])
 def test_bad_config_is_named(tmp_path: Path, text: str, match: str) -> None:
@@ -129,7 +131,8 @@ def test_augment_batch_is_seeded_and_only_flips_and_rotates() -> None:
 
 def test_weighted_sampling_balances_the_rare_instrument_class() -> None:
     inst = torch.tensor([1] * 50 + [0] * 950)
-    data = Tensors(torch.zeros(1000, 2, 2), torch.zeros(1000, dtype=torch.long), inst)
+    data = Tensors(torch.zeros(1000, 2, 2),
+                   {"body_part": torch.zeros(1000, dtype=torch.long), "instrument": inst})
     order = _sample_order(data, TrainConfig(), torch.Generator().manual_seed(0))
     share = float(inst[order].float().mean())
     assert 0.4 < share < 0.6  # 5% of the images, about half of the draws
@@ -159,6 +162,7 @@ def test_training_reduces_loss_and_writes_a_self_describing_checkpoint(
     assert card.training["split"]["grouped_by"] == "patient_id"
     # The mean/std come from the training pixels, not the placeholder 0.5/0.25.
     assert 0.0 < card.mean < 1.0 and card.mean != 0.5 and card.std > 0
+    assert [h.name for h in card.heads] == ["body_part", "instrument"]
     test = card.metrics["test"]
     assert test["counts"]["evaluated"] == counts["test"]["images"]
     value, low, high = test["body_part"]["mcc"]
@@ -247,3 +251,24 @@ def test_cli_train_then_evaluate_the_saved_test_split(phantoms: Path, tmp_path: 
     again = runner.invoke(app, ["train", str(config), "--data", str(phantoms),
                                 "--out", str(out), "--epochs", "1"])
     assert again.exit_code == 2 and "exists" in again.output
+
+
+def test_a_view_head_learns_from_the_manifest_view_column(phantoms: Path, tmp_path: Path) -> None:
+    cfg = TrainConfig(**{**TINY, "heads": ("body_part", "instrument", "view"),
+                         "max_epochs": 2})
+    result = train(cfg, phantoms, tmp_path / "v.pt")
+    card = load_checkpoint(tmp_path / "v.pt").card
+    assert card.head("view").labels == ("AP", "LAT")
+    counts = card.training["split"]["counts"]["train"]["view"]
+    assert set(counts) == {"AP", "LAT"}
+    assert all("val_view" in e.accuracy and "train_view" in e.accuracy for e in result.log)
+    rows = list(csv.DictReader((result.run_dir / "log.csv").open()))
+    assert "val_view_acc" in rows[0]
+
+
+def test_a_head_without_labels_is_refused(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,body_part,instrument\na.png,hand,0\nb.png,knee,1\n")
+    cfg = TrainConfig(**{**TINY, "heads": ("body_part", "view")})
+    with pytest.raises(ConfigError, match="'view' head.*labels no image"):
+        train(cfg, manifest, tmp_path / "m.pt")

@@ -34,12 +34,16 @@ __all__ = [
     "ModelCard",
     "file_sha256",
     "load_checkpoint",
+    "default_weights",
     "make_random_checkpoint",
     "save_checkpoint",
 ]
 
 CHECKPOINT_FORMAT = "xreg-checkpoint"
 CARD_FORMAT_VERSION = 1
+#: The checkpoint ``xreg sort`` uses when no --weights is given, shipped in the
+#: repository's ``weights/`` folder (trained on phantoms; see its model card).
+DEFAULT_WEIGHTS = "bodypart_instrument_phantom.pt"
 RANDOM_WEIGHTS_NOTE = (
     "RANDOM WEIGHTS, for tests and the placeholder demo only; "
     "predictions are meaningless."
@@ -195,6 +199,19 @@ class ModelCard:
             except ConfigError as exc:
                 raise CheckpointError(f"model card key 'heads': {exc}") from None
         return cls(**{**dict(data), "heads": tuple(heads)})
+
+
+def default_weights() -> Path:
+    """The shipped default checkpoint, ``weights/bodypart_instrument_phantom.pt``.
+
+    It lives beside the package in a source checkout (the quick start's
+    setup). Raises ``ConfigError`` saying what to pass when it is absent.
+    """
+    path = Path(__file__).resolve().parent.parent / "weights" / DEFAULT_WEIGHTS
+    if not path.is_file():
+        raise ConfigError(f"no model weights: pass --weights FILE or set XREG_WEIGHTS "
+                          f"(the shipped default {path} is not there)")
+    return path
 
 
 @dataclass

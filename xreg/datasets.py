@@ -1,7 +1,8 @@
 """Labelled image sets for evaluation: a CSV manifest or a sorted folder.
 
 A manifest has columns ``path``, ``body_part``, ``instrument`` (``0``/``1``,
-empty when unknown) and optionally ``patient_id`` and ``split``; relative
+empty when unknown) and optionally ``patient_id``, ``split`` and ``view``
+(``AP``/``LAT``, empty when unknown); relative
 paths resolve against the manifest's folder (``xreg synth`` writes one). A
 folder in xreg's sort layout, ``<body_part>/<instrument|no_instrument>/...``,
 is labelled by where each file lies; ``_review`` and ``_unreadable`` are
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from xreg.errors import ConfigError
 from xreg.io import find_images
-from xreg.models import BODY_PARTS, INSTRUMENT_LABELS
+from xreg.models import BODY_PARTS, INSTRUMENT_LABELS, VIEW_LABELS
 
 __all__ = ["REQUIRED_COLUMNS", "LabelledImage", "load_labels"]
 
@@ -35,6 +36,7 @@ class LabelledImage:
     instrument: int | None
     patient_id: str | None
     split: str | None
+    view: str | None = None  # AP, LAT or None (unknown)
 
 
 def load_labels(data: Path, body_parts: Sequence[str] = BODY_PARTS) -> list[LabelledImage]:
@@ -88,10 +90,13 @@ def _from_manifest(path: Path, body_parts: Sequence[str]) -> list[LabelledImage]
         raw = (row["instrument"] or "").strip()
         if raw not in _INSTRUMENT_VALUES:
             raise bad("instrument", f"{raw!r} is not 0, 1 or empty")
+        view = (row.get("view") or "").strip().upper() or None
+        if view is not None and view not in VIEW_LABELS:
+            raise bad("view", f"{view!r} is not {', '.join(VIEW_LABELS)} or empty")
         images.append(LabelledImage(
             path=root / rel, body_part=body_part, instrument=_INSTRUMENT_VALUES[raw],
             patient_id=(row.get("patient_id") or "").strip() or None,
-            split=(row.get("split") or "").strip() or None,
+            split=(row.get("split") or "").strip() or None, view=view,
         ))
     return images
 

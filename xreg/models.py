@@ -23,7 +23,10 @@ __all__ = [
     "BODY_PART_HEAD",
     "INSTRUMENT_HEAD",
     "INSTRUMENT_LABELS",
+    "KNOWN_HEADS",
     "STANDARD_HEADS",
+    "VIEW_HEAD",
+    "VIEW_LABELS",
     "Arch",
     "HeadSpec",
     "MultiHeadNet",
@@ -36,6 +39,7 @@ BODY_PARTS: tuple[str, ...] = (
     "ankle", "elbow", "foot", "hand", "hip", "knee", "shoulder", "spine", "wrist",
 )
 INSTRUMENT_LABELS: tuple[str, ...] = ("no_instrument", "instrument")
+VIEW_LABELS: tuple[str, ...] = ("AP", "LAT")  # frontal (AP/PA) or lateral projection
 
 # Head names become nn.ModuleDict keys and state-dict key parts, so they must
 # be plain identifiers (no dots) that do not shadow nn.Module attributes.
@@ -74,6 +78,9 @@ class HeadSpec:
 BODY_PART_HEAD = HeadSpec("body_part", BODY_PARTS)
 INSTRUMENT_HEAD = HeadSpec("instrument", INSTRUMENT_LABELS)
 STANDARD_HEADS: tuple[HeadSpec, ...] = (BODY_PART_HEAD, INSTRUMENT_HEAD)
+#: Optional third head: the projection, which pairs hip views when headers are silent.
+VIEW_HEAD = HeadSpec("view", VIEW_LABELS)
+KNOWN_HEADS: dict[str, HeadSpec] = {h.name: h for h in (*STANDARD_HEADS, VIEW_HEAD)}
 
 
 def _strip_classifier_seq(model: nn.Module) -> None:

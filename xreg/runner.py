@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 from xreg import __version__
-from xreg.checkpoint import LoadedModel, load_checkpoint
+from xreg.checkpoint import LoadedModel, default_weights, load_checkpoint
 from xreg.config import SortOptions
 from xreg.errors import ConfigError, LockedError, XregError
 from xreg.io import find_images
@@ -148,9 +148,8 @@ def run_sort(
     """Sort every radiograph under ``in_root`` into ``out_root``."""
     reporter = reporter or _Silent()
     exclude = _check_folders(in_root, out_root)
-    if options.weights is None:
-        raise ConfigError("no model weights: pass --weights FILE (see `xreg sort --help`)")
-    loaded = load_checkpoint(options.weights, device="cpu")
+    weights = options.weights if options.weights is not None else default_weights()
+    loaded = load_checkpoint(weights, device="cpu")
     device = resolve_device(options.device)
     registry_path = options.registry or out_root / REGISTRY_NAME
     if options.dry_run:
@@ -171,7 +170,7 @@ def run_sort(
         files, result.counts["too_new"] = _scan(in_root, exclude, options.min_age)
         run_id = registry.start_run(
             xreg_version=__version__, input_root=str(in_root.absolute()),
-            output_root=str(out_root.absolute()), model_path=str(options.weights),
+            output_root=str(out_root.absolute()), model_path=str(weights),
             model_name=loaded.card.name, model_sha256=loaded.sha256,
             options=asdict(options),
         )

@@ -134,11 +134,10 @@ def _progress(quiet: bool) -> Iterator[Any]:
 
 
 def _epoch_line(e: Any) -> str:
-    inst = "" if math.isnan(e.val_instrument_acc) else \
-        f" instrument {e.val_instrument_acc:.3f}"
+    accuracy = ", ".join(f"{k[4:]} {v:.3f}" for k, v in e.accuracy.items()
+                         if k.startswith("val_") and not math.isnan(v))
     return (f"epoch {e.epoch}: train loss {e.train_loss:.3f}, val loss {e.val_loss:.3f}, "
-            f"val acc body part {e.val_body_part_acc:.3f}{inst}"
-            f"{' (best)' if e.best else ''} [{e.seconds:.0f}s]")
+            f"val acc {accuracy}{' (best)' if e.best else ''} [{e.seconds:.0f}s]")
 
 
 def _print_summary(result: Any) -> None:

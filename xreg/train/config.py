@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from xreg.errors import ConfigError
-from xreg.models import ARCHS
+from xreg.models import ARCHS, KNOWN_HEADS
 
 __all__ = ["PRETRAINED", "TrainConfig", "load_train_config"]
 
@@ -31,6 +31,7 @@ class TrainConfig:
     arch: str = "mobilenet_v2"
     input_size: int = 224
     dropout: float = 0.2
+    heads: tuple[str, ...] = ("body_part", "instrument")  # body_part first; view optional
     pretrained: str = "imagenet"  # imagenet | none
     allow_random_init: bool = False  # imagenet unavailable: random init instead of failing
     lr: float = 2e-5
@@ -76,6 +77,12 @@ class TrainConfig:
                 raise bad(key, f"must be a number in [{lo}, {hi}], got {value!r}")
         if not _is_number(self.lr) or not 0 < self.lr < 1:
             raise bad("lr", f"must be a number in (0, 1), got {self.lr!r}")
+        heads = _as_tuple(self.heads, "heads")
+        if not heads or heads[0] != "body_part" or len(set(heads)) != len(heads) \
+                or not set(heads) <= set(KNOWN_HEADS):
+            raise bad("heads", f"must list body_part first, then any of "
+                      f"{', '.join(k for k in KNOWN_HEADS if k != 'body_part')}, each once")
+        object.__setattr__(self, "heads", heads)
         milestones = _as_tuple(self.milestones, "milestones")
         if not all(_is_int(m) and m >= 1 for m in milestones) \
                 or list(milestones) != sorted(set(milestones)):
@@ -96,6 +103,7 @@ class TrainConfig:
         """Plain JSON-able dict (stored in the card and in resume state)."""
         data = dataclasses.asdict(self)
         data["milestones"] = list(self.milestones)
+        data["heads"] = list(self.heads)
         data["split"] = list(self.split)
         return data
 

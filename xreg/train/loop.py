@@ -39,18 +39,26 @@ IGNORE = -100  # instrument label unknown: left out of that head's loss
 
 @dataclass(frozen=True)
 class EpochLog:
-    """One epoch's figures, as written to log.csv / log.json."""
+    """One epoch's figures, as written to log.csv / log.json.
+
+    ``accuracy`` maps ``train_<head>`` and ``val_<head>`` to the share of
+    labelled images the head got right (NaN when a split has no labels).
+    """
 
     epoch: int
     lr: float
     train_loss: float
-    train_body_part_acc: float
-    train_instrument_acc: float
     val_loss: float
-    val_body_part_acc: float
-    val_instrument_acc: float
     seconds: float
     best: bool
+    accuracy: dict[str, float] = field(default_factory=dict)
+
+    def row(self) -> dict[str, Any]:
+        """Flat dict for CSV/JSON; NaN becomes None (JSON has no NaN)."""
+        flat: dict[str, Any] = {k: v for k, v in asdict(self).items() if k != "accuracy"}
+        for key, value in self.accuracy.items():
+            flat[f"{key}_acc"] = None if math.isnan(value) else value
+        return flat
 
 
 @dataclass
@@ -71,14 +79,16 @@ class Callbacks:
 
 @dataclass
 class Tensors:
-    """One split in memory: grey pixels (N, S, S) and labels (instrument -100 = unknown)."""
+    """One split in memory: grey pixels (N, S, S) and one label tensor per head.
+
+    A label of ``IGNORE`` (-100) means unknown: left out of that head's loss.
+    """
 
     pixels: torch.Tensor
-    body_part: torch.Tensor
-    instrument: torch.Tensor
+    targets: dict[str, torch.Tensor]
 
     def __len__(self) -> int:
-        return int(self.body_part.shape[0])
+        return int(self.targets["body_part"].shape[0])
 
 
 @dataclass
@@ -108,13 +118,11 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 def write_log(run_dir: Path, log: list[EpochLog]) -> None:
     """log.csv and log.json: one row per finished epoch."""
-    # JSON has no NaN (an accuracy with no labels to score): write null.
-    rows = [{k: None if isinstance(v, float) and math.isnan(v) else v
-             for k, v in asdict(e).items()} for e in log]
+    rows = [e.row() for e in log]
     _write_text_atomic(run_dir / "log.json", json.dumps(rows, indent=1) + "\n")
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=[f for f in EpochLog.__dataclass_fields__],
-                            lineterminator="\n")
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     _write_text_atomic(run_dir / "log.csv", buf.getvalue())
@@ -129,8 +137,10 @@ def _sample_order(train: Tensors, config: TrainConfig, gen: torch.Generator) -> 
     n = len(train)
     if not config.weighted_sampling:
         return torch.randperm(n, generator=gen)
+    if "instrument" not in train.targets:
+        return torch.randperm(n, generator=gen)
     # Each instrument class (unknown counted as its own) gets an equal share of draws.
-    classes, inverse, counts = torch.unique(train.instrument, return_inverse=True,
+    classes, inverse, counts = torch.unique(train.targets["instrument"], return_inverse=True,
                                             return_counts=True)
     weights = (1.0 / counts.double())[inverse]
     return torch.multinomial(weights, n, replacement=True, generator=gen)
@@ -143,11 +153,13 @@ def _batches(order: torch.Tensor, size: int) -> list[torch.Tensor]:
     return chunks
 
 
-def _losses(logits: Mapping[str, torch.Tensor], bp: torch.Tensor, inst: torch.Tensor,
+def _losses(logits: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor],
             smoothing: float) -> torch.Tensor:
-    loss = F.cross_entropy(logits["body_part"], bp, label_smoothing=smoothing)
-    if (inst != IGNORE).any():
-        loss = loss + F.cross_entropy(logits["instrument"], inst, ignore_index=IGNORE)
+    loss = F.cross_entropy(logits["body_part"], targets["body_part"],
+                           label_smoothing=smoothing)
+    for name, y in targets.items():
+        if name != "body_part" and bool((y != IGNORE).any()):
+            loss = loss + F.cross_entropy(logits[name], y, ignore_index=IGNORE)
     return loss
 
 
@@ -166,20 +178,19 @@ def predict_tensors(model: MultiHeadNet, data: Tensors, mean: float, std: float,
 
 
 def _validate(model: MultiHeadNet, val: Tensors, mean: float, std: float,
-              device: torch.device) -> tuple[float, float, float]:
+              device: torch.device) -> tuple[float, dict[str, float]]:
+    """Unsmoothed validation log loss (summed over heads) and accuracy per head."""
     probs = predict_tensors(model, val, mean, std, device)
-    bp = val.body_part.numpy()
-    p_bp = np.clip(probs["body_part"][np.arange(len(bp)), bp], 1e-12, 1.0)
-    loss = float(-np.log(p_bp).mean())  # unsmoothed: the true validation log loss
-    bp_acc = float((probs["body_part"].argmax(1) == bp).mean())
-    inst = val.instrument.numpy()
-    known = inst != IGNORE
-    inst_acc = math.nan
-    if known.any():
-        p_in = np.clip(probs["instrument"][known, inst[known]], 1e-12, 1.0)
-        loss += float(-np.log(p_in).mean())
-        inst_acc = float((probs["instrument"][known].argmax(1) == inst[known]).mean())
-    return loss, bp_acc, inst_acc
+    loss, accuracy = 0.0, {}
+    for name, target in val.targets.items():
+        y = target.numpy()
+        known = y != IGNORE
+        accuracy[f"val_{name}"] = math.nan
+        if known.any():
+            p = np.clip(probs[name][known, y[known]], 1e-12, 1.0)
+            loss += float(-np.log(p).mean())
+            accuracy[f"val_{name}"] = float((probs[name][known].argmax(1) == y[known]).mean())
+    return loss, accuracy
 
 
 def fit(
@@ -230,27 +241,30 @@ def fit(
             cb.epoch_start(epoch, config.max_epochs, steps)
         model.train()
         lr = float(optimizer.param_groups[0]["lr"])
-        total, seen, bp_right, inst_right, inst_seen = 0.0, 0, 0, 0, 0
+        total, seen = 0.0, 0
+        right: dict[str, int] = dict.fromkeys(train.targets, 0)
+        labelled: dict[str, int] = dict.fromkeys(train.targets, 0)
         for idx in _batches(order, config.batch_size):
             x = augment_batch(train.pixels[idx].float(), gen, hflip=config.hflip,
                               rot90=config.rot90)
-            bp, inst = train.body_part[idx].to(device), train.instrument[idx].to(device)
+            targets = {k: v[idx].to(device) for k, v in train.targets.items()}
             logits = model(_inputs(x, mean, std, device))
-            loss = _losses(logits, bp, inst, config.label_smoothing)
+            loss = _losses(logits, targets, config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
-            n = len(idx)
-            total += float(loss.detach()) * n
-            seen += n
-            bp_right += int((logits["body_part"].argmax(1) == bp).sum())
-            known = inst != IGNORE
-            inst_seen += int(known.sum())
-            inst_right += int((logits["instrument"].argmax(1)[known] == inst[known]).sum())
+            total += float(loss.detach()) * len(idx)
+            seen += len(idx)
+            for name, y in targets.items():
+                known = y != IGNORE
+                labelled[name] += int(known.sum())
+                right[name] += int((logits[name].argmax(1)[known] == y[known]).sum())
             if cb.step is not None:
-                cb.step(total / seen, bp_right / seen)
+                cb.step(total / seen, right["body_part"] / max(labelled["body_part"], 1))
         scheduler.step()
-        val_loss, val_bp, val_inst = _validate(model, val, mean, std, device)
+        val_loss, accuracy = _validate(model, val, mean, std, device)
+        accuracy = {**{f"train_{k}": right[k] / labelled[k] if labelled[k] else math.nan
+                       for k in train.targets}, **accuracy}
         best = val_loss < result.best_val_loss
         if best:
             result.best_val_loss, result.best_epoch, bad_epochs = val_loss, epoch, 0
@@ -258,9 +272,8 @@ def fit(
                          run_dir / BEST_FILE)
         else:
             bad_epochs += 1
-        entry = EpochLog(epoch, lr, total / max(seen, 1), bp_right / max(seen, 1),
-                         inst_right / inst_seen if inst_seen else math.nan,
-                         val_loss, val_bp, val_inst, time.monotonic() - started, best)
+        entry = EpochLog(epoch, lr, total / max(seen, 1), val_loss,
+                         time.monotonic() - started, best, accuracy)
         result.log.append(entry)
         result.seconds += entry.seconds
         write_log(run_dir, result.log)

@@ -25,7 +25,7 @@ from xreg.datasets import LabelledImage, load_labels
 from xreg.errors import CheckpointError, ConfigError, MetricsInputError
 from xreg.evaluate import Evaluation, evaluate_images
 from xreg.metrics import youden_threshold
-from xreg.models import STANDARD_HEADS, build_model, load_imagenet_backbone
+from xreg.models import KNOWN_HEADS, HeadSpec, build_model, load_imagenet_backbone
 from xreg.predict import resolve_device
 from xreg.train.config import TrainConfig
 from xreg.train.data import decode_images
@@ -79,16 +79,21 @@ def _prepare_run_dir(run_dir: Path, out: Path, resume: bool, overwrite: bool) ->
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
+def _label(im: LabelledImage, head: HeadSpec) -> int:
+    """The image's label index for ``head``, or IGNORE when unknown."""
+    if head.name == "body_part":
+        return head.labels.index(im.body_part)
+    if head.name == "instrument":
+        return IGNORE if im.instrument is None else im.instrument
+    value = getattr(im, head.name, None)
+    return IGNORE if value is None else head.labels.index(value)
+
+
 def _tensors(images: Sequence[LabelledImage], members: Sequence[int], pixels: torch.Tensor,
-             labels: Sequence[str]) -> Tensors:
-    return Tensors(
-        pixels=pixels,
-        body_part=torch.tensor([labels.index(images[i].body_part) for i in members],
-                               dtype=torch.long),
-        instrument=torch.tensor([IGNORE if images[i].instrument is None
-                                 else images[i].instrument for i in members],
-                                dtype=torch.long),
-    )
+             heads: Sequence[HeadSpec]) -> Tensors:
+    return Tensors(pixels, {
+        h.name: torch.tensor([_label(images[i], h) for i in members], dtype=torch.long)
+        for h in heads})
 
 
 def _counts(images: Sequence[LabelledImage], splits: Sequence[str]) -> dict[str, Any]:
@@ -101,6 +106,7 @@ def _counts(images: Sequence[LabelledImage], splits: Sequence[str]) -> dict[str,
             "instrument": dict(sorted(Counter(
                 "unknown" if im.instrument is None else str(im.instrument)
                 for im in members).items())),
+            "view": dict(sorted(Counter(im.view or "unknown" for im in members).items())),
         }
     return out
 
@@ -157,8 +163,12 @@ def train(
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(out)
     _prepare_run_dir(run_dir, out, resume, overwrite)
     torch_device = resolve_device(device)
-    labels = STANDARD_HEADS[0].labels
-    images = load_labels(data, labels)
+    heads = tuple(KNOWN_HEADS[name] for name in config.heads)
+    images = load_labels(data, heads[0].labels)
+    for head in heads[1:]:
+        if all(_label(im, head) == IGNORE for im in images):
+            raise ConfigError(f"the config trains a {head.name!r} head but {data} labels "
+                              f"no image's {head.name}")
     splits = assign_splits(images, config.split, config.seed)
     state: dict[str, Any] | None = None
     if resume:
@@ -193,14 +203,14 @@ def train(
     def tensors(split: str) -> Tensors:
         members = by_split[split]
         chosen = torch.from_numpy(pixels[[position[i] for i in members]])
-        return _tensors(images, members, chosen, labels)
+        return _tensors(images, members, chosen, heads)
 
     train_t, val_t = tensors("train"), tensors("val")
     train_pixels = train_t.pixels.float()
     mean, std = float(train_pixels.mean()), float(train_pixels.std())
     del train_pixels
     torch.manual_seed(config.seed)
-    model = build_model(config.arch, STANDARD_HEADS, input_size=config.input_size,
+    model = build_model(config.arch, heads, input_size=config.input_size,
                         dropout=config.dropout)
     init = state["init"] if state is not None else _init_backbone(model, config, cb)
     result = fit(model, train_t, val_t, config, mean=mean, std=std, run_dir=run_dir,
@@ -208,13 +218,14 @@ def train(
                  extra_state={"config": config.to_dict(), "splits": splits, "init": init})
 
     val_probs = predict_tensors(model, val_t, mean, std, torch_device)
-    threshold = _instrument_threshold(config, val_t.instrument.numpy(),
-                                      val_probs["instrument"][:, 1], cb)
+    thresholds = {"min_confidence": config.min_confidence}
+    if "instrument" in val_probs:
+        thresholds["instrument"] = _instrument_threshold(
+            config, val_t.targets["instrument"].numpy(), val_probs["instrument"][:, 1], cb)
     counts = _counts(images, splits)
     card = ModelCard(
-        name=config.name or out.stem, arch=config.arch, heads=STANDARD_HEADS,
-        input_size=config.input_size, mean=mean, std=std,
-        thresholds={"instrument": threshold, "min_confidence": config.min_confidence},
+        name=config.name or out.stem, arch=config.arch, heads=heads,
+        input_size=config.input_size, mean=mean, std=std, thresholds=thresholds,
         training={
             "data": {"source": os.fspath(data), "labelled": len(images),
                      "unreadable": len(decoded.dropped)},
@@ -223,6 +234,8 @@ def train(
                       else "image", "counts": counts},
             "recipe": config.to_dict(), "init": init,
             "epochs_run": len(result.log), "best_epoch": result.best_epoch,
+            "best_epoch_accuracy": next((e.row() for e in result.log
+                                         if e.epoch == result.best_epoch), {}),
             "best_val_loss": result.best_val_loss, "stopped_early": result.stopped_early,
             "device": torch_device.type, "seconds": round(result.seconds, 1),
         },

@@ -95,11 +95,11 @@ def write_split(path: Path, images: Sequence[LabelledImage], splits: Sequence[st
     """Save the split as a manifest (absolute paths) next to the training run."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path", "body_part", "instrument", "patient_id", "split"])
+    writer.writerow(["path", "body_part", "instrument", "patient_id", "split", "view"])
     for im, s in zip(images, splits):
         writer.writerow([os.fspath(Path(im.path).resolve()), im.body_part,
                          "" if im.instrument is None else im.instrument,
-                         im.patient_id or "", s])
+                         im.patient_id or "", s, im.view or ""])
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(buf.getvalue(), encoding="utf-8")
     os.replace(tmp, path)

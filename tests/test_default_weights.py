@@ -1,0 +1,47 @@
+"""The shipped default checkpoint: its card, its model card file, and that it works."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from xreg.checkpoint import DEFAULT_WEIGHTS, default_weights, file_sha256, load_checkpoint
+from xreg.cli import app
+from xreg.evaluate import evaluate
+from xreg.synth.generate import generate_dataset
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / DEFAULT_WEIGHTS
+
+
+def test_shipped_weights_are_small_and_say_what_they_are() -> None:
+    assert default_weights() == WEIGHTS
+    assert WEIGHTS.stat().st_size <= 25 * 1024 * 1024
+    card = load_checkpoint(WEIGHTS).card
+    assert card.name == "bodypart_instrument_phantom" and card.arch == "mobilenet_v2"
+    assert card.training["init"] == "imagenet"
+    assert card.training["split"]["counts"]["train"]["images"] >= 5000
+    assert 0 < card.thresholds["min_confidence"] < 1
+    assert "calibration" in card.training
+    first = WEIGHTS.with_suffix(".md").read_text().splitlines()[0]
+    assert "synthetic phantoms" in first and "not validated on real radiographs" in first
+
+
+def test_shipped_weights_classify_fresh_phantoms(tmp_path: Path) -> None:
+    # Phantoms from a seed no training or calibration set used, at another size.
+    generate_dataset(tmp_path, 45, seed=424242, size=320, instrument_rate=0.4, workers=1)
+    ev = evaluate(WEIGHTS, tmp_path / "labels.csv", n_resamples=200)
+    assert ev.body_part.accuracy.value >= 0.9
+    assert ev.instrument is not None and ev.instrument["auc"].value >= 0.9
+
+
+def test_sort_uses_the_shipped_weights_without_weights_option(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("XREG_WEIGHTS", raising=False)
+    generate_dataset(tmp_path / "in", 9, seed=31, size=256, workers=1)
+    result = CliRunner().invoke(app, ["sort", str(tmp_path / "in"), str(tmp_path / "out"),
+                                      "--dry-run", "--json", "--min-age", "0"])
+    assert result.exit_code in (0, 1), result.output
+    assert json.loads(result.stdout)["model_sha256"] == file_sha256(WEIGHTS)
