@@ -40,7 +40,8 @@ MARKER_NAME = ".xreg-synth"
 LABEL_COLUMNS = ("path", "body_part", "instrument", "instrument_kind", "distractors", "view",
                  "laterality", "patient_id", "study_id", "pair_role", "fracture", "format",
                  "seed")
-_OUR_FILE = re.compile(r"(\.)?(img|oos)_\d{6}(\.png|\.jpg|\.dcm)?(\.tmp)?")
+_OUR_FILE = re.compile(
+    r"(\.)?((img|oos)_\d{6}|ST\d+_(AP|LAT))(\.png|\.jpg|\.dcm)?(\.tmp)?")
 #: Below this many items a process pool costs more than it saves.
 _MIN_PARALLEL = 16
 

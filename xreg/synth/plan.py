@@ -144,6 +144,10 @@ class _Planner:
         study_id, study_uid, accession, date, clock = study
         index = len(self.items)
         stem = f"{IMAGE_DIR}/img_{index:06d}"
+        if pair_role and fmt != "dicom":
+            # Hip-pair rasters are named as people name them, <study>_<view>: the
+            # only way a folder of PNG/JPEG files can say which two films pair.
+            stem = f"{IMAGE_DIR}/{study_id}_{pair_role}"
         quality, header = 92, None
         if fmt == "png16":
             path = stem + ".png"
