@@ -270,5 +270,5 @@ def test_a_head_without_labels_is_refused(tmp_path: Path) -> None:
     manifest = tmp_path / "m.csv"
     manifest.write_text("path,body_part,instrument\na.png,hand,0\nb.png,knee,1\n")
     cfg = TrainConfig(**{**TINY, "heads": ("body_part", "view")})
-    with pytest.raises(ConfigError, match="'view' head.*labels no image"):
+    with pytest.raises(ConfigError, match="'view' head.*labels no item"):
         train(cfg, manifest, tmp_path / "m.pt")

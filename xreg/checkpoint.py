@@ -50,6 +50,10 @@ RANDOM_WEIGHTS_NOTE = (
 )
 
 
+# Card keys added after format version 1 was first written; older cards lack them.
+_OPTIONAL_KEYS = frozenset({"views"})
+
+
 def _today() -> str:
     return datetime.now(timezone.utc).date().isoformat()
 
@@ -89,6 +93,7 @@ class ModelCard:
     created: str = field(default_factory=_today)
     notes: str = ""
     format_version: int = CARD_FORMAT_VERSION
+    views: int = 1  # 2: an AP and a lateral film side by side (the hip fracture model)
 
     def __post_init__(self) -> None:
         def bad(key: str, why: str) -> CheckpointError:
@@ -124,6 +129,8 @@ class ModelCard:
             object.__setattr__(self, key, float(value))
         if self.std <= 0:
             raise bad("std", f"must be > 0, got {self.std!r}")
+        if self.views not in (1, 2) or isinstance(self.views, bool):
+            raise bad("views", f"must be 1 or 2, got {self.views!r}")
         if not isinstance(self.thresholds, Mapping):
             raise bad("thresholds", "must be a mapping")
         for head, value in self.thresholds.items():
@@ -163,6 +170,7 @@ class ModelCard:
             "xreg_version": self.xreg_version,
             "created": self.created,
             "notes": self.notes,
+            "views": self.views,
         }
 
     @classmethod
@@ -178,7 +186,7 @@ class ModelCard:
                 f"(this xreg reads version {CARD_FORMAT_VERSION}); upgrade xreg"
             )
         expected = {f.name for f in fields(cls)}
-        missing = [k for k in sorted(expected) if k not in data]
+        missing = [k for k in sorted(expected - _OPTIONAL_KEYS) if k not in data]
         if missing:
             raise CheckpointError(f"model card is missing key {missing[0]!r}")
         extra = sorted(set(data) - expected)

@@ -20,9 +20,11 @@ from xreg.errors import ConfigError
 from xreg.io import find_images
 from xreg.models import BODY_PARTS, INSTRUMENT_LABELS, VIEW_LABELS
 
-__all__ = ["REQUIRED_COLUMNS", "LabelledImage", "load_labels"]
+__all__ = ["PAIR_COLUMNS", "REQUIRED_COLUMNS", "HipPair", "LabelledImage", "load_labels",
+           "load_pairs"]
 
 REQUIRED_COLUMNS = ("path", "body_part", "instrument")
+PAIR_COLUMNS = ("study", "ap_path", "lateral_path")
 _IGNORED_FOLDERS = frozenset({"_review", "_unreadable"})
 _INSTRUMENT_VALUES = {"0": 0, "1": 1, "": None}
 
@@ -120,3 +122,61 @@ def _from_folder(root: Path, body_parts: Sequence[str]) -> list[LabelledImage]:
         images.append(LabelledImage(path, body_part, INSTRUMENT_LABELS.index(instrument),
                                     None, None))
     return images
+
+
+@dataclass(frozen=True)
+class HipPair:
+    """One hip study's AP and lateral film; ``fracture`` is 1, 0 or None (unknown)."""
+
+    study: str
+    ap: Path
+    lateral: Path
+    fracture: int | None
+    patient_id: str | None = None
+    split: str | None = None
+
+
+def load_pairs(path: Path, *, need_fracture: bool = False) -> list[HipPair]:
+    """Read a pairs CSV: study, ap_path, lateral_path, optional fracture, patient_id, split.
+
+    ``xreg synth --hip-pairs`` writes one (``hip_pairs.csv``); ``xreg hip
+    --pairs`` reads the same columns. Relative paths resolve against the CSV's
+    folder. ``need_fracture`` refuses a file without fracture labels.
+    """
+    path = Path(path)
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+            header = list(rows[0].keys()) if rows else []
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"cannot read pairs file {path}: {exc}") from None
+    if not rows:
+        raise ConfigError(f"pairs file {path} has no rows")
+    for column in PAIR_COLUMNS + (("fracture",) if need_fracture else ()):
+        if column not in header:
+            raise ConfigError(f"pairs file {path} has no column {column!r} "
+                              f"(required: {', '.join(PAIR_COLUMNS)}, fracture to train)")
+    pairs, seen = [], set()
+    for number, row in enumerate(rows, start=2):
+        def bad(column: str, why: str, row_number: int = number) -> ConfigError:
+            return ConfigError(f"pairs file {path}, row {row_number}, column {column!r}: {why}")
+
+        values = {k: (row.get(k) or "").strip() for k in (*PAIR_COLUMNS, "fracture")}
+        for column in PAIR_COLUMNS:
+            if not values[column]:
+                raise bad(column, "empty")
+        if values["study"] in seen:
+            raise bad("study", f"study {values['study']!r} appears twice")
+        seen.add(values["study"])
+        if values["fracture"] not in _INSTRUMENT_VALUES:
+            raise bad("fracture", f"{values['fracture']!r} is not 0, 1 or empty")
+        pairs.append(HipPair(
+            study=values["study"], ap=path.parent / values["ap_path"],
+            lateral=path.parent / values["lateral_path"],
+            fracture=_INSTRUMENT_VALUES[values["fracture"]],
+            patient_id=(row.get("patient_id") or "").strip() or None,
+            split=(row.get("split") or "").strip() or None,
+        ))
+    if need_fracture and all(p.fracture is None for p in pairs):
+        raise ConfigError(f"pairs file {path} labels no study's fracture")
+    return pairs

@@ -21,6 +21,7 @@ __all__ = [
     "ARCHS",
     "BODY_PARTS",
     "BODY_PART_HEAD",
+    "FRACTURE_HEAD",
     "INSTRUMENT_HEAD",
     "INSTRUMENT_LABELS",
     "KNOWN_HEADS",
@@ -80,7 +81,10 @@ INSTRUMENT_HEAD = HeadSpec("instrument", INSTRUMENT_LABELS)
 STANDARD_HEADS: tuple[HeadSpec, ...] = (BODY_PART_HEAD, INSTRUMENT_HEAD)
 #: Optional third head: the projection, which pairs hip views when headers are silent.
 VIEW_HEAD = HeadSpec("view", VIEW_LABELS)
-KNOWN_HEADS: dict[str, HeadSpec] = {h.name: h for h in (*STANDARD_HEADS, VIEW_HEAD)}
+#: The hip model's one head, on an AP and a lateral film joined side by side.
+FRACTURE_HEAD = HeadSpec("fracture", ("no_fracture", "fracture"))
+KNOWN_HEADS: dict[str, HeadSpec] = {
+    h.name: h for h in (*STANDARD_HEADS, VIEW_HEAD, FRACTURE_HEAD)}
 
 
 def _strip_classifier_seq(model: nn.Module) -> None:

@@ -16,7 +16,8 @@ from xreg.errors import ConfigError
 from xreg.evaluate import Evaluation
 from xreg.metrics import Estimate
 
-__all__ = ["BINARY_METRICS", "MULTICLASS_METRICS", "format_estimate", "write_report"]
+__all__ = ["BINARY_METRICS", "MULTICLASS_METRICS", "format_estimate", "plot_roc",
+           "write_report"]
 
 REPORT_NAME = "report.md"
 ROC_NAME = "roc_instrument.png"
@@ -100,18 +101,18 @@ def _markdown(ev: Evaluation, figures: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plot_roc(ev: Evaluation, path: Path) -> None:
+def plot_roc(y: np.ndarray, prob: np.ndarray, auc: float, title: str, path: Path) -> None:
+    """A ROC curve PNG with its AUC in the legend."""
     from sklearn.metrics import roc_curve
 
     plt = _pyplot()
-    fpr, tpr, _ = roc_curve(ev.instrument_true, ev.instrument_prob)
-    auc = ev.instrument["auc"].value if ev.instrument else float("nan")
+    fpr, tpr, _ = roc_curve(y, prob)
     fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
     try:
         ax.plot(fpr, tpr, lw=2, label=f"AUC {_fmt(auc)}")
         ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
         ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity",
-               ylabel="Sensitivity", title="Instrument ROC")
+               ylabel="Sensitivity", title=title)
         ax.legend(loc="lower right")
         fig.tight_layout()
         fig.savefig(path)
@@ -160,7 +161,8 @@ def write_report(evaluation: Evaluation, out_dir: Path) -> list[Path]:
     y = evaluation.instrument_true
     if evaluation.instrument is not None and 0 < int(y.sum()) < y.size:
         roc = out_dir / ROC_NAME
-        _plot_roc(evaluation, roc)
+        auc = evaluation.instrument["auc"].value
+        plot_roc(y, evaluation.instrument_prob, auc, "Instrument ROC", roc)
         written.append(roc)
         figures[ROC_NAME] = str(roc)
     report = out_dir / REPORT_NAME

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from xreg.checkpoint import ModelCard
 from xreg.errors import UnreadableImageError
 
-__all__ = ["Preprocessor", "augment_batch", "preprocess", "resize_grey"]
+__all__ = ["Preprocessor", "augment_batch", "join_views", "preprocess", "resize_grey"]
 
 
 class Preprocessor:
@@ -40,6 +40,19 @@ class Preprocessor:
         # Out of place: when no resize was needed x shares the caller's array.
         x = (x - self.mean) / self.std
         return x.expand(3, self.size, self.size)
+
+
+    def pair(self, ap: np.ndarray, lateral: np.ndarray) -> torch.Tensor:
+        """Preprocess a hip pair: ``(3, S, 2S)``, the AP on the left (thesis layout)."""
+        x = join_views(torch.stack([resize_grey(ap, self.size),
+                                    resize_grey(lateral, self.size)]))
+        x = (x - self.mean) / self.std
+        return x.expand(3, self.size, 2 * self.size)
+
+
+def join_views(x: torch.Tensor) -> torch.Tensor:
+    """``(..., 2, S, S)`` AP and lateral -> ``(..., S, 2S)``, AP left, lateral right."""
+    return torch.cat([x[..., 0, :, :], x[..., 1, :, :]], dim=-1)
 
 
 def preprocess(pixels: np.ndarray, card: ModelCard) -> torch.Tensor:
@@ -72,6 +85,9 @@ def augment_batch(
     x: torch.Tensor, generator: torch.Generator, *, hflip: bool, rot90: bool
 ) -> torch.Tensor:
     """Randomly flip (p=0.5) and rotate by k*90 degrees each image of ``(B, S, S)``.
+
+    For hip pairs, ``(B, 2, S, S)``: both views of a pair get the same
+    transform, and each view stays in its own half after joining.
 
     Draws from ``generator`` only, so a seeded epoch is reproducible. The
     thesis's augmentation; square inputs keep their shape under rotation.

@@ -153,9 +153,14 @@ def _print_summary(result: Any) -> None:
     if ev is None:
         out.print("no test split: nothing scored", highlight=False)
         return
-    table = Table(title=f"Test split ({len(ev.paths)} images)")
+    table = Table(title="Test split")
     table.add_column("metric")
     table.add_column("value (95% CI)", justify="right")
+    if hasattr(ev, "studies"):  # a hip fracture model
+        for key in ("auc", "sensitivity", "specificity", "accuracy"):
+            table.add_row(f"fracture {key}", format_estimate(ev.metrics[key]))
+        out.print(table)
+        return
     table.add_row("body part MCC", format_estimate(ev.body_part.mcc))
     table.add_row("body part accuracy", format_estimate(ev.body_part.accuracy))
     table.add_row("body part log loss", format_estimate(ev.body_part.log_loss))

@@ -35,6 +35,7 @@ __all__ = ["LABEL_COLUMNS", "OUT_OF_SCOPE_DIR", "Item", "SynthSummary", "generat
            "label_row", "plan_dataset", "render_phantom", "write_out_of_scope"]
 
 LABELS_NAME = "labels.csv"
+PAIRS_NAME = "hip_pairs.csv"  # one row per --hip-pairs study
 OUT_OF_SCOPE_DIR = "out_of_scope"  # OUT/out_of_scope/ and OUT/out_of_scope.csv
 MARKER_NAME = ".xreg-synth"
 LABEL_COLUMNS = ("path", "body_part", "instrument", "instrument_kind", "distractors", "view",
@@ -169,6 +170,30 @@ def _write_labels(out: Path, items: Iterable[Item]) -> Path:
     return path
 
 
+def _write_pairs(out: Path, items: Iterable[Item]) -> Path | None:
+    """``hip_pairs.csv``: study, ap_path, lateral_path, fracture, patient_id, side."""
+    studies: dict[str, dict[str, Item]] = {}
+    for item in items:
+        if item.pair_role:
+            studies.setdefault(item.study_id, {})[item.pair_role] = item
+    path = out / PAIRS_NAME
+    path.unlink(missing_ok=True)
+    if not studies:
+        return None
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["study", "ap_path", "lateral_path", "fracture", "fracture_kind",
+                     "patient_id", "side"])
+    for study, views in studies.items():
+        ap, lat = views["AP"], views["LAT"]
+        writer.writerow([study, ap.path, lat.path, int(bool(ap.spec.fracture)),
+                         ap.spec.fracture or "", ap.patient_id, ap.spec.laterality])
+    tmp = out / f".{PAIRS_NAME}.tmp"
+    tmp.write_text(buf.getvalue(), encoding="utf-8", newline="")
+    os.replace(tmp, path)
+    return path
+
+
 def generate_dataset(
     out: str | os.PathLike[str],
     count: int,
@@ -213,6 +238,7 @@ def generate_dataset(
         if reporter is not None:
             reporter.advance(path)
     labels = _write_labels(root, items)
+    _write_pairs(root, items)
     write_out_of_scope(root, out_of_scope, seed, size)
     sheet = None
     if contact_sheet is not None:

@@ -21,6 +21,7 @@ from xreg.models import ARCHS, KNOWN_HEADS
 __all__ = ["PRETRAINED", "TrainConfig", "load_train_config"]
 
 PRETRAINED = ("imagenet", "none")
+TASKS = ("body_part", "hip_fracture")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class TrainConfig:
     """One training recipe; defaults are the thesis's (see DESIGN.md)."""
 
     name: str = ""  # model name in the card; empty: the output file's stem
+    task: str = "body_part"  # body_part: one film; hip_fracture: AP + lateral side by side
     arch: str = "mobilenet_v2"
     input_size: int = 224
     dropout: float = 0.2
@@ -77,11 +79,16 @@ class TrainConfig:
                 raise bad(key, f"must be a number in [{lo}, {hi}], got {value!r}")
         if not _is_number(self.lr) or not 0 < self.lr < 1:
             raise bad("lr", f"must be a number in (0, 1), got {self.lr!r}")
+        if self.task not in TASKS:
+            raise bad("task", f"must be one of {', '.join(TASKS)}, not {self.task!r}")
         heads = _as_tuple(self.heads, "heads")
-        if not heads or heads[0] != "body_part" or len(set(heads)) != len(heads) \
-                or not set(heads) <= set(KNOWN_HEADS):
-            raise bad("heads", f"must list body_part first, then any of "
-                      f"{', '.join(k for k in KNOWN_HEADS if k != 'body_part')}, each once")
+        if self.task == "hip_fracture":
+            if heads != ("fracture",):
+                raise bad("heads", "the hip_fracture task has one head: [fracture]")
+        elif not heads or heads[0] != "body_part" or len(set(heads)) != len(heads) \
+                or not set(heads) <= set(KNOWN_HEADS) - {"fracture"}:
+            raise bad("heads", "must list body_part first, then any of instrument, view, "
+                      "each once")
         object.__setattr__(self, "heads", heads)
         milestones = _as_tuple(self.milestones, "milestones")
         if not all(_is_int(m) and m >= 1 for m in milestones) \
@@ -98,6 +105,11 @@ class TrainConfig:
         t = self.instrument_threshold
         if t != "youden" and not (_is_number(t) and 0 <= float(t) <= 1):
             raise bad("instrument_threshold", f"must be 'youden' or a probability, got {t!r}")
+
+    @property
+    def balance_head(self) -> str:
+        """The head whose classes weighted sampling balances (the rarer class)."""
+        return "fracture" if self.task == "hip_fracture" else "instrument"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (stored in the card and in resume state)."""

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from xreg.datasets import LabelledImage
 from xreg.errors import UnreadableImageError
 from xreg.io import load_image
 from xreg.transforms import resize_grey
@@ -37,14 +36,14 @@ class DecodedSet:
     dropped: list[tuple[str, str]]
 
 
-def _fingerprint(images: Sequence[LabelledImage], size: int) -> str:
+def _fingerprint(paths: Sequence[Path], size: int) -> str:
     h = hashlib.sha256(f"xreg-train-cache v1 size={size}\n".encode())
-    for im in images:
+    for path in paths:
         try:
-            st = os.stat(im.path)
-            h.update(f"{im.path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            st = os.stat(path)
+            h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         except OSError:
-            h.update(f"{im.path}\0missing\n".encode())
+            h.update(f"{path}\0missing\n".encode())
     return h.hexdigest()
 
 
@@ -61,7 +60,7 @@ def _decode_one(path: Path, size: int) -> NDArray[np.float16] | str:
 
 
 def decode_images(
-    images: Sequence[LabelledImage],
+    paths: Sequence[Path],
     size: int,
     *,
     cache_dir: Path | None = None,
@@ -69,25 +68,25 @@ def decode_images(
     on_start: Callable[[int], None] | None = None,
     on_decoded: Callable[[], None] | None = None,
 ) -> DecodedSet:
-    """Decode ``images`` to ``(N, size, size)`` float16, reusing ``cache_dir``'s cache.
+    """Decode ``paths`` to ``(N, size, size)`` float16, reusing ``cache_dir``'s cache.
 
     Files that cannot be decoded are dropped and reported, never fatal.
     """
-    key = _fingerprint(images, size)
+    key = _fingerprint(paths, size)
     if cache_dir is not None:
         cached = _read_cache(cache_dir, key)
         if cached is not None:
             return cached
     if on_start is not None:
-        on_start(len(images))
-    pixels = np.zeros((len(images), size, size), dtype=np.float16)
+        on_start(len(paths))
+    pixels = np.zeros((len(paths), size, size), dtype=np.float16)
     kept: list[int] = []
     dropped: list[tuple[str, str]] = []
     with ThreadPoolExecutor(max_workers=max(1, workers),
                             thread_name_prefix="xreg-train-decode") as pool:
-        for i, result in enumerate(pool.map(lambda im: _decode_one(im.path, size), images)):
+        for i, result in enumerate(pool.map(lambda p: _decode_one(p, size), paths)):
             if isinstance(result, str):
-                dropped.append((str(images[i].path), result))
+                dropped.append((str(paths[i]), result))
             else:
                 pixels[len(kept)] = result
                 kept.append(i)

@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 from xreg.errors import CheckpointError
 from xreg.models import MultiHeadNet
 from xreg.train.config import TrainConfig
-from xreg.transforms import augment_batch
+from xreg.transforms import augment_batch, join_views
 
 __all__ = ["Callbacks", "EpochLog", "FitResult", "Tensors", "fit", "predict_tensors"]
 
@@ -88,7 +88,7 @@ class Tensors:
     targets: dict[str, torch.Tensor]
 
     def __len__(self) -> int:
-        return int(self.targets["body_part"].shape[0])
+        return int(self.pixels.shape[0])
 
 
 @dataclass
@@ -129,6 +129,8 @@ def write_log(run_dir: Path, log: list[EpochLog]) -> None:
 
 
 def _inputs(x: torch.Tensor, mean: float, std: float, device: torch.device) -> torch.Tensor:
+    if x.ndim == 4:  # (B, 2, S, S) hip pairs -> (B, S, 2S), AP left
+        x = join_views(x)
     x = ((x.to(device, torch.float32) - mean) / std)[:, None]
     return x.expand(-1, 3, -1, -1).contiguous(memory_format=torch.channels_last)
 
@@ -137,11 +139,11 @@ def _sample_order(train: Tensors, config: TrainConfig, gen: torch.Generator) -> 
     n = len(train)
     if not config.weighted_sampling:
         return torch.randperm(n, generator=gen)
-    if "instrument" not in train.targets:
+    if config.balance_head not in train.targets:
         return torch.randperm(n, generator=gen)
-    # Each instrument class (unknown counted as its own) gets an equal share of draws.
-    classes, inverse, counts = torch.unique(train.targets["instrument"], return_inverse=True,
-                                            return_counts=True)
+    # Each class of the balanced head (unknown counted as its own) gets an equal share.
+    classes, inverse, counts = torch.unique(train.targets[config.balance_head],
+                                            return_inverse=True, return_counts=True)
     weights = (1.0 / counts.double())[inverse]
     return torch.multinomial(weights, n, replacement=True, generator=gen)
 
@@ -155,11 +157,12 @@ def _batches(order: torch.Tensor, size: int) -> list[torch.Tensor]:
 
 def _losses(logits: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor],
             smoothing: float) -> torch.Tensor:
-    loss = F.cross_entropy(logits["body_part"], targets["body_part"],
-                           label_smoothing=smoothing)
+    loss = torch.zeros((), device=next(iter(logits.values())).device)
     for name, y in targets.items():
-        if name != "body_part" and bool((y != IGNORE).any()):
-            loss = loss + F.cross_entropy(logits[name], y, ignore_index=IGNORE)
+        if bool((y != IGNORE).any()):
+            # Label smoothing is the thesis's for the body part head only.
+            loss = loss + F.cross_entropy(logits[name], y, ignore_index=IGNORE,
+                                          label_smoothing=smoothing * (name == "body_part"))
     return loss
 
 
@@ -260,7 +263,8 @@ def fit(
                 labelled[name] += int(known.sum())
                 right[name] += int((logits[name].argmax(1)[known] == y[known]).sum())
             if cb.step is not None:
-                cb.step(total / seen, right["body_part"] / max(labelled["body_part"], 1))
+                first = next(iter(right))
+                cb.step(total / seen, right[first] / max(labelled[first], 1))
         scheduler.step()
         val_loss, accuracy = _validate(model, val, mean, std, device)
         accuracy = {**{f"train_{k}": right[k] / labelled[k] if labelled[k] else math.nan

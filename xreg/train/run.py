@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,11 +19,11 @@ import numpy as np
 import torch
 
 from xreg.checkpoint import LoadedModel, ModelCard, save_checkpoint
-from xreg.datasets import LabelledImage, load_labels
 from xreg.errors import CheckpointError, ConfigError, MetricsInputError
-from xreg.evaluate import Evaluation, evaluate_images
+from xreg.evaluate import Evaluation
+from xreg.evaluate_pairs import PairEvaluation
 from xreg.metrics import youden_threshold
-from xreg.models import KNOWN_HEADS, HeadSpec, build_model, load_imagenet_backbone
+from xreg.models import build_model, load_imagenet_backbone
 from xreg.predict import resolve_device
 from xreg.train.config import TrainConfig
 from xreg.train.data import decode_images
@@ -38,7 +36,8 @@ from xreg.train.loop import (
     fit,
     predict_tensors,
 )
-from xreg.train.split import SPLITS, assign_splits, write_split
+from xreg.train.split import SPLITS
+from xreg.train.tasks import Task, make_task
 
 __all__ = ["TrainResult", "train"]
 
@@ -52,7 +51,7 @@ class TrainResult:
     card: ModelCard
     run_dir: Path
     log: list[EpochLog]
-    evaluation: Evaluation | None  # None when the split has no test images
+    evaluation: Evaluation | PairEvaluation | None  # None when there is no test split
     dropped: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -79,38 +78,6 @@ def _prepare_run_dir(run_dir: Path, out: Path, resume: bool, overwrite: bool) ->
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
-def _label(im: LabelledImage, head: HeadSpec) -> int:
-    """The image's label index for ``head``, or IGNORE when unknown."""
-    if head.name == "body_part":
-        return head.labels.index(im.body_part)
-    if head.name == "instrument":
-        return IGNORE if im.instrument is None else im.instrument
-    value = getattr(im, head.name, None)
-    return IGNORE if value is None else head.labels.index(value)
-
-
-def _tensors(images: Sequence[LabelledImage], members: Sequence[int], pixels: torch.Tensor,
-             heads: Sequence[HeadSpec]) -> Tensors:
-    return Tensors(pixels, {
-        h.name: torch.tensor([_label(images[i], h) for i in members], dtype=torch.long)
-        for h in heads})
-
-
-def _counts(images: Sequence[LabelledImage], splits: Sequence[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name in SPLITS:
-        members = [im for im, s in zip(images, splits) if s == name]
-        out[name] = {
-            "images": len(members),
-            "body_part": dict(sorted(Counter(im.body_part for im in members).items())),
-            "instrument": dict(sorted(Counter(
-                "unknown" if im.instrument is None else str(im.instrument)
-                for im in members).items())),
-            "view": dict(sorted(Counter(im.view or "unknown" for im in members).items())),
-        }
-    return out
-
-
 def _init_backbone(model: Any, config: TrainConfig, cb: Callbacks) -> str:
     if config.pretrained == "none":
         return "random"
@@ -127,16 +94,16 @@ def _init_backbone(model: Any, config: TrainConfig, cb: Callbacks) -> str:
         return "random"
 
 
-def _instrument_threshold(config: TrainConfig, y: np.ndarray, p: np.ndarray,
-                          cb: Callbacks) -> float:
+def _binary_threshold(config: TrainConfig, y: np.ndarray, p: np.ndarray, head: str,
+                      cb: Callbacks) -> float:
     if config.instrument_threshold != "youden":
         return float(config.instrument_threshold)
     known = y != IGNORE
     try:
         return youden_threshold(y[known], p[known])
     except MetricsInputError:
-        cb.say("warning: the validation split lacks one instrument class; "
-               "instrument threshold left at 0.5")
+        cb.say(f"warning: the validation split lacks one {head} class; "
+               f"{head} threshold left at 0.5")
         return 0.5
 
 
@@ -152,24 +119,20 @@ def train(
     workers: int = 2,
     callbacks: Callbacks | None = None,
 ) -> TrainResult:
-    """Train a body part + instrument model on ``data`` and write it to ``out``.
+    """Train the config's task on ``data`` and write the checkpoint to ``out``.
 
-    ``data`` is a manifest CSV or a sort-layout folder. Raises ``ConfigError``
-    for bad data or an occupied output, ``CheckpointError`` when ImageNet
-    weights are required but unavailable.
+    ``data`` is a manifest CSV or a sort-layout folder (task body_part), or a
+    pairs CSV (task hip_fracture). Raises ``ConfigError`` for bad data or an
+    occupied output, ``CheckpointError`` when ImageNet weights are required
+    but unavailable.
     """
     cb = callbacks or Callbacks()
     out = Path(out)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(out)
     _prepare_run_dir(run_dir, out, resume, overwrite)
     torch_device = resolve_device(device)
-    heads = tuple(KNOWN_HEADS[name] for name in config.heads)
-    images = load_labels(data, heads[0].labels)
-    for head in heads[1:]:
-        if all(_label(im, head) == IGNORE for im in images):
-            raise ConfigError(f"the config trains a {head.name!r} head but {data} labels "
-                              f"no image's {head.name}")
-    splits = assign_splits(images, config.split, config.seed)
+    task = make_task(config, data)
+    splits = task.splits(config)
     state: dict[str, Any] | None = None
     if resume:
         state = torch.load(run_dir / STATE_FILE, map_location="cpu", weights_only=True)
@@ -181,36 +144,17 @@ def train(
         if state.get("splits") != splits:
             raise ConfigError("the labelled data changed since the run started; "
                               "start a new run")
-    write_split(run_dir / "split.csv", images, splits)
+    task.write_split(run_dir / "split.csv", splits)
     rows = {s: [i for i, x in enumerate(splits) if x == s] for s in SPLITS}
     if len(rows["train"]) < 2 or not rows["val"]:
-        raise ConfigError(f"too few images to train: {len(rows['train'])} train, "
+        raise ConfigError(f"too few items to train: {len(rows['train'])} train, "
                           f"{len(rows['val'])} validation")
-    fit_rows = rows["train"] + rows["val"]
-    decoded = decode_images([images[i] for i in fit_rows], config.input_size,
-                            cache_dir=run_dir, workers=workers,
-                            on_start=cb.decode_start, on_decoded=cb.decoded)
-    for path, reason in decoded.dropped:
-        cb.say(f"skipped unreadable {path}: {reason}")
-    # Map each decoded row back to its image index and split.
-    kept = [fit_rows[k] for k in decoded.kept]
-    position = {img: n for n, img in enumerate(kept)}
-    pixels = decoded.pixels
-    by_split = {s: [i for i in rows[s] if i in position] for s in ("train", "val")}
-    if len(by_split["train"]) < 2 or not by_split["val"]:
-        raise ConfigError("too few decodable images left to train")
-
-    def tensors(split: str) -> Tensors:
-        members = by_split[split]
-        chosen = torch.from_numpy(pixels[[position[i] for i in members]])
-        return _tensors(images, members, chosen, heads)
-
-    train_t, val_t = tensors("train"), tensors("val")
+    train_t, val_t, dropped = _load_pixels(task, rows, config, run_dir, workers, cb)
     train_pixels = train_t.pixels.float()
     mean, std = float(train_pixels.mean()), float(train_pixels.std())
     del train_pixels
     torch.manual_seed(config.seed)
-    model = build_model(config.arch, heads, input_size=config.input_size,
+    model = build_model(config.arch, task.heads, input_size=config.input_size,
                         dropout=config.dropout)
     init = state["init"] if state is not None else _init_backbone(model, config, cb)
     result = fit(model, train_t, val_t, config, mean=mean, std=std, run_dir=run_dir,
@@ -218,20 +162,21 @@ def train(
                  extra_state={"config": config.to_dict(), "splits": splits, "init": init})
 
     val_probs = predict_tensors(model, val_t, mean, std, torch_device)
-    thresholds = {"min_confidence": config.min_confidence}
-    if "instrument" in val_probs:
-        thresholds["instrument"] = _instrument_threshold(
-            config, val_t.targets["instrument"].numpy(), val_probs["instrument"][:, 1], cb)
-    counts = _counts(images, splits)
+    thresholds = {"min_confidence": config.min_confidence} if task.views == 1 else {}
+    binary = config.balance_head
+    if binary in val_probs:
+        thresholds[binary] = _binary_threshold(
+            config, val_t.targets[binary].numpy(), val_probs[binary][:, 1], binary, cb)
     card = ModelCard(
-        name=config.name or out.stem, arch=config.arch, heads=heads,
+        name=config.name or out.stem, arch=config.arch, heads=task.heads,
         input_size=config.input_size, mean=mean, std=std, thresholds=thresholds,
+        views=task.views,
         training={
-            "data": {"source": os.fspath(data), "labelled": len(images),
-                     "unreadable": len(decoded.dropped)},
+            "task": config.task,
+            "data": {"source": os.fspath(data), "labelled": len(task),
+                     "unreadable": len(dropped)},
             "split": {"fractions": list(config.split), "seed": config.seed,
-                      "grouped_by": "patient_id" if any(im.patient_id for im in images)
-                      else "image", "counts": counts},
+                      "grouped_by": task.grouped_by(), "counts": task.counts(splits)},
             "recipe": config.to_dict(), "init": init,
             "epochs_run": len(result.log), "best_epoch": result.best_epoch,
             "best_epoch_accuracy": next((e.row() for e in result.log
@@ -244,16 +189,42 @@ def train(
     model = model.cpu().to(memory_format=torch.contiguous_format)
     evaluation = None
     if rows["test"]:
-        root = Path(data) if Path(data).is_dir() else Path(data).parent
-        loaded = LoadedModel(model, card, "", out)
-        evaluation = evaluate_images(
-            loaded, [images[i] for i in rows["test"]], root=root, data=os.fspath(data),
-            device=torch_device, workers=workers, n_resamples=config.resamples,
-            seed=config.seed)
-        test = evaluation.to_dict()
-        metrics = {"test": {k: test[k] for k in ("counts", "body_part", "instrument")}}
-        card = dataclasses.replace(card, metrics=metrics)
+        evaluation, metrics = task.score_test(LoadedModel(model, card, "", out), rows["test"],
+                                              torch_device, workers, config)
+        card = dataclasses.replace(card, metrics={"test": metrics})
     sha = save_checkpoint(out, model, card)
     # The run is done: its resumable state would only invite a stale --resume.
     (run_dir / STATE_FILE).replace(run_dir / "state.finished.pt")
-    return TrainResult(out, sha, card, run_dir, result.log, evaluation, decoded.dropped)
+    return TrainResult(out, sha, card, run_dir, result.log, evaluation, dropped)
+
+
+def _load_pixels(task: Task, rows: dict[str, list[int]], config: TrainConfig, run_dir: Path,
+                 workers: int, cb: Callbacks) -> tuple[Tensors, Tensors,
+                                                       list[tuple[str, str]]]:
+    """Decode train + val once (cached); an item with an unreadable file is dropped."""
+    fit_rows = rows["train"] + rows["val"]
+    paths = [p for i in fit_rows for p in task.paths(i)]
+    decoded = decode_images(paths, config.input_size, cache_dir=run_dir, workers=workers,
+                            on_start=cb.decode_start, on_decoded=cb.decoded)
+    for path, reason in decoded.dropped:
+        cb.say(f"skipped unreadable {path}: {reason}")
+    row_of = {file_index: n for n, file_index in enumerate(decoded.kept)}
+    views = task.views
+    usable: dict[int, list[int]] = {}
+    for k, item in enumerate(fit_rows):
+        files = [k * views + v for v in range(views)]
+        if all(f in row_of for f in files):
+            usable[item] = [row_of[f] for f in files]
+
+    def tensors(split: str) -> Tensors:
+        members = [i for i in rows[split] if i in usable]
+        index = [usable[i] for i in members]
+        pixels = torch.from_numpy(decoded.pixels[[r for rs in index for r in rs]])
+        if views > 1:
+            pixels = pixels.reshape(len(members), views, *pixels.shape[1:])
+        return Tensors(pixels, task.targets(members))
+
+    train_t, val_t = tensors("train"), tensors("val")
+    if len(train_t) < 2 or not len(val_t):
+        raise ConfigError("too few decodable items left to train")
+    return train_t, val_t, decoded.dropped

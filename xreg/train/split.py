@@ -12,7 +12,7 @@ import csv
 import io
 import os
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ import numpy as np
 from xreg.datasets import LabelledImage
 from xreg.errors import ConfigError
 
-__all__ = ["SPLITS", "assign_splits", "plan_split", "write_split"]
+__all__ = ["SPLITS", "assign_splits", "given_or_planned", "plan_split", "write_split"]
 
 SPLITS = ("train", "val", "test")
 
@@ -68,14 +68,12 @@ def plan_split(
     return [split_of[g] for g in groups]
 
 
-def assign_splits(images: Sequence[LabelledImage], fractions: Sequence[float],
-                  seed: int) -> list[str]:
-    """Splits for ``images``: their own ``split`` labels if all have one, else planned.
+def given_or_planned(given: Sequence[str | None], plan: Callable[[], list[str]]) -> list[str]:
+    """The data's own split labels if every row has one, else ``plan()``.
 
-    Without a patient_id each image is its own group. A manifest that names
-    splits for some rows but not others is refused rather than half-trusted.
+    A manifest that names splits for some rows but not others is refused
+    rather than half-trusted.
     """
-    given = [im.split for im in images]
     if all(s is not None for s in given):
         unknown = sorted({str(s) for s in given if s not in SPLITS})
         if unknown:
@@ -84,11 +82,19 @@ def assign_splits(images: Sequence[LabelledImage], fractions: Sequence[float],
     if any(s is not None for s in given):
         raise ConfigError("the manifest gives a split for some rows but not all; "
                           "fill the column or leave it empty everywhere")
+    return plan()
+
+
+def assign_splits(images: Sequence[LabelledImage], fractions: Sequence[float],
+                  seed: int) -> list[str]:
+    """Splits for ``images``: their own ``split`` labels if all have one, else planned.
+
+    Without a patient_id each image is its own group.
+    """
     groups = [im.patient_id if im.patient_id is not None else f"path:{im.path}"
               for im in images]
-    # A patient whose rows name different patients cannot exist; one with
-    # several images is exactly what grouping is for.
-    return plan_split(groups, [im.body_part for im in images], fractions, seed)
+    return given_or_planned([im.split for im in images], lambda: plan_split(
+        groups, [im.body_part for im in images], fractions, seed))
 
 
 def write_split(path: Path, images: Sequence[LabelledImage], splits: Sequence[str]) -> None:
