@@ -25,7 +25,14 @@ import torch
 from xreg import __version__
 from xreg.errors import CheckpointError, ConfigError
 from xreg.hashing import file_sha256
-from xreg.models import ARCHS, STANDARD_HEADS, HeadSpec, MultiHeadNet, build_model
+from xreg.models import (
+    ARCHS,
+    FRACTURE_HEAD,
+    STANDARD_HEADS,
+    HeadSpec,
+    MultiHeadNet,
+    build_model,
+)
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -362,24 +369,27 @@ def make_random_checkpoint(
     input_size: int = 224,
     seed: int = 0,
     name: str | None = None,
+    hip: bool = False,
 ) -> str:
-    """Write a seeded random-weight checkpoint with the standard heads; return sha256.
+    """Write a seeded random-weight checkpoint; return its sha256.
 
-    For tests and the placeholder demo only: its card says its predictions
-    are meaningless.
+    The standard heads, or with ``hip`` a two-view fracture model. For tests
+    and benchmarks only: its card says its predictions are meaningless.
     """
+    heads = (FRACTURE_HEAD,) if hip else STANDARD_HEADS
     # fork_rng keeps the caller's global RNG stream untouched.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_model(arch, STANDARD_HEADS, input_size=input_size)
+        model = build_model(arch, heads, input_size=input_size)
     card = ModelCard(
         name=name or f"random-{arch}-{input_size}-seed{seed}",
         arch=arch,
-        heads=STANDARD_HEADS,
+        heads=heads,
         input_size=input_size,
         mean=0.5,
         std=0.25,
-        thresholds={"instrument": 0.5, "min_confidence": 0.5},
+        views=2 if hip else 1,
+        thresholds={"fracture": 0.5} if hip else {"instrument": 0.5, "min_confidence": 0.5},
         training={"data": "none: random initialisation", "seed": seed, "epochs": 0},
         metrics={},
         notes=RANDOM_WEIGHTS_NOTE,

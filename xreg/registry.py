@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import getpass
-import hashlib
-import hmac
 import json
-import os
-import secrets
 import socket
 import sqlite3
 from collections.abc import Iterator, Mapping
@@ -22,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from xreg.errors import RegistryError
+from xreg.pseudonym import Pseudonymiser as Pseudonymiser  # re-exported for callers
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Each entry migrates the schema from version i to i + 1.
 _MIGRATIONS: tuple[str, ...] = (
@@ -89,6 +86,37 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX sources_sha ON sources(sha256);
     """,
+    """
+    CREATE TABLE hip_studies (
+        id             INTEGER PRIMARY KEY,
+        run_id         INTEGER REFERENCES runs(id),
+        study          TEXT NOT NULL,      -- StudyInstanceUID, keyed accession, or file stem
+        side           TEXT,               -- L, R or NULL (unknown)
+        status         TEXT NOT NULL,      -- paired, missing_ap, missing_lateral, ambiguous,
+                                           -- unknown, unreadable
+        reason         TEXT,
+        ap_sha256      TEXT,
+        lateral_sha256 TEXT,
+        ap_path        TEXT,               -- source paths as seen
+        lateral_path   TEXT,
+        view_sources   TEXT,               -- where each view came from (JSON)
+        fracture_prob  REAL,
+        decision       TEXT,               -- fracture, no_fracture or NULL (not scored)
+        threshold      REAL,
+        model_sha256   TEXT,
+        dest           TEXT,               -- folder under OUT, when placed
+        joined_path    TEXT,               -- the joined two-view image, when written
+        created        TEXT NOT NULL
+    );
+    CREATE INDEX hip_studies_study ON hip_studies(study, side);
+    """,
+)
+
+#: Columns of ``hip_studies`` a caller sets through :meth:`Registry.add_hip_study`.
+HIP_FIELDS: tuple[str, ...] = (
+    "study", "side", "status", "reason", "ap_sha256", "lateral_sha256", "ap_path",
+    "lateral_path", "view_sources", "fracture_prob", "decision", "threshold",
+    "model_sha256", "dest", "joined_path",
 )
 
 # Columns of ``images`` a caller may set through ImageRecord.fields.
@@ -340,45 +368,26 @@ class Registry:
     def runs(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self._db.execute("SELECT * FROM runs ORDER BY id")]
 
+    # -- hip studies -----------------------------------------------------------
+    def add_hip_study(self, run_id: int | None, row: Mapping[str, Any]) -> int:
+        """Record one hip study (paired and scored, or why not); return its id."""
+        unknown = set(row) - set(HIP_FIELDS)
+        if unknown:
+            raise RegistryError(f"unknown hip_studies column(s): {sorted(unknown)}")
+        columns = ["run_id", "created", *row]
+        with self._transaction() as db:
+            cur = db.execute(
+                f"INSERT INTO hip_studies ({', '.join(columns)}) "
+                f"VALUES ({', '.join('?' for _ in columns)})",
+                [run_id, _now(), *row.values()])
+        return int(cur.lastrowid or 0)
+
+    def hip_studies(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._db.execute("SELECT * FROM hip_studies ORDER BY id")]
+
 
 def _user() -> str:
     try:
         return getpass.getuser()
     except (KeyError, OSError):
         return ""
-
-
-class Pseudonymiser:
-    """Keyed hashes (HMAC-SHA256) of identifiers such as PatientID.
-
-    The key lives beside the registry (``registry.sqlite.key``, mode 0600) or
-    comes from ``XREG_PATIENT_KEY``, so the registry alone cannot be reversed
-    by hashing candidate IDs, while the same patient gets the same key across
-    runs.
-    """
-
-    def __init__(self, key: bytes) -> None:
-        self._key = key
-
-    @classmethod
-    def for_registry(cls, registry_path: Path, *, create: bool = True) -> Pseudonymiser:
-        env = os.environ.get("XREG_PATIENT_KEY")
-        if env:
-            return cls(env.encode())
-        key_path = registry_path.with_name(registry_path.name + ".key")
-        if key_path.exists():
-            return cls(key_path.read_bytes())
-        key = secrets.token_hex(32).encode()
-        if create:
-            key_path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(key)
-                fh.flush()
-                os.fsync(fh.fileno())
-        return cls(key)
-
-    def __call__(self, value: str | None) -> str | None:
-        if not value:
-            return None
-        return hmac.new(self._key, value.encode(), hashlib.sha256).hexdigest()[:32]

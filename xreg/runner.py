@@ -117,7 +117,7 @@ def output_lock(out_root: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _check_folders(in_root: Path, out_root: Path) -> list[Path]:
+def check_folders(in_root: Path, out_root: Path) -> list[Path]:
     if not in_root.is_dir():
         raise ConfigError(f"input folder {in_root} does not exist or is not a folder")
     if out_root.exists() and not out_root.is_dir():
@@ -127,7 +127,7 @@ def _check_folders(in_root: Path, out_root: Path) -> list[Path]:
     return [out_root.resolve()] if out_root.resolve().is_relative_to(in_root.resolve()) else []
 
 
-def _scan(in_root: Path, exclude: list[Path], min_age: float) -> tuple[list[SourceFile], int]:
+def scan_inputs(in_root: Path, exclude: list[Path], min_age: float) -> tuple[list[SourceFile], int]:
     now = time.time()
     files, young = [], 0
     for path in find_images(in_root, exclude=exclude):
@@ -147,7 +147,7 @@ def run_sort(
 ) -> SortResult:
     """Sort every radiograph under ``in_root`` into ``out_root``."""
     reporter = reporter or _Silent()
-    exclude = _check_folders(in_root, out_root)
+    exclude = check_folders(in_root, out_root)
     weights = options.weights if options.weights is not None else default_weights()
     loaded = load_checkpoint(weights, device="cpu")
     device = resolve_device(options.device)
@@ -155,7 +155,7 @@ def run_sort(
     if options.dry_run:
         # Plan only: no folders, no lock, no registry writes (read it if it exists).
         result = SortResult(None, True, loaded.sha256)
-        files, result.counts["too_new"] = _scan(in_root, exclude, options.min_age)
+        files, result.counts["too_new"] = scan_inputs(in_root, exclude, options.min_age)
         registry = Registry(registry_path, readonly=True) if registry_path.exists() else None
         try:
             _sort_files(files, registry, 0, out_root, options, loaded, device, result,
@@ -167,7 +167,7 @@ def run_sort(
     with output_lock(out_root), Registry(registry_path) as registry:
         result = SortResult(None, False, loaded.sha256)
         result.recovered = _recover(registry, out_root)
-        files, result.counts["too_new"] = _scan(in_root, exclude, options.min_age)
+        files, result.counts["too_new"] = scan_inputs(in_root, exclude, options.min_age)
         run_id = registry.start_run(
             xreg_version=__version__, input_root=str(in_root.absolute()),
             output_root=str(out_root.absolute()), model_path=str(weights),

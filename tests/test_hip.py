@@ -1,0 +1,85 @@
+"""xreg hip: the joined two-view input, hip_studies rows, the command end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from xreg.checkpoint import load_checkpoint, make_random_checkpoint
+from xreg.cli import app
+from xreg.errors import ConfigError
+from xreg.predict_pairs import predict_pairs
+from xreg.registry import _MIGRATIONS, SCHEMA_VERSION, Registry
+from xreg.synth.generate import generate_dataset
+from xreg.transforms import Preprocessor
+
+from .conftest import sha256_of
+
+
+@pytest.fixture(scope="module")
+def hip_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("hipw") / "hip.pt"
+    make_random_checkpoint(path, arch="mobilenet_v3_small", input_size=64, hip=True)
+    return path
+
+
+def test_joined_input_is_ap_left_lateral_right(hip_weights: Path) -> None:
+    card = load_checkpoint(hip_weights).card
+    assert card.views == 2 and card.head("fracture").labels == ("no_fracture", "fracture")
+    ap = np.zeros((300, 200), np.float32)
+    lateral = np.ones((90, 120), np.float32)
+    lateral[:, :60] = 0.5  # left half of the lateral film darker: orientation kept
+    x = Preprocessor(card).pair(ap, lateral)
+    assert x.shape == (3, 64, 128)
+    grey = x[0] * card.std + card.mean
+    assert torch.allclose(grey[:, :64], torch.zeros(64, 64), atol=1e-5)
+    # Antialiasing blurs the step at column 96 over a pixel or two.
+    assert torch.allclose(grey[:, 64:94], torch.full((64, 30), 0.5), atol=1e-5)
+    assert torch.allclose(grey[:, 98:], torch.ones(64, 30), atol=1e-5)
+
+
+def test_predict_pairs_scores_pairs_and_reports_unreadable(hip_weights: Path,
+                                                           tmp_path: Path) -> None:
+    generate_dataset(tmp_path, 0, seed=3, size=96, hip_pairs=2, workers=1)
+    rows = list(csv.DictReader((tmp_path / "hip_pairs.csv").open()))
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n")
+    pairs = [(tmp_path / r["ap_path"], tmp_path / r["lateral_path"]) for r in rows]
+    pairs.append((pairs[0][0], broken))
+    preds = predict_pairs(pairs, load_checkpoint(hip_weights))
+    assert [p.status for p in preds] == ["ok", "ok", "unreadable"]
+    assert preds[2].error is not None and preds[2].error.startswith("lateral film")
+    probs = preds[0].probabilities["fracture"]
+    assert sum(probs.values()) == pytest.approx(1.0)
+
+
+def test_a_one_view_model_is_refused_for_pairs(tiny_weights: Path) -> None:
+    with pytest.raises(ConfigError, match="takes one film"):
+        predict_pairs([], load_checkpoint(tiny_weights))
+
+
+def test_registry_v1_migrates_to_hip_studies(tmp_path: Path) -> None:
+    path = tmp_path / "r.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(_MIGRATIONS[0])
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    with Registry(path) as reg:
+        row_id = reg.add_hip_study(None, {"study": "S1", "side": "L", "status": "paired",
+                                          "fracture_prob": 0.7, "decision": "fracture"})
+        assert row_id == 1
+        assert reg.hip_studies()[0]["decision"] == "fracture"
+        with pytest.raises(Exception, match="unknown hip_studies column"):
+            reg.add_hip_study(None, {"study": "S2", "status": "paired", "name": "x"})
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] \
+        == SCHEMA_VERSION == 2

@@ -1,0 +1,276 @@
+"""``xreg hip``: find hip films, pair AP with lateral, score fracture, record, place.
+
+Plan, then act: classification and header reading give each hip film a
+study, view and side; :func:`xreg.pairing.pair_views` (pure) pairs them; the
+two-view model scores each pair; then, in one place, rows go to the
+registry's ``hip_studies`` table and, with an output folder, each study's
+films are copied to ``OUT/hip/<fracture|no_fracture|unpaired>/<study>/``
+with the same no-replace, verified placement ``xreg sort`` uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from xreg import __version__
+from xreg.checkpoint import LoadedModel, default_weights, load_checkpoint
+from xreg.datasets import load_pairs
+from xreg.errors import ConfigError
+from xreg.hashing import file_sha256
+from xreg.pairing import (
+    HipImage,
+    HipStudy,
+    compile_pattern,
+    pair_views,
+    parse_filename,
+    side_from_dicom,
+    view_from_dicom,
+)
+from xreg.predict import Prediction, predict_files, resolve_device
+from xreg.predict_pairs import predict_pairs
+from xreg.pseudonym import Pseudonymiser
+from xreg.registry import Registry
+from xreg.runner import REGISTRY_NAME, check_folders, output_lock, scan_inputs
+from xreg.sorting import Move, apply_move, sanitise
+
+__all__ = ["HIP_WEIGHTS", "HipOptions", "HipResult", "ScoredStudy", "run_hip"]
+
+HIP_WEIGHTS = "hip_fracture_phantom.pt"
+_HIP_HEADERS = {"HIP", "PELVIS", "HIP JOINT", "FEMUR"}
+
+
+@dataclass(frozen=True)
+class HipOptions:
+    """What ``xreg hip`` needs besides its input folder."""
+
+    weights: Path | None = None  # the two-view fracture model; default: shipped
+    classifier: Path | None = None  # body part (+ view) model; default: shipped
+    out: Path | None = None  # place studies under OUT/hip/...
+    pairs: Path | None = None  # explicit pairs CSV
+    pattern: str | None = None  # filename regex with study and view groups
+    joined: Path | None = None  # write the joined two-view images here
+    registry: Path | None = None  # default OUT/registry.sqlite when OUT is given
+    batch_size: int = 16
+    workers: int = 2
+    device: str = "auto"
+    min_age: float = 10.0
+
+
+@dataclass(frozen=True)
+class ScoredStudy:
+    """A hip study with its score and what was done with it."""
+
+    study: HipStudy
+    fracture_prob: float | None = None
+    decision: str | None = None  # fracture | no_fracture | None (not scored)
+    error: str | None = None
+    dest: str | None = None
+    joined: str | None = None
+    view_sources: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        s = self.study
+        return {"study": s.study, "side": s.side, "status": s.status, "reason": s.reason,
+                "ap": s.ap, "lateral": s.lateral, "candidates": list(s.candidates),
+                "fracture_prob": self.fracture_prob, "decision": self.decision,
+                "error": self.error, "dest": self.dest, "joined": self.joined}
+
+
+@dataclass
+class HipResult:
+    """Every study found, the model's sha256, where the rows went."""
+
+    studies: list[ScoredStudy]
+    model_sha256: str
+    threshold: float
+    hip_films: int
+    registry: Path | None = None
+    run_id: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_sha256": self.model_sha256, "threshold": self.threshold,
+                "hip_films": self.hip_films, "run_id": self.run_id,
+                "registry": str(self.registry) if self.registry else None,
+                "studies": [s.to_dict() for s in self.studies]}
+
+
+def _hip_weights(path: Path | None) -> Path:
+    if path is not None:
+        return path
+    shipped = default_weights().with_name(HIP_WEIGHTS)
+    if not shipped.is_file():
+        raise ConfigError(f"no hip fracture weights: pass --weights (the shipped {shipped} "
+                          "is not there)")
+    return shipped
+
+
+def _describe(p: Prediction, pattern: Any, pseudonymise: Pseudonymiser
+              ) -> tuple[HipImage, str] | None:
+    """The film as a HipImage (and where its view came from), or None if not a hip."""
+    dicom = dict(p.meta.dicom) if p.meta is not None else {}
+    header_says_hip = dicom.get("BodyPartExamined", "").strip().upper() in _HIP_HEADERS
+    if not header_says_hip and p.labels.get("body_part") != "hip":
+        return None
+    path = str(p.source.path)
+    study = dicom.get("StudyInstanceUID") or pseudonymise(dicom.get("AccessionNumber"))
+    view = view_from_dicom(dicom.get("ViewPosition"), dicom.get("SeriesDescription"))
+    side = side_from_dicom(dicom.get("Laterality"))
+    source = "dicom" if view else ""
+    parsed = parse_filename(Path(path).name, pattern)
+    if parsed is not None:
+        study = study or parsed[0]
+        if view is None and parsed[1] is not None:
+            view, source = parsed[1], "filename"
+        side = side or parsed[2]
+    if view is None and "view" in p.labels:
+        view, source = p.labels["view"], "model"
+    return HipImage(path, study, view, side, source), source
+
+
+def run_hip(in_root: Path, options: HipOptions,
+            on_progress: Callable[[str], None] | None = None) -> HipResult:
+    """Find, pair, score, record and (with ``options.out``) place the hip studies of IN."""
+    say = on_progress or (lambda _text: None)
+    out = options.out
+    exclude = check_folders(in_root, out) if out is not None else []
+    if out is None and not in_root.is_dir():
+        raise ConfigError(f"input folder {in_root} does not exist or is not a folder")
+    pattern = compile_pattern(options.pattern)
+    hip_model = load_checkpoint(_hip_weights(options.weights))
+    if hip_model.card.views != 2:
+        raise ConfigError(f"{hip_model.path} is not a two-view hip fracture checkpoint")
+    classifier = load_checkpoint(options.classifier or default_weights())
+    device = resolve_device(options.device)
+    registry_path = options.registry or (out / REGISTRY_NAME if out is not None else None)
+    pseudonymise = (Pseudonymiser.for_registry(registry_path) if registry_path is not None
+                    else Pseudonymiser(os.urandom(32)))
+    explicit: dict[str, tuple[str, str]] = {}
+    if options.pairs is not None:
+        explicit = {p.study: (str(p.ap.absolute()), str(p.lateral.absolute()))
+                    for p in load_pairs(options.pairs)}
+    files, _young = scan_inputs(in_root, exclude, options.min_age)
+    listed = {path for pair in explicit.values() for path in pair}
+    to_classify = [f for f in files if str(f.path) not in listed]
+    say(f"classifying {len(to_classify)} film(s)")
+    images, sources = [], {}
+    for batch in predict_files(to_classify, classifier, batch_size=options.batch_size,
+                               workers=options.workers, device=device):
+        for p in batch:
+            if p.status != "ok":
+                continue
+            described = _describe(p, pattern, pseudonymise)
+            if described is not None:
+                images.append(described[0])
+                sources[described[0].path] = described[1]
+    studies = pair_views(images, explicit)
+    paired = [s for s in studies if s.paired]
+    say(f"{len(images) + len(listed)} hip film(s), {len(paired)} pair(s) to score")
+    scores = predict_pairs([(Path(s.ap or ""), Path(s.lateral or "")) for s in paired],
+                           hip_model, batch_size=options.batch_size, workers=options.workers,
+                           device=device)
+    threshold = hip_model.card.thresholds.get("fracture", 0.5)
+    by_key = {(s.study, s.side): pred for s, pred in zip(paired, scores)}
+    scored = []
+    for s in studies:
+        pred = by_key.get((s.study, s.side))
+        prob = decision = error = None
+        if pred is not None and pred.status == "ok":
+            prob = pred.probabilities["fracture"]["fracture"]
+            decision = "fracture" if prob >= threshold else "no_fracture"
+        elif pred is not None:
+            error = pred.error
+        views = {path: sources.get(path, "csv") for path in s.candidates}
+        scored.append(ScoredStudy(s, prob, decision, error, view_sources=views))
+    if options.joined is not None:
+        scored = [_write_joined(s, options.joined, hip_model) for s in scored]
+    result = HipResult(scored, hip_model.sha256, threshold, len(images) + len(listed))
+    if registry_path is None:
+        return result
+    if out is not None:
+        with output_lock(out):
+            result.studies = [_place(s, out) for s in result.studies]
+            _record(result, registry_path, in_root, out, hip_model, options)
+    else:
+        _record(result, registry_path, in_root, None, hip_model, options)
+    return result
+
+
+def study_folder(s: ScoredStudy) -> PurePosixPath:
+    """``hip/<fracture|no_fracture|unpaired>/<study>[_<side>]`` (sanitised)."""
+    group = s.decision or "unpaired"
+    name = sanitise(s.study.study) + (f"_{s.study.side}" if s.study.side else "")
+    return PurePosixPath("hip", group, name)
+
+
+def _place(s: ScoredStudy, out: Path) -> ScoredStudy:
+    folder = study_folder(s)
+    files = [p for p in (s.study.ap, s.study.lateral) if p] if s.study.paired \
+        else list(s.study.candidates)
+    for path in files:
+        src = Path(path)
+        st = src.stat()
+        move = Move(src, file_sha256(src), folder / sanitise(src.name), "sorted")
+        apply_move(move, out, "copy", (st.st_size, st.st_mtime_ns))
+    return ScoredStudy(s.study, s.fracture_prob, s.decision, s.error, str(folder), s.joined,
+                       s.view_sources)
+
+
+def _write_joined(s: ScoredStudy, folder: Path, model: LoadedModel) -> ScoredStudy:
+    if not s.study.paired or s.error:
+        return s
+    import torch
+    from PIL import Image
+
+    from xreg.io import load_image
+    from xreg.transforms import join_views, resize_grey
+
+    size = model.card.input_size
+    views = [resize_grey(load_image(Path(p), target_size=size).pixels, size)
+             for p in (s.study.ap, s.study.lateral) if p]
+    joined = join_views(torch.stack(views)).numpy()
+    folder.mkdir(parents=True, exist_ok=True)
+    name = sanitise(s.study.study) + (f"_{s.study.side}" if s.study.side else "") + ".png"
+    target = folder / name
+    tmp = folder / f".{name}.tmp"
+    Image.fromarray((np.clip(joined, 0, 1) * 255).round().astype(np.uint8), "L").save(tmp,
+                                                                                       "PNG")
+    os.replace(tmp, target)
+    return ScoredStudy(s.study, s.fracture_prob, s.decision, s.error, s.dest, str(target),
+                       s.view_sources)
+
+
+def _record(result: HipResult, registry_path: Path, in_root: Path, out: Path | None,
+            model: LoadedModel, options: HipOptions) -> None:
+    with Registry(registry_path) as reg:
+        run_id = reg.start_run(
+            xreg_version=__version__, input_root=str(in_root.absolute()),
+            output_root=str(out.absolute()) if out is not None else "",
+            model_path=str(model.path), model_name=model.card.name,
+            model_sha256=model.sha256,
+            options={"command": "hip", "pairs": str(options.pairs or ""),
+                     "pattern": options.pattern or "", "joined": str(options.joined or "")})
+        counts: dict[str, int] = {}
+        for s in result.studies:
+            st = s.study
+            status = "unreadable" if s.error else st.status
+            counts[s.decision or status] = counts.get(s.decision or status, 0) + 1
+            reg.add_hip_study(run_id, {
+                "study": st.study, "side": st.side, "status": status,
+                "reason": s.error or st.reason,
+                "ap_sha256": file_sha256(Path(st.ap)) if st.ap else None,
+                "lateral_sha256": file_sha256(Path(st.lateral)) if st.lateral else None,
+                "ap_path": st.ap, "lateral_path": st.lateral,
+                "view_sources": json.dumps(s.view_sources, sort_keys=True),
+                "fracture_prob": s.fracture_prob, "decision": s.decision,
+                "threshold": result.threshold if s.decision else None,
+                "model_sha256": model.sha256, "dest": s.dest, "joined_path": s.joined,
+            })
+        reg.finish_run(run_id, counts)
+    result.registry, result.run_id = registry_path, run_id
