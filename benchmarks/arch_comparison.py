@@ -67,7 +67,10 @@ def main() -> int:
                         help="learning rate for every arch (default: the recipe's)")
     parser.add_argument("--random-lr", type=float, default=1e-3,
                         help="learning rate for archs that start from random weights")
-    parser.add_argument("--speed-images", type=int, default=256)
+    parser.add_argument("--speed-images", type=int, default=256,
+                        help="held-out files to time the sort path on (0: skip)")
+    parser.add_argument("--device", default="auto", help="where to train: auto, cpu, cuda")
+    parser.add_argument("--workers", type=int, default=2, help="decoding threads")
     parser.add_argument("--work", type=Path, default=Path("arch_comparison"))
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -87,10 +90,12 @@ def main() -> int:
         config = load_train_config(args.config, overrides)
         out = args.work / f"{arch}.pt"
         started = time.perf_counter()
-        result = train(config, args.data, out, overwrite=True)
+        result = train(config, args.data, out, overwrite=True, device=args.device,
+                       workers=args.workers)
         train_s = time.perf_counter() - started
-        ev = evaluate(out, args.heldout, n_resamples=1000)
-        rate = sort_path_rate(out, heldout_files, 16)
+        ev = evaluate(out, args.heldout, n_resamples=1000, device=args.device,
+                      workers=args.workers)
+        rate = sort_path_rate(out, heldout_files, 16) if heldout_files else float("nan")
         inst = ev.instrument or {}
         row = {
             "arch": arch, "init": result.card.training["init"], "lr": config.lr,
@@ -107,6 +112,8 @@ def main() -> int:
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
+        if args.json is not None:  # after every arch, so a cut-off run keeps what it has
+            args.json.write_text(json.dumps(rows, indent=2) + "\n")
     print()
     print("| arch | init | lr | held-out body part MCC | instrument AUC | "
           "sort path img/s | train s | params (M) | file MB |")

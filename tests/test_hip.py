@@ -83,3 +83,80 @@ def test_registry_v1_migrates_to_hip_studies(tmp_path: Path) -> None:
             reg.add_hip_study(None, {"study": "S2", "status": "paired", "name": "x"})
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] \
         == SCHEMA_VERSION == 2
+
+
+@pytest.fixture(scope="module")
+def hip_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6 hip studies (PNG, JPEG, DICOM pairs), a lone AP, a knee, a DICOM without view."""
+    root = tmp_path_factory.mktemp("hipin")
+    generate_dataset(root / "synth", 0, seed=21, size=256, hip_pairs=6, workers=1)
+    rows = list(csv.DictReader((root / "synth" / "hip_pairs.csv").open()))
+    raster = next(r for r in rows if r["ap_path"].endswith(".png"))
+    shutil.copyfile(root / "synth" / raster["ap_path"], root / "synth" / "images" /
+                    "LONE1_AP.png")
+    dicom = next(r for r in rows if not r["ap_path"].endswith((".png", ".jpg")))
+    for key in ("ap_path", "lateral_path"):  # a DICOM pair whose headers name no view
+        ds = pydicom.dcmread(root / "synth" / dicom[key])
+        del ds.ViewPosition
+        ds.StudyInstanceUID = "1.2.3.4.5"
+        ds.save_as(root / "synth" / "images" / f"noview_{key}.dcm")
+    return root
+
+
+def test_cli_hip_pairs_scores_records_and_places(hip_folder: Path, hip_weights: Path,
+                                                 tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["hip", str(hip_folder), str(out), "--weights",
+                                      str(hip_weights), "--min-age", "0", "--json",
+                                      "--joined", str(tmp_path / "joined")])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    studies = {(s["study"], s["side"]): s for s in report["studies"]}
+    paired = [s for s in studies.values() if s["status"] == "paired"]
+    # 6 synth studies (DICOM by StudyInstanceUID, rasters by file name) plus the
+    # DICOM pair whose view came from the classifier's view head.
+    assert len(paired) == 7
+    assert all(s["decision"] in ("fracture", "no_fracture") for s in paired)
+    lone = [s for s in studies.values() if s["status"] == "missing_lateral"]
+    assert [Path(s["ap"]).name for s in lone] == ["LONE1_AP.png"]
+    with Registry(out / "registry.sqlite") as reg:
+        rows = reg.hip_studies()
+    assert len(rows) == len(studies)
+    for row in rows:
+        if row["status"] == "paired":
+            assert row["ap_sha256"] == sha256_of(Path(row["ap_path"]))
+            assert row["lateral_sha256"] == sha256_of(Path(row["lateral_path"]))
+            assert row["model_sha256"] == report["model_sha256"]
+            placed = sorted((out / row["dest"]).iterdir())
+            assert sorted(sha256_of(p) for p in placed) == sorted(
+                [row["ap_sha256"], row["lateral_sha256"]])
+            assert row["dest"].startswith(f"hip/{row['decision']}/")
+            joined = Path(row["joined_path"])
+            assert joined.exists()
+    noview = json.loads(next(r["view_sources"] for r in rows if r["study"] == "1.2.3.4.5"))
+    assert set(noview.values()) == {"model"}
+    assert (out / "hip" / "unpaired").is_dir()
+
+
+def test_cli_hip_with_a_pairs_csv(hip_folder: Path, hip_weights: Path) -> None:
+    pairs = hip_folder / "synth" / "hip_pairs.csv"
+    result = CliRunner().invoke(app, ["hip", str(hip_folder / "synth"), "--weights",
+                                      str(hip_weights), "--pairs", str(pairs),
+                                      "--min-age", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    studies = json.loads(result.stdout)["studies"]
+    from_csv = [s for s in studies if s["reason"] == "pairs CSV"]
+    assert len(from_csv) == 6 and all(s["fracture_prob"] is not None for s in from_csv)
+
+
+def test_evaluate_scores_a_hip_checkpoint_on_a_pairs_csv(hip_folder: Path, hip_weights: Path,
+                                                         tmp_path: Path) -> None:
+    pairs = hip_folder / "synth" / "hip_pairs.csv"
+    result = CliRunner().invoke(app, ["evaluate", str(hip_weights), str(pairs), "--json",
+                                      "--resamples", "50", "--report", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["counts"]["evaluated"] == 6
+    value, low, high = report["fracture"]["accuracy"]
+    assert low <= value <= high
+    assert (tmp_path / "r" / "report.md").read_text().startswith("# Hip fracture evaluation")

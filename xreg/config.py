@@ -49,24 +49,32 @@ class SortOptions:
 _PATH_KEYS = {"weights", "registry"}
 
 
+def read_section(path: Path | None, section: str) -> dict[str, Any]:
+    """The ``section:`` mapping of a YAML file (or the whole file); {} for no file.
+
+    No expressions, no references: plain YAML values only (``safe_load``).
+    """
+    if path is None:
+        return {}
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    values = data.get(section, data)
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: {section!r} must be a mapping")
+    return dict(values)
+
+
 def load_sort_options(config: Path | None, overrides: Mapping[str, Any]) -> SortOptions:
     """Merge a YAML file (its ``sort:`` section) and command-line overrides.
 
     ``overrides`` holds only the options the user actually gave (None means
     not given). Unknown keys are rejected by name.
     """
-    values: dict[str, Any] = {}
-    if config is not None:
-        try:
-            data = yaml.safe_load(Path(config).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read config {config}: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{config}: expected a mapping at the top level")
-        section = data.get("sort", data)
-        if not isinstance(section, dict):
-            raise ConfigError(f"{config}: 'sort' must be a mapping")
-        values.update(section)
+    values = read_section(config, "sort")
     values.update({k: v for k, v in overrides.items() if v is not None})
     known = {f.name for f in dataclasses.fields(SortOptions)}
     unknown = sorted(set(values) - known)

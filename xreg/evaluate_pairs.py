@@ -145,13 +145,9 @@ def evaluate_pairs(
 
 def write_pair_report(ev: PairEvaluation, out_dir: Path) -> list[Path]:
     """``report.md`` plus ``roc_fracture.png`` (when both classes occur) in ``out_dir``."""
-    from xreg.report import BINARY_METRICS, format_estimate, plot_roc
+    from xreg.report import BINARY_METRICS, format_estimate, make_report_dir, plot_roc
 
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create report folder {out_dir}: {exc.strerror}") from None
+    out_dir = make_report_dir(out_dir)
     written: list[Path] = []
     lines = [f"# Hip fracture evaluation of {ev.checkpoint}", "",
              f"- sha256: `{ev.sha256}`"]

@@ -16,7 +16,8 @@ from xreg.errors import ConfigError
 from xreg.evaluate import Evaluation
 from xreg.metrics import Estimate
 
-__all__ = ["BINARY_METRICS", "MULTICLASS_METRICS", "format_estimate", "plot_roc",
+__all__ = ["BINARY_METRICS", "MULTICLASS_METRICS", "format_estimate", "make_report_dir",
+           "plot_roc",
            "write_report"]
 
 REPORT_NAME = "report.md"
@@ -142,16 +143,22 @@ def _plot_confusion(ev: Evaluation, path: Path) -> None:
         plt.close(fig)
 
 
-def write_report(evaluation: Evaluation, out_dir: Path) -> list[Path]:
-    """Write ``report.md`` and its figures into ``out_dir``; return the written paths.
-
-    The ROC curve is drawn only when the instrument labels hold both classes.
-    """
+def make_report_dir(out_dir: Path) -> Path:
+    """Create the report folder, or say why it cannot be."""
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create report folder {out_dir}: {exc.strerror}") from None
+    return out_dir
+
+
+def write_report(evaluation: Evaluation, out_dir: Path) -> list[Path]:
+    """Write ``report.md`` and its figures into ``out_dir``; return the written paths.
+
+    The ROC curve is drawn only when the instrument labels hold both classes.
+    """
+    out_dir = make_report_dir(out_dir)
     written: list[Path] = []
     figures: dict[str, str] = {}
     confusion = out_dir / CONFUSION_NAME

@@ -23,6 +23,10 @@ from xreg.cli.sort import Device
 
 EVALUATE_HELP = """Score the checkpoint WEIGHTS on the labelled images in DATA.
 
+For a two-view hip fracture checkpoint, DATA is a pairs CSV (study,
+ap_path, lateral_path, fracture; `xreg synth --hip-pairs` writes
+hip_pairs.csv) and the fracture metrics of thesis Table 5 are reported.
+
 DATA is a CSV manifest (columns path, body_part, instrument [0/1/empty],
 optional patient_id and split; relative paths resolve against the CSV's
 folder, as in `xreg synth`'s labels.csv; --split test scores only the test
@@ -57,8 +61,14 @@ def evaluate_cmd(
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples per CI.", min=1)] = 5000,
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
 ) -> None:
+    from xreg.checkpoint import load_checkpoint
     from xreg.evaluate import evaluate
 
+    with handle_errors():
+        if load_checkpoint(weights).card.views == 2:
+            _evaluate_hip(weights, data, split, report, as_json, batch_size, device.value,
+                          resamples, seed)
+            return
     with handle_errors(), progress_reporter(as_json or not err.is_terminal,
                                             "evaluating") as reporter:
         evaluation = evaluate(weights, data, split=split, batch_size=batch_size,
@@ -109,3 +119,35 @@ def _print_tables(ev: Any) -> None:
         for m in ev.misclassified:
             wrong.add_row(m.path, m.head, m.true, m.predicted, f"{m.probability:.3f}")
         out.print(wrong)
+
+
+def _evaluate_hip(weights: Path, data: Path, split: str | None, report: Path | None,
+                  as_json: bool, batch_size: int, device: str, resamples: int,
+                  seed: int) -> None:
+    from xreg.evaluate_pairs import evaluate_pairs, write_pair_report
+    from xreg.report import BINARY_METRICS, format_estimate
+
+    with handle_errors():
+        ev = evaluate_pairs(weights, data, split=split, batch_size=batch_size, device=device,
+                            n_resamples=resamples, seed=seed)
+        written = write_pair_report(ev, report) if report is not None else []
+    if as_json:
+        payload = ev.to_dict() | {"report": [str(p) for p in written]}
+        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+    else:
+        out.print(f"{ev.checkpoint}  sha256 {ev.sha256[:12]}  {ev.note}", highlight=False)
+        table = Table(title=f"Hip fracture ({len(ev.studies)} studies, threshold "
+                            f"{ev.threshold:.3f})")
+        table.add_column("metric")
+        table.add_column("value (95% CI)", justify="right")
+        for key, name in BINARY_METRICS:
+            table.add_row(name, format_estimate(ev.metrics[key]))
+        out.print(table)
+        for m in ev.misclassified:
+            out.print(f"misclassified: {m.path}: true {m.true}, predicted {m.predicted} "
+                      f"({m.probability:.3f})", highlight=False)
+        for path in written:
+            out.print(f"wrote {path}", highlight=False)
+    for s in ev.skipped:
+        err.print(f"[yellow]{s.status}:[/] {s.path}: {s.reason}", highlight=False)
+    raise typer.Exit(EXIT_ATTENTION if ev.skipped else EXIT_OK)

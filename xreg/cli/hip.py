@@ -82,12 +82,12 @@ def hip_cmd(
     if as_json:
         sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
     elif not quiet:
-        _print_table(result)
+        print_hip_table(result)
     unscored = [s for s in result.studies if s.decision is None]
     raise typer.Exit(EXIT_ATTENTION if strict and unscored else EXIT_OK)
 
 
-def _print_table(result: Any) -> None:
+def print_hip_table(result: Any) -> None:
     table = Table(title=f"Hip studies ({result.hip_films} hip films; fracture threshold "
                         f"{result.threshold:.3f})")
     for col in ("study", "side", "AP file", "lateral file", "P(fracture)", "decision"):

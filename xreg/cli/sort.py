@@ -93,6 +93,11 @@ def sort_cmd(
     strict: Annotated[bool | None, typer.Option(
         "--strict/--no-strict",
         help="Exit 1 when any file went to _review or _unreadable.  [default: no-strict]")] = None,
+    hip: Annotated[bool, typer.Option(
+        "--hip", help="Afterwards, pair and score the hip studies of IN as `xreg hip` does "
+                      "and record them in the registry (films are not copied twice).")] = False,
+    hip_weights: Annotated[Path | None, typer.Option(
+        help="Hip fracture checkpoint for --hip.  [default: the shipped one]")] = None,
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print a JSON summary (counts and every file) instead of tables.")] = False,
     quiet: Annotated[bool, typer.Option(
@@ -110,12 +115,27 @@ def sort_cmd(
         })
         with progress_reporter(quiet or as_json) as reporter:
             result = run_sort(in_dir, out_dir, options, reporter)
+        hips = None
+        if hip and not options.dry_run:
+            from xreg.hip import HipOptions, run_hip
+
+            hips = run_hip(in_dir, HipOptions(
+                weights=hip_weights, classifier=options.weights,
+                registry=options.registry or out_dir / "registry.sqlite",
+                batch_size=options.batch_size, workers=options.workers,
+                device=options.device, min_age=options.min_age))
     code = _sort_exit_code(result.counts, options.strict)
     if as_json:
         payload = result.to_dict() | {"exit_code": code}
+        if hips is not None:
+            payload["hip"] = hips.to_dict()
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
     elif not quiet:
         _print_sort_summary(result, out_dir)
+        if hips is not None:
+            from xreg.cli.hip import print_hip_table
+
+            print_hip_table(hips)
     raise typer.Exit(code)
 
 

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from xreg.config import read_section
 from xreg.errors import ConfigError
 from xreg.models import ARCHS, KNOWN_HEADS
 
@@ -142,18 +141,7 @@ def load_train_config(path: Path | None, overrides: Mapping[str, Any] | None = N
     ``overrides`` (keys given on the command line; None values ignored) win
     over the file. Raises ``ConfigError`` naming an unknown key or bad value.
     """
-    values: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read config {path}: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-        section = data.get("train", data)
-        if not isinstance(section, dict):
-            raise ConfigError(f"{path}: 'train' must be a mapping")
-        values.update(section)
+    values = read_section(path, "train")
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)
