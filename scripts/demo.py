@@ -1,16 +1,17 @@
 """`make demo`: sort a small mixed-format folder with the shipped weights, then score it.
 
 1. `xreg synth`: 90 phantoms (16-bit PNG, JPEG and DICOM in turn, some DICOM
-   without an extension), 2 AP+LAT hip studies and 10 images that are none
+   without an extension), 6 AP+LAT hip studies and 10 images that are none
    of the body parts (chest, skull, abdomen, blank, a colour photo); plus
    real DICOM from pydicom's test data, a truncated file and a duplicate.
 2. `xreg sort` with the shipped default weights (no --weights needed), twice:
    the second run finds everything already done.
 3. `xreg registry stats`, then `xreg evaluate` against the phantom labels,
    writing a report with ROC and confusion-matrix plots.
+4. `xreg hip`: pair the hip studies' AP and lateral films (DICOM headers,
+   file names) and score fracture with the shipped two-view model.
 
-The shipped weights were trained on phantoms only; see
-weights/bodypart_instrument_phantom.md.
+The shipped weights were trained on phantoms only; see weights/*.md.
 """
 
 from __future__ import annotations
@@ -33,16 +34,16 @@ DICOM = ("RG3_J2KR.dcm", "RG1_J2KR.dcm", "CT_small.dcm", "MR_small_RLE.dcm",
 def make_inputs(folder: Path) -> None:
     """Phantoms from `xreg synth` plus real DICOM files and the usual mess."""
     run("synth", str(folder / "phantoms"), "--count", "90", "--size", "512",
-        "--hip-pairs", "2", "--out-of-scope", "10", "--instrument-rate", "0.25",
+        "--hip-pairs", "6", "--out-of-scope", "10", "--instrument-rate", "0.25",
         "--seed", "7", "--quiet")
     (folder / "pacs_export").mkdir(parents=True)
     for name in DICOM:
         path = get_testdata_file(name)
         if path:  # extension-less, as PACS exports often are
             shutil.copyfile(path, folder / "pacs_export" / Path(name).stem)
-    first_png = sorted((folder / "phantoms" / "images").glob("*.png"))[0]
+    first_png = sorted((folder / "phantoms" / "images").glob("img_*.png"))[0]
     shutil.copyfile(first_png, folder / "same_film_again.png")
-    data = sorted((folder / "phantoms" / "images").glob("*.jpg"))[0].read_bytes()
+    data = sorted((folder / "phantoms" / "images").glob("img_*.jpg"))[0].read_bytes()
     (folder / "cut_off.jpg").write_bytes(data[: len(data) // 2])
 
 
@@ -55,14 +56,15 @@ def main() -> None:
     shutil.rmtree(DEMO, ignore_errors=True)
     make_inputs(DEMO / "in")
     print("\nNOTE: the shipped weights were trained on synthetic phantoms only and are "
-          "not validated on real radiographs (weights/bodypart_instrument_phantom.md).\n")
+          "not validated on real radiographs (weights/*.md).\n")
     run("sort", str(DEMO / "in"), str(DEMO / "out"), "--min-age", "0")
     run("sort", str(DEMO / "in"), str(DEMO / "out"), "--min-age", "0")
     run("registry", "stats", str(DEMO / "out"))
     run("evaluate", str(ROOT / "weights" / "bodypart_instrument_phantom.pt"),
         str(DEMO / "in" / "phantoms" / "labels.csv"), "--report", str(DEMO / "report"))
+    run("hip", str(DEMO / "in"), str(DEMO / "hip"), "--min-age", "0")
     print(f"\nSorted folder: {DEMO / 'out'}  (registry: {DEMO / 'out' / 'registry.sqlite'})")
-    print(f"Report: {DEMO / 'report' / 'report.md'}")
+    print(f"Report: {DEMO / 'report' / 'report.md'}; hip studies: {DEMO / 'hip' / 'hip'}")
 
 
 if __name__ == "__main__":
