@@ -91,7 +91,8 @@ def model_card(loaded: LoadedModel, summary: dict) -> str:  # type: ignore[type-
         "",
         f"`{DEFAULT_WEIGHTS}`: sha256 `{loaded.sha256}`, {card.arch}, input "
         f"{card.input_size}x{card.input_size} grey (mean {card.mean:.4f}, std "
-        f"{card.std:.4f}), heads body_part (9 classes) and instrument (2). "
+        f"{card.std:.4f}), heads "
+        f"{', '.join(f'{h.name} ({len(h.labels)} classes)' for h in card.heads)}. "
         f"xreg {card.xreg_version}, created {card.created}. "
         "Rebuild: `python scripts/make_default_weights.py --work DIR`.",
         "",
@@ -114,8 +115,12 @@ def model_card(loaded: LoadedModel, summary: dict) -> str:  # type: ignore[type-
         "sampling, random flips and 90-degree rotations, mean/std from the training "
         "split, early stopping on validation loss) with input 128, lr 3e-4 and at most "
         "8 epochs so that it trains on a 2-core CPU. "
-        f"Ran {t['epochs_run']} epochs on {t['device']} in {t['seconds'] / 60:.1f} min; "
-        f"best epoch {t['best_epoch']} (validation loss {t['best_val_loss']:.4f}). "
+        f"Ran {t['epochs_run']} epochs on {t['device']} ({t['seconds'] / 60:.1f} min of epoch "
+        "time on 2 cores, shared with other jobs for part of it); best epoch "
+        f"{t['best_epoch']} (validation loss {t['best_val_loss']:.4f}; validation accuracy "
+        + ", ".join(f"{k[4:-4]} {v:.3f}" for k, v in t["best_epoch_accuracy"].items()
+                    if k.startswith("val_") and k.endswith("_acc") and v is not None)
+        + "). "
         f"Instrument threshold {card.thresholds['instrument']:.3f} (Youden on validation), "
         f"min_confidence {card.thresholds['min_confidence']:.3f}.",
         "",
@@ -148,7 +153,8 @@ def model_card(loaded: LoadedModel, summary: dict) -> str:  # type: ignore[type-
         lines += ["", f"The one real musculoskeletal radiograph at hand, {example['file']}, "
                   f"is labelled {example['labels'].get('body_part')} / "
                   f"{example['labels'].get('instrument')} (top body-part probability "
-                  f"{example['top_probability']:.3f}); a single anecdote, not a measure."]
+                  f"{example['top_probability']:.3f}), below min_confidence, so `xreg sort` "
+                  "sends it to `_review`; a single anecdote, not a measure."]
     lines += [
         "",
         "## Intended use",

@@ -188,8 +188,10 @@ def test_resume_continues_from_the_saved_epoch_to_the_same_weights(
     def stop_after_first(entry: object) -> None:
         raise KeyboardInterrupt
 
+    # Started with a budget of 3 epochs, cut to 2 on resume: only max_epochs may change.
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, phantoms, tmp_path / "b.pt", callbacks=Callbacks(epoch_end=stop_after_first))
+        train(replace(cfg, max_epochs=3), phantoms, tmp_path / "b.pt",
+              callbacks=Callbacks(epoch_end=stop_after_first))
     assert not (tmp_path / "b.pt").exists()
     with pytest.raises(ConfigError, match="unfinished run"):
         train(cfg, phantoms, tmp_path / "b.pt")
@@ -272,3 +274,30 @@ def test_a_head_without_labels_is_refused(tmp_path: Path) -> None:
     cfg = TrainConfig(**{**TINY, "heads": ("body_part", "view")})
     with pytest.raises(ConfigError, match="'view' head.*labels no item"):
         train(cfg, manifest, tmp_path / "m.pt")
+
+
+def test_hip_fracture_task_trains_a_two_view_model(tmp_path: Path) -> None:
+    generate_dataset(tmp_path / "hips", 0, seed=8, size=96, hip_pairs=40, workers=1)
+    cfg = TrainConfig(**{**TINY, "task": "hip_fracture", "heads": ("fracture",),
+                         "max_epochs": 2})
+    result = train(cfg, tmp_path / "hips" / "hip_pairs.csv", tmp_path / "hip.pt")
+    card = load_checkpoint(tmp_path / "hip.pt").card
+    assert card.views == 2 and [h.name for h in card.heads] == ["fracture"]
+    assert "fracture" in card.thresholds and "min_confidence" not in card.thresholds
+    counts = card.training["split"]["counts"]
+    assert sum(counts[s]["studies"] for s in SPLITS) == 40
+    assert card.metrics["test"]["counts"]["evaluated"] == counts["test"]["studies"]
+    assert all("val_fracture" in e.accuracy for e in result.log)
+    rows = list(csv.DictReader((result.run_dir / "split.csv").open()))
+    by_patient: dict[str, set[str]] = defaultdict(set)
+    for r in rows:
+        by_patient[r["patient_id"]].add(r["split"])
+    assert len(rows) == 40 and all(len(v) == 1 for v in by_patient.values())
+
+
+def test_hip_task_needs_a_pairs_file(phantoms: Path, tmp_path: Path) -> None:
+    cfg = TrainConfig(**{**TINY, "task": "hip_fracture", "heads": ("fracture",)})
+    with pytest.raises(ConfigError, match="no column 'study'"):
+        train(cfg, phantoms, tmp_path / "x.pt")
+    with pytest.raises(ConfigError, match="pairs CSV"):
+        train(cfg, phantoms.parent, tmp_path / "y.pt")

@@ -166,7 +166,8 @@ def pair_views(images: Iterable[HipImage],
         if im.path in used:
             continue
         if im.study is None:
-            studies.append(HipStudy(f"?{im.path}", im.side, None, None, "unknown",
+            name = im.path.replace("\\", "/").rsplit("/", 1)[-1]
+            studies.append(HipStudy(f"?{name}", im.side, None, None, "unknown",
                                     "no study: no DICOM study UID or accession, and the "
                                     "file name does not match the pattern", (im.path,)))
             continue

@@ -63,7 +63,8 @@ def train_cmd(
     overwrite: Annotated[bool, typer.Option(
         help="Replace an existing checkpoint and start the run folder afresh.")] = False,
     epochs: Annotated[int | None, typer.Option(
-        help="Override the config's max_epochs.", min=1)] = None,
+        help="Override the config's max_epochs (also on --resume, to extend or cut a "
+             "run short).", min=1)] = None,
     workers: Annotated[int, typer.Option(help="Decoding threads.", min=1)] = 2,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,

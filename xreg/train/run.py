@@ -136,9 +136,10 @@ def train(
     state: dict[str, Any] | None = None
     if resume:
         state = torch.load(run_dir / STATE_FILE, map_location="cpu", weights_only=True)
-        if state.get("config") != config.to_dict():
-            changed = sorted(k for k, v in config.to_dict().items()
-                             if state.get("config", {}).get(k) != v)
+        # Only the epoch budget may change on resume (to extend or cut a run short).
+        saved = {**state.get("config", {}), "max_epochs": config.max_epochs}
+        if saved != config.to_dict():
+            changed = sorted(k for k, v in config.to_dict().items() if saved.get(k) != v)
             raise ConfigError(f"the config changed since the run started ({', '.join(changed)}); "
                               "resume with the same config")
         if state.get("splits") != splits:
