@@ -74,7 +74,8 @@ def model_card(loaded: LoadedModel, held: dict[str, Any]) -> str:
         f"{card.arch}, Adam, MultiStepLR x0.5, batch 16, weighted sampling of the rarer "
         "class, flips and 90-degree rotations applied to both views alike, mean/std from "
         "the training split, early stopping on validation loss) with input 128 per view "
-        "(thesis 224), lr 3e-4 and at most 15 epochs for a 2-core CPU. "
+        f"(thesis 224), lr 3e-4 and at most {t['recipe']['max_epochs']} epochs for a 2-core "
+        "CPU. "
         f"Ran {t['epochs_run']} epochs on {t['device']} in {t['seconds'] / 60:.1f} min; "
         f"best epoch {t['best_epoch']}. Fracture threshold "
         f"{card.thresholds['fracture']:.3f} (Youden's J on the validation split).",
