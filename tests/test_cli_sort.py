@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from tests.conftest import hostile_dicom, make_old, sha256_of
 from xreg.cli import app
+from xreg.registry import SCHEMA_VERSION
 
 runner = CliRunner()
 BODY_PARTS = {"ankle", "elbow", "foot", "hand", "hip", "knee", "shoulder", "spine", "wrist"}
@@ -302,7 +303,7 @@ def test_registry_stats_and_export(inputs, tmp_path, tiny_weights):
     assert str(ds.PatientID).encode() not in raw
     assert str(ds.PatientName).encode() not in raw
     with sqlite3.connect(out_dir / "registry.sqlite") as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 

@@ -220,7 +220,7 @@ def test_same_seed_gives_byte_identical_output(tmp_path: Path, fake: None) -> No
     generate_dataset(tmp_path / "a", 30, 11, workers=1, **kwargs)
     generate_dataset(tmp_path / "b", 30, 11, workers=2, **kwargs)  # pool: same bytes
     a, b = all_files(tmp_path / "a"), all_files(tmp_path / "b")
-    assert len(a) == 30 + 6 + 2  # images, labels.csv, marker
+    assert len(a) == 30 + 6 + 3  # images, labels.csv, hip_pairs.csv, marker
     assert a == b
     generate_dataset(tmp_path / "c", 30, 12, workers=1, **kwargs)
     assert all_files(tmp_path / "c")["labels.csv"] != a["labels.csv"]
