@@ -338,3 +338,19 @@ def test_out_of_scope_images_are_written_apart_from_the_labels(tmp_path: Path) -
     generate_dataset(tmp_path / "o", 0, seed=4, size=64, workers=1, out_of_scope=2)
     assert sorted(p.name for p in (tmp_path / "o" / "out_of_scope").iterdir()) == [
         "oos_000000.png", "oos_000001.jpg"]
+
+
+def test_hip_pairs_csv_lists_each_study_once_with_both_views(tmp_path: Path) -> None:
+    generate_dataset(tmp_path, 0, seed=9, size=64, hip_pairs=6, workers=1)
+    labels = {r["path"]: r for r in csv.DictReader((tmp_path / "labels.csv").open())}
+    pairs = list(csv.DictReader((tmp_path / "hip_pairs.csv").open()))
+    assert len(pairs) == 6 and len({p["study"] for p in pairs}) == 6
+    for p in pairs:
+        ap, lat = labels[p["ap_path"]], labels[p["lateral_path"]]
+        assert (ap["pair_role"], lat["pair_role"]) == ("AP", "LAT")
+        assert ap["study_id"] == lat["study_id"] == p["study"]
+        assert p["fracture"] == ap["fracture"] == lat["fracture"]
+        assert p["patient_id"] == ap["patient_id"] == lat["patient_id"]
+        if ap["format"] != "dicom":  # rasters are named as people name them
+            assert p["ap_path"].split("/")[-1].startswith(f"{p['study']}_AP.")
+            assert p["lateral_path"].split("/")[-1].startswith(f"{p['study']}_LAT.")
