@@ -20,9 +20,10 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import shutil
 import sys
 from pathlib import Path
+
+from _shipping import ci, ship_card
 
 from xreg.calibrate import calibrate_checkpoint
 from xreg.checkpoint import DEFAULT_WEIGHTS, LoadedModel, load_checkpoint
@@ -64,13 +65,6 @@ def confidences(weights: Path, paths: list[Path]) -> list[float]:
     sources = [SourceFile(p, p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
     return [max(p.probabilities["body_part"].values())
             for batch in predict_files(sources, loaded) for p in batch if p.status == "ok"]
-
-
-def _ci(value: list[float | None]) -> str:
-    if value[0] is None:
-        return "n/a"
-    low, high = value[1], value[2]
-    return f"{value[0]:.3f} ({low:.3f}-{high:.3f})"
 
 
 def model_card(loaded: LoadedModel, summary: dict) -> str:  # type: ignore[type-arg]
@@ -129,17 +123,17 @@ def model_card(loaded: LoadedModel, summary: dict) -> str:  # type: ignore[type-
         "| set | images | body part MCC | accuracy | log loss | kappa | instrument AUC |"
         " sensitivity | specificity |",
         "|---|---|---|---|---|---|---|---|---|",
-        f"| held-out phantoms (seed 2000) | {ev['counts']['evaluated']} | {_ci(bp['mcc'])} | "
-        f"{_ci(bp['accuracy'])} | {_ci(bp['log_loss'])} | {_ci(bp['cohen_kappa'])} | "
-        f"{_ci(inst['auc'])} | {_ci(inst['sensitivity'])} | {_ci(inst['specificity'])} |",
+        f"| held-out phantoms (seed 2000) | {ev['counts']['evaluated']} | {ci(bp['mcc'])} | "
+        f"{ci(bp['accuracy'])} | {ci(bp['log_loss'])} | {ci(bp['cohen_kappa'])} | "
+        f"{ci(inst['auc'])} | {ci(inst['sensitivity'])} | {ci(inst['specificity'])} |",
         f"| test split of the training seed | {test['counts']['evaluated']} | "
-        f"{_ci(test['body_part']['mcc'])} | {_ci(test['body_part']['accuracy'])} | "
-        f"{_ci(test['body_part']['log_loss'])} | {_ci(test['body_part']['cohen_kappa'])} | "
-        f"{_ci(test['instrument']['auc'])} | {_ci(test['instrument']['sensitivity'])} | "
-        f"{_ci(test['instrument']['specificity'])} |",
+        f"{ci(test['body_part']['mcc'])} | {ci(test['body_part']['accuracy'])} | "
+        f"{ci(test['body_part']['log_loss'])} | {ci(test['body_part']['cohen_kappa'])} | "
+        f"{ci(test['instrument']['auc'])} | {ci(test['instrument']['sensitivity'])} | "
+        f"{ci(test['instrument']['specificity'])} |",
         "",
-        f"Held-out instrument at threshold {inst['threshold']:.3f}: F1 {_ci(inst['f1'])}, "
-        f"PPV {_ci(inst['ppv'])}, NPV {_ci(inst['npv'])}, Youden {_ci(inst['youden'])}.",
+        f"Held-out instrument at threshold {inst['threshold']:.3f}: F1 {ci(inst['f1'])}, "
+        f"PPV {ci(inst['ppv'])}, NPV {ci(inst['npv'])}, Youden {ci(inst['youden'])}.",
         "",
         "Out of scope, at min_confidence "
         f"{summary['min_confidence']:.3f}: {oos[0]} of {oos[1]} held-out out-of-scope "
@@ -220,7 +214,8 @@ def main() -> int:
                                            p.probabilities["body_part"].values())}
     (work / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     target = ROOT / "weights" / DEFAULT_WEIGHTS
-    shutil.copyfile(final, target)
+    ship_card(final, target, "xreg synth --count 7200 --seed 1000 --size 384 "
+              "--instrument-rate 0.2 (its labels.csv)")
     card_md = target.with_suffix(".md")
     card_md.write_text(model_card(load_checkpoint(target), summary), encoding="utf-8")
     print(f"wrote {target} and {card_md}")

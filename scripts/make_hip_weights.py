@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
+
+from _shipping import ci, ship_card
 
 from xreg.checkpoint import LoadedModel, load_checkpoint
 from xreg.evaluate_pairs import evaluate_pairs
@@ -29,10 +30,13 @@ from xreg.train import load_train_config, train
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _ci(value: list[float | None]) -> str:
-    if value[0] is None:
-        return "n/a"
-    return f"{value[0]:.3f} ({value[1]:.3f}-{value[2]:.3f})"
+def budget_note(max_epochs: int) -> str:
+    """Say so when the run's epoch budget differs from the config file's (``--epochs``)."""
+    configured = load_train_config(ROOT / "configs" / "hip_fracture.yaml").max_epochs
+    if max_epochs == configured:
+        return ""
+    return (f" (the config says {configured}; this run was continued with `xreg train "
+            f"--resume --epochs {max_epochs}` after an interruption)")
 
 
 def model_card(loaded: LoadedModel, held: dict[str, Any]) -> str:
@@ -46,7 +50,7 @@ def model_card(loaded: LoadedModel, held: dict[str, Any]) -> str:
                     ("test split of the training seed", test)):
         f = m["fracture"]
         rows.append(f"| {name} | {m['counts']['evaluated']} ({m['counts']['fracture']}) | "
-                    + " | ".join(_ci(f[k]) for k in ("auc", "sensitivity", "specificity",
+                    + " | ".join(ci(f[k]) for k in ("auc", "sensitivity", "specificity",
                                                      "youden", "f1", "accuracy", "ppv", "npv"))
                     + " |")
     lines = [
@@ -75,8 +79,9 @@ def model_card(loaded: LoadedModel, held: dict[str, Any]) -> str:
         "class, flips and 90-degree rotations applied to both views alike, mean/std from "
         "the training split, early stopping on validation loss) with input 128 per view "
         f"(thesis 224), lr 3e-4 and at most {t['recipe']['max_epochs']} epochs for a 2-core "
-        "CPU. "
-        f"Ran {t['epochs_run']} epochs on {t['device']} in {t['seconds'] / 60:.1f} min; "
+        f"CPU{budget_note(t['recipe']['max_epochs'])}. "
+        f"Ran {t['epochs_run']} epochs on {t['device']} ({t['seconds'] / 60:.1f} min of epoch "
+        "time on 2 cores, shared with other jobs for part of it); "
         f"best epoch {t['best_epoch']}. Fracture threshold "
         f"{card.thresholds['fracture']:.3f} (Youden's J on the validation split).",
         "",
@@ -119,7 +124,8 @@ def main() -> int:
     held = evaluate_pairs(trained, work / "heldout" / "hip_pairs.csv").to_dict()
     (work / "heldout.json").write_text(json.dumps(held, indent=2) + "\n")
     target = ROOT / "weights" / HIP_WEIGHTS
-    shutil.copyfile(trained, target)
+    ship_card(trained, target, "xreg synth --count 0 --hip-pairs 1500 --seed 5000 "
+              "--size 384 (its hip_pairs.csv)")
     target.with_suffix(".md").write_text(model_card(load_checkpoint(target), held),
                                          encoding="utf-8")
     print(json.dumps({k: held[k] for k in ("counts", "fracture")}, indent=2))

@@ -22,6 +22,7 @@ def test_shipped_weights_are_small_and_say_what_they_are() -> None:
     card = load_checkpoint(WEIGHTS).card
     assert card.name == "bodypart_instrument_phantom" and card.arch == "mobilenet_v2"
     assert card.training["init"] == "imagenet"
+    assert card.notes.startswith("Trained on synthetic phantoms")
     assert card.training["split"]["counts"]["train"]["images"] >= 5000
     assert 0 < card.thresholds["min_confidence"] < 1
     assert "calibration" in card.training
@@ -45,3 +46,13 @@ def test_sort_uses_the_shipped_weights_without_weights_option(
                                       "--dry-run", "--json", "--min-age", "0"])
     assert result.exit_code in (0, 1), result.output
     assert json.loads(result.stdout)["model_sha256"] == file_sha256(WEIGHTS)
+
+
+def test_shipped_hip_weights_are_a_two_view_model_that_says_what_it_is() -> None:
+    path = WEIGHTS.with_name("hip_fracture_phantom.pt")
+    assert path.stat().st_size <= 25 * 1024 * 1024
+    card = load_checkpoint(path).card
+    assert card.views == 2 and [h.name for h in card.heads] == ["fracture"]
+    assert card.notes.startswith("Trained on synthetic phantoms")
+    first = path.with_suffix(".md").read_text().splitlines()[0]
+    assert "synthetic phantoms" in first and "not validated on real radiographs" in first

@@ -395,3 +395,4 @@ def make_random_checkpoint(
         notes=RANDOM_WEIGHTS_NOTE,
     )
     return save_checkpoint(path, model, card)
+
