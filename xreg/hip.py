@@ -10,6 +10,7 @@ with the same no-replace, verified placement ``xreg sort`` uses.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -61,6 +62,8 @@ class HipOptions:
     workers: int = 2
     device: str = "auto"
     min_age: float = 10.0
+    heatmaps: bool = False  # write overlays of the joined input to <root>/_heatmaps/hip/
+    heatmap_root: Path | None = None  # default OUT
 
 
 @dataclass(frozen=True)
@@ -74,13 +77,15 @@ class ScoredStudy:
     dest: str | None = None
     joined: str | None = None
     view_sources: dict[str, str] = field(default_factory=dict)
+    heatmap: str | None = None  # relative to the heatmap root
 
     def to_dict(self) -> dict[str, Any]:
         s = self.study
         return {"study": s.study, "side": s.side, "status": s.status, "reason": s.reason,
                 "ap": s.ap, "lateral": s.lateral, "candidates": list(s.candidates),
                 "fracture_prob": self.fracture_prob, "decision": self.decision,
-                "error": self.error, "dest": self.dest, "joined": self.joined}
+                "error": self.error, "dest": self.dest, "joined": self.joined,
+                "heatmap": self.heatmap}
 
 
 @dataclass
@@ -190,6 +195,8 @@ def run_hip(in_root: Path, options: HipOptions,
         scored.append(ScoredStudy(s, prob, decision, error, view_sources=views))
     if options.joined is not None:
         scored = [_write_joined(s, options.joined, hip_model) for s in scored]
+    if options.heatmaps:
+        scored = _add_heatmaps(scored, options.heatmap_root or out, hip_model)
     result = HipResult(scored, hip_model.sha256, threshold, len(images) + len(listed))
     if registry_path is None:
         return result
@@ -218,8 +225,7 @@ def _place(s: ScoredStudy, out: Path) -> ScoredStudy:
         st = src.stat()
         move = Move(src, file_sha256(src), folder / sanitise(src.name), "sorted")
         apply_move(move, out, "copy", (st.st_size, st.st_mtime_ns))
-    return ScoredStudy(s.study, s.fracture_prob, s.decision, s.error, str(folder), s.joined,
-                       s.view_sources)
+    return dataclasses.replace(s, dest=str(folder))
 
 
 def _write_joined(s: ScoredStudy, folder: Path, model: LoadedModel) -> ScoredStudy:
@@ -242,8 +248,22 @@ def _write_joined(s: ScoredStudy, folder: Path, model: LoadedModel) -> ScoredStu
     Image.fromarray((np.clip(joined, 0, 1) * 255).round().astype(np.uint8), "L").save(tmp,
                                                                                        "PNG")
     os.replace(tmp, target)
-    return ScoredStudy(s.study, s.fracture_prob, s.decision, s.error, s.dest, str(target),
-                       s.view_sources)
+    return dataclasses.replace(s, joined=str(target))
+
+
+def _add_heatmaps(studies: list[ScoredStudy], root: Path | None,
+                  model: LoadedModel) -> list[ScoredStudy]:
+    from xreg.heatmaps import HEATMAP_DIR, explain_pairs
+
+    if root is None:
+        raise ConfigError("--heatmaps needs an output folder (OUT) to write them into")
+    scored = [s for s in studies if s.decision is not None]
+    rel = {id(s): PurePosixPath(HEATMAP_DIR, "hip", study_folder(s).name + ".png")
+           for s in scored}
+    explained = explain_pairs([(Path(s.study.ap or ""), Path(s.study.lateral or ""))
+                               for s in scored], model, [root / rel[id(s)] for s in scored])
+    done = {id(s): str(rel[id(s)]) for s, e in zip(scored, explained) if e.overlay}
+    return [dataclasses.replace(s, heatmap=done.get(id(s))) for s in studies]
 
 
 def _record(result: HipResult, registry_path: Path, in_root: Path, out: Path | None,
@@ -271,6 +291,7 @@ def _record(result: HipResult, registry_path: Path, in_root: Path, out: Path | N
                 "fracture_prob": s.fracture_prob, "decision": s.decision,
                 "threshold": result.threshold if s.decision else None,
                 "model_sha256": model.sha256, "dest": s.dest, "joined_path": s.joined,
+                "heatmap_path": s.heatmap,
             })
         reg.finish_run(run_id, counts)
     result.registry, result.run_id = registry_path, run_id

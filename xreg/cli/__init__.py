@@ -7,7 +7,15 @@ there. One module per command group; this package assembles them.
 
 from __future__ import annotations
 
-from xreg.cli import evaluate, hip, registry, sort, synth, train  # noqa: F401  (registers them)
+from xreg.cli import (  # noqa: F401  (registers the commands)
+    evaluate,
+    explain,
+    hip,
+    registry,
+    sort,
+    synth,
+    train,
+)
 from xreg.cli._common import app
 
 __all__ = ["app"]

@@ -58,6 +58,9 @@ def hip_cmd(
              "matched case-insensitively against the name without extension.")] = None,
     joined: Annotated[Path | None, typer.Option(
         help="Write each pair's joined two-view image here.")] = None,
+    heatmaps: Annotated[bool, typer.Option(
+        "--heatmaps", help="Write an overlay of each scored pair's joined input to "
+                           "OUT/_heatmaps/hip/ and record it (needs OUT).")] = False,
     registry: Annotated[Path | None, typer.Option(
         help="Registry file.  [default: OUT/registry.sqlite; none without OUT]")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per model batch.", min=1)] = 16,
@@ -74,7 +77,8 @@ def hip_cmd(
 
     options = HipOptions(weights=weights, classifier=classifier, out=out_dir, pairs=pairs,
                          pattern=pattern, joined=joined, registry=registry,
-                         batch_size=batch_size, device=device.value, min_age=min_age)
+                         batch_size=batch_size, device=device.value, min_age=min_age,
+                         heatmaps=heatmaps)
     progress = None if (quiet or as_json) else \
         (lambda text: err.print(f"xreg: {text}", highlight=False))
     with handle_errors():

@@ -93,6 +93,10 @@ def sort_cmd(
     strict: Annotated[bool | None, typer.Option(
         "--strict/--no-strict",
         help="Exit 1 when any file went to _review or _unreadable.  [default: no-strict]")] = None,
+    heatmaps: Annotated[bool, typer.Option(
+        "--heatmaps", help="Also write a body-part heatmap overlay per sorted or reviewed "
+                           "file to OUT/_heatmaps/ (integrated gradients) and record its "
+                           "path in the registry.")] = False,
     hip: Annotated[bool, typer.Option(
         "--hip", help="Afterwards, pair and score the hip studies of IN as `xreg hip` does "
                       "and record them in the registry (films are not copied twice).")] = False,
@@ -115,6 +119,15 @@ def sort_cmd(
         })
         with progress_reporter(quiet or as_json) as reporter:
             result = run_sort(in_dir, out_dir, options, reporter)
+        drawn = None
+        if heatmaps and not options.dry_run:
+            from xreg.checkpoint import default_weights, load_checkpoint
+            from xreg.heatmaps import add_sort_heatmaps
+
+            drawn = add_sort_heatmaps(
+                out_dir, options.registry or out_dir / "registry.sqlite",
+                load_checkpoint(options.weights or default_weights()),
+                batch_size=options.batch_size, workers=options.workers)
         hips = None
         if hip and not options.dry_run:
             from xreg.hip import HipOptions, run_hip
@@ -123,15 +136,22 @@ def sort_cmd(
                 weights=hip_weights, classifier=options.weights,
                 registry=options.registry or out_dir / "registry.sqlite",
                 batch_size=options.batch_size, workers=options.workers,
-                device=options.device, min_age=options.min_age))
+                device=options.device, min_age=options.min_age, heatmaps=heatmaps,
+                heatmap_root=out_dir))
     code = _sort_exit_code(result.counts, options.strict)
     if as_json:
         payload = result.to_dict() | {"exit_code": code}
         if hips is not None:
             payload["hip"] = hips.to_dict()
+        if drawn is not None:
+            payload["heatmaps"] = {"written": drawn[0], "seconds": round(drawn[1], 2)}
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
     elif not quiet:
         _print_sort_summary(result, out_dir)
+        if drawn is not None:
+            per = f", {drawn[1] / drawn[0] * 1000:.0f} ms each" if drawn[0] else ""
+            out.print(f"wrote {drawn[0]} heatmap(s) to {out_dir / '_heatmaps'}{per}",
+                      highlight=False)
         if hips is not None:
             from xreg.cli.hip import print_hip_table
 

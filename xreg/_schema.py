@@ -1,0 +1,108 @@
+"""The registry's schema as a list of migrations (``PRAGMA user_version`` counts them).
+
+Never edit an entry once released: add one. Entry ``i`` migrates version
+``i`` to ``i + 1``.
+"""
+
+from __future__ import annotations
+
+_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE runs (
+        id            INTEGER PRIMARY KEY,
+        started       TEXT NOT NULL,
+        finished      TEXT,
+        status        TEXT NOT NULL,          -- running | finished | failed
+        xreg_version  TEXT NOT NULL,
+        user          TEXT,
+        host          TEXT,
+        input_root    TEXT,
+        output_root   TEXT,
+        model_path    TEXT,
+        model_name    TEXT,
+        model_sha256  TEXT,
+        options       TEXT,                   -- JSON
+        counts        TEXT                    -- JSON
+    );
+    CREATE TABLE images (
+        sha256            TEXT PRIMARY KEY,   -- content hash of the file
+        size              INTEGER NOT NULL,
+        state             TEXT NOT NULL,      -- pending | done
+        status            TEXT NOT NULL,      -- sorted | review | unreadable
+        dest_path         TEXT NOT NULL,      -- relative to the output folder
+        mode              TEXT NOT NULL,      -- copy | move | link | hardlink
+        format            TEXT,
+        body_part         TEXT,
+        body_part_prob    REAL,
+        instrument        INTEGER,
+        instrument_prob   REAL,
+        probabilities     TEXT,               -- JSON: head -> label -> probability
+        error             TEXT,
+        rows              INTEGER,
+        cols              INTEGER,
+        frames            INTEGER,
+        study_uid         TEXT,
+        series_uid        TEXT,
+        sop_uid           TEXT,
+        accession_key     TEXT,               -- keyed hash, never the number itself
+        patient_key       TEXT,               -- keyed hash, never the PatientID itself
+        modality          TEXT,
+        body_part_examined TEXT,
+        view_position     TEXT,
+        laterality        TEXT,
+        study_date        TEXT,
+        model_sha256      TEXT,
+        run_id            INTEGER REFERENCES runs(id),
+        created           TEXT NOT NULL,
+        updated           TEXT NOT NULL
+    );
+    CREATE INDEX images_status ON images(status, body_part, instrument);
+    CREATE INDEX images_state ON images(state);
+    CREATE TABLE sources (
+        path          TEXT PRIMARY KEY,       -- absolute source path as seen
+        sha256        TEXT NOT NULL REFERENCES images(sha256),
+        size          INTEGER NOT NULL,
+        mtime_ns      INTEGER NOT NULL,
+        run_id        INTEGER REFERENCES runs(id),
+        removed       INTEGER NOT NULL DEFAULT 0,  -- 1 once --mode move removed it
+        seen          TEXT NOT NULL
+    );
+    CREATE INDEX sources_sha ON sources(sha256);
+    """,
+    """
+    CREATE TABLE hip_studies (
+        id             INTEGER PRIMARY KEY,
+        run_id         INTEGER REFERENCES runs(id),
+        study          TEXT NOT NULL,      -- StudyInstanceUID, keyed accession, or file stem
+        side           TEXT,               -- L, R or NULL (unknown)
+        status         TEXT NOT NULL,      -- paired, missing_ap, missing_lateral, ambiguous,
+                                           -- unknown, unreadable
+        reason         TEXT,
+        ap_sha256      TEXT,
+        lateral_sha256 TEXT,
+        ap_path        TEXT,               -- source paths as seen
+        lateral_path   TEXT,
+        view_sources   TEXT,               -- where each view came from (JSON)
+        fracture_prob  REAL,
+        decision       TEXT,               -- fracture, no_fracture or NULL (not scored)
+        threshold      REAL,
+        model_sha256   TEXT,
+        dest           TEXT,               -- folder under OUT, when placed
+        joined_path    TEXT,               -- the joined two-view image, when written
+        created        TEXT NOT NULL
+    );
+    CREATE INDEX hip_studies_study ON hip_studies(study, side);
+    """,
+    """
+    ALTER TABLE images ADD COLUMN heatmap_path TEXT;       -- overlay under OUT/_heatmaps/
+    ALTER TABLE hip_studies ADD COLUMN heatmap_path TEXT;
+    """,
+)
+
+#: Columns of ``hip_studies`` a caller sets through :meth:`Registry.add_hip_study`.
+HIP_FIELDS: tuple[str, ...] = (
+    "study", "side", "status", "reason", "ap_sha256", "lateral_sha256", "ap_path",
+    "lateral_path", "view_sources", "fracture_prob", "decision", "threshold",
+    "model_sha256", "dest", "joined_path", "heatmap_path",
+)
+
