@@ -67,7 +67,7 @@ def test_a_one_view_model_is_refused_for_pairs(tiny_weights: Path) -> None:
         predict_pairs([], load_checkpoint(tiny_weights))
 
 
-def test_registry_v1_migrates_to_hip_studies(tmp_path: Path) -> None:
+def test_registry_v1_migrates_to_hip_studies_and_heatmaps(tmp_path: Path) -> None:
     path = tmp_path / "r.sqlite"
     db = sqlite3.connect(path)
     db.executescript(_MIGRATIONS[0])
@@ -79,10 +79,12 @@ def test_registry_v1_migrates_to_hip_studies(tmp_path: Path) -> None:
                                           "fracture_prob": 0.7, "decision": "fracture"})
         assert row_id == 1
         assert reg.hip_studies()[0]["decision"] == "fracture"
+        cols = {r[1] for r in reg._db.execute("PRAGMA table_info(images)")}
+        assert "heatmap_path" in cols
         with pytest.raises(Exception, match="unknown hip_studies column"):
             reg.add_hip_study(None, {"study": "S2", "status": "paired", "name": "x"})
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] \
-        == SCHEMA_VERSION == 2
+        == SCHEMA_VERSION == 3
 
 
 @pytest.fixture(scope="module")

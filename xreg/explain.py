@@ -157,7 +157,6 @@ def write_overlay(path: Path, image: NDArray[np.floating], attribution: Attribut
     """
     from matplotlib import colormaps
     from PIL import Image, ImageDraw
-
     from scipy.ndimage import gaussian_filter
 
     grey = np.clip(np.asarray(image, dtype=np.float32), 0, 1)
