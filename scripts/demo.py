@@ -8,7 +8,9 @@
    the second run finds everything already done.
 3. `xreg registry stats`, then `xreg evaluate` against the phantom labels,
    writing a report with ROC and confusion-matrix plots.
-4. `xreg hip`: pair the hip studies' AP and lateral films (DICOM headers,
+4. `xreg explain` on a phantom with hardware: a heatmap overlay of why the
+   model says "instrument".
+5. `xreg hip`: pair the hip studies' AP and lateral films (DICOM headers,
    file names) and score fracture with the shipped two-view model.
 
 The shipped weights were trained on phantoms only; see weights/*.md.
@@ -16,6 +18,7 @@ The shipped weights were trained on phantoms only; see weights/*.md.
 
 from __future__ import annotations
 
+import csv
 import shutil
 import subprocess
 import sys
@@ -62,6 +65,11 @@ def main() -> None:
     run("registry", "stats", str(DEMO / "out"))
     run("evaluate", str(ROOT / "weights" / "bodypart_instrument_phantom.pt"),
         str(DEMO / "in" / "phantoms" / "labels.csv"), "--report", str(DEMO / "report"))
+    labels = DEMO / "in" / "phantoms" / "labels.csv"
+    with labels.open(newline="") as fh:
+        with_hardware = next(r["path"] for r in csv.DictReader(fh) if r["instrument"] == "1")
+    run("explain", str(labels.parent / with_hardware), "--head", "instrument",
+        "--out", str(DEMO / "heatmaps"))
     run("hip", str(DEMO / "in"), str(DEMO / "hip"), "--min-age", "0")
     print(f"\nSorted folder: {DEMO / 'out'}  (registry: {DEMO / 'out' / 'registry.sqlite'})")
     print(f"Report: {DEMO / 'report' / 'report.md'}; hip studies: {DEMO / 'hip' / 'hip'}")
