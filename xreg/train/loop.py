@@ -69,7 +69,7 @@ class Callbacks:
     decode_start: Callable[[int], None] | None = None  # images to decode (cache miss)
     decoded: Callable[[], None] | None = None
     epoch_start: Callable[[int, int, int], None] | None = None  # epoch, max_epochs, steps
-    step: Callable[[float, float], None] | None = None  # running loss, body part accuracy
+    step: Callable[[float, float], None] | None = None  # running loss, first head accuracy
     epoch_end: Callable[[EpochLog], None] | None = None
 
     def say(self, text: str) -> None:
