@@ -162,3 +162,9 @@ def test_evaluate_scores_a_hip_checkpoint_on_a_pairs_csv(hip_folder: Path, hip_w
     value, low, high = report["fracture"]["accuracy"]
     assert low <= value <= high
     assert (tmp_path / "r" / "report.md").read_text().startswith("# Hip fracture evaluation")
+
+
+def test_hip_heatmaps_need_an_output_folder(hip_folder: Path, hip_weights: Path) -> None:
+    result = CliRunner().invoke(app, ["hip", str(hip_folder), "--weights", str(hip_weights),
+                                      "--min-age", "0", "--heatmaps"])
+    assert result.exit_code == 2 and "needs an output folder" in result.output

@@ -301,3 +301,20 @@ def test_hip_task_needs_a_pairs_file(phantoms: Path, tmp_path: Path) -> None:
         train(cfg, phantoms, tmp_path / "x.pt")
     with pytest.raises(ConfigError, match="pairs CSV"):
         train(cfg, phantoms.parent, tmp_path / "y.pt")
+
+
+def test_a_reviewed_sort_folder_is_training_data(phantoms: Path, tmp_path: Path) -> None:
+    # Close the loop: files in <body_part>/<instrument|no_instrument>/ train a model.
+    folder = tmp_path / "reviewed"
+    for im in load_labels(phantoms)[:90]:
+        kind = "instrument" if im.instrument else "no_instrument"
+        target = folder / im.body_part / kind / im.path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(im.path.read_bytes())
+    (folder / "_review").mkdir()
+    (folder / "_review" / "unsure.png").write_bytes(load_labels(phantoms)[0].path.read_bytes())
+    result = train(TrainConfig(**{**TINY, "max_epochs": 1}), folder, tmp_path / "f.pt")
+    training = result.card.training
+    assert training["data"]["labelled"] == 90  # _review is nobody's label
+    assert training["split"]["grouped_by"] == "image"
+    assert sum(training["split"]["counts"][s]["images"] for s in SPLITS) == 90

@@ -147,6 +147,8 @@ def run_hip(in_root: Path, options: HipOptions,
     exclude = check_folders(in_root, out) if out is not None else []
     if out is None and not in_root.is_dir():
         raise ConfigError(f"input folder {in_root} does not exist or is not a folder")
+    if options.heatmaps and (options.heatmap_root or out) is None:
+        raise ConfigError("--heatmaps needs an output folder (OUT) to write them into")
     pattern = compile_pattern(options.pattern)
     hip_model = load_checkpoint(_hip_weights(options.weights))
     if hip_model.card.views != 2:
@@ -255,8 +257,7 @@ def _add_heatmaps(studies: list[ScoredStudy], root: Path | None,
                   model: LoadedModel) -> list[ScoredStudy]:
     from xreg.heatmaps import HEATMAP_DIR, explain_pairs
 
-    if root is None:
-        raise ConfigError("--heatmaps needs an output folder (OUT) to write them into")
+    assert root is not None  # run_hip checked this before any work
     scored = [s for s in studies if s.decision is not None]
     rel = {id(s): PurePosixPath(HEATMAP_DIR, "hip", study_folder(s).name + ".png")
            for s in scored}
