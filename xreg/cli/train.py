@@ -24,18 +24,22 @@ from rich.table import Table
 from xreg.cli._common import app, err, handle_errors, out
 from xreg.cli.sort import Device
 
-TRAIN_HELP = """Train a body part + instrument model on labelled radiographs.
+TRAIN_HELP = """Train on labelled radiographs: body part + instrument (+ view), or hip fracture.
 
 CONFIG is a YAML recipe; configs/bodypart_instrument.yaml is the thesis's
 (ImageNet transfer learning, Adam lr 2e-5 halved at milestones, batch 16,
 label smoothing 0.1, weighted sampling for instrument, flips and 90-degree
 rotations, early stopping on validation loss).
 
-DATA is a CSV manifest (path, body_part, instrument, optional patient_id and
-split; `xreg synth` writes one) or a reviewed folder in sort layout,
-<body_part>/<instrument|no_instrument>/... . Without a split column the
-images are split 70/20/10 by patient (one patient never spans two splits);
-the test split is scored only once, at the end.
+DATA is a CSV manifest (path, body_part, instrument, optional patient_id,
+split and view; `xreg synth` writes one) or a reviewed folder in sort layout,
+<body_part>/<instrument|no_instrument>/... . For configs/hip_fracture.yaml
+(task: hip_fracture) DATA is a pairs CSV (study, ap_path, lateral_path,
+fracture, optional patient_id, split), e.g. the hip_pairs.csv of
+`xreg synth --hip-pairs`: AP and lateral joined side by side, as in the thesis.
+
+Without a split column the items are split 70/20/10 by patient (one patient
+never spans two splits); the test split is scored only once, at the end.
 
 Next to --out, a run folder (NAME.run/) keeps split.csv, log.csv, log.json,
 a decode cache and the state that --resume continues from after an
@@ -75,10 +79,16 @@ def train_cmd(
         recipe = load_train_config(config, {"max_epochs": epochs})
         if out_path == Path():
             out_path = Path("weights") / f"{recipe.name or config.stem}.pt"
-        with _progress(quiet or as_json) as callbacks:
-            result = train(recipe, data, out_path, run_dir=run_dir, device=device.value,
-                           resume=resume, overwrite=overwrite, workers=workers,
-                           callbacks=callbacks)
+        try:
+            with _progress(quiet or as_json) as callbacks:
+                result = train(recipe, data, out_path, run_dir=run_dir,
+                               device=device.value, resume=resume, overwrite=overwrite,
+                               workers=workers, callbacks=callbacks)
+        except KeyboardInterrupt:
+            # Each finished epoch was saved; say how to go on rather than dump a traceback.
+            err.print("[yellow]interrupted:[/] finished epochs are saved in the run folder; "
+                      "run the same command with --resume to continue", highlight=False)
+            raise typer.Exit(130) from None
     summary = {
         "checkpoint": str(result.checkpoint), "sha256": result.sha256,
         "run_dir": str(result.run_dir), "card": result.card.to_dict(),
