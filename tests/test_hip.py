@@ -168,3 +168,25 @@ def test_hip_heatmaps_need_an_output_folder(hip_folder: Path, hip_weights: Path)
     result = CliRunner().invoke(app, ["hip", str(hip_folder), "--weights", str(hip_weights),
                                       "--min-age", "0", "--heatmaps"])
     assert result.exit_code == 2 and "needs an output folder" in result.output
+
+
+def test_sort_hip_pairs_from_the_sorts_own_predictions(
+        hip_folder: Path, hip_weights: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import xreg.hip
+
+    def no_second_pass(*args: object, **kwargs: object) -> None:
+        raise AssertionError("sort --hip classified the films a second time")
+
+    monkeypatch.setattr(xreg.hip, "predict_files", no_second_pass)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["sort", str(hip_folder), str(out), "--min-age", "0",
+                                      "--hip", "--hip-weights", str(hip_weights), "--json"])
+    assert result.exit_code in (0, 1), result.output
+    studies = json.loads(result.stdout)["hip"]["studies"]
+    paired = [s for s in studies if s["status"] == "paired"]
+    assert len(paired) == 7  # as `xreg hip` finds them: UIDs, file names, the view head
+    for s in paired:  # scored from the placed copies under OUT
+        assert Path(s["ap"]).is_relative_to(out) and Path(s["lateral"]).is_relative_to(out)
+    with Registry(out / "registry.sqlite") as reg:
+        assert len(reg.hip_studies()) == len(studies)

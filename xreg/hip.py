@@ -62,6 +62,7 @@ class HipOptions:
     workers: int = 2
     device: str = "auto"
     min_age: float = 10.0
+    from_registry: bool = False  # take the films a sort placed (OUT = heatmap_root)
     heatmaps: bool = False  # write overlays of the joined input to <root>/_heatmaps/hip/
     heatmap_root: Path | None = None  # default OUT
 
@@ -162,20 +163,23 @@ def run_hip(in_root: Path, options: HipOptions,
     if options.pairs is not None:
         explicit = {p.study: (str(p.ap.absolute()), str(p.lateral.absolute()))
                     for p in load_pairs(options.pairs)}
-    files, _young = scan_inputs(in_root, exclude, options.min_age)
     listed = {path for pair in explicit.values() for path in pair}
-    to_classify = [f for f in files if str(f.path) not in listed]
-    say(f"classifying {len(to_classify)} film(s)")
-    images, sources = [], {}
-    for batch in predict_files(to_classify, classifier, batch_size=options.batch_size,
-                               workers=options.workers, device=device):
-        for p in batch:
-            if p.status != "ok":
-                continue
-            described = _describe(p, pattern, pseudonymise)
-            if described is not None:
-                images.append(described[0])
-                sources[described[0].path] = described[1]
+    if options.from_registry and registry_path is not None and options.heatmap_root:
+        images, sources = _registry_images(registry_path, options.heatmap_root, pattern)
+    else:
+        files, _young = scan_inputs(in_root, exclude, options.min_age)
+        to_classify = [f for f in files if str(f.path) not in listed]
+        say(f"classifying {len(to_classify)} film(s)")
+        images, sources = [], {}
+        for batch in predict_files(to_classify, classifier, batch_size=options.batch_size,
+                                   workers=options.workers, device=device):
+            for p in batch:
+                if p.status != "ok":
+                    continue
+                described = _describe(p, pattern, pseudonymise)
+                if described is not None:
+                    images.append(described[0])
+                    sources[described[0].path] = described[1]
     studies = pair_views(images, explicit)
     paired = [s for s in studies if s.paired]
     say(f"{len(images) + len(listed)} hip film(s), {len(paired)} pair(s) to score")
@@ -209,6 +213,42 @@ def run_hip(in_root: Path, options: HipOptions,
     else:
         _record(result, registry_path, in_root, None, hip_model, options)
     return result
+
+
+def _registry_images(registry_path: Path, out_root: Path, pattern: Any
+                     ) -> tuple[list[HipImage], dict[str, str]]:
+    """Hip films a sort already classified and placed: no second pass of the model.
+
+    Same rules as :func:`_describe`, from the registry's columns; the film
+    used is the placed copy under OUT, the file name the source's.
+    """
+    images, sources, seen = [], {}, set()
+    with Registry(registry_path, readonly=True) as reg:
+        rows = reg.classified_images()
+    for row in rows:
+        header = (row["body_part_examined"] or "").strip().upper()
+        if row["body_part"] != "hip" and header not in _HIP_HEADERS:
+            continue
+        path = str((out_root / row["dest_path"]).absolute())
+        study = row["study_uid"] or row["accession_key"]
+        view = view_from_dicom(row["view_position"])
+        side = side_from_dicom(row["laterality"])
+        source = "dicom" if view else ""
+        parsed = parse_filename(Path(row["source"] or path).name, pattern)
+        if parsed is not None:
+            study = study or parsed[0]
+            if view is None and parsed[1] is not None:
+                view, source = parsed[1], "filename"
+            side = side or parsed[2]
+        probs = json.loads(row["probabilities"] or "{}").get("view")
+        if view is None and probs:
+            view, source = max(probs, key=probs.__getitem__), "model"
+        image = HipImage(path, study, view, side, source)
+        if image not in seen:  # one content under two names that say the same thing
+            seen.add(image)
+            images.append(image)
+            sources[path] = source
+    return images, sources
 
 
 def study_folder(s: ScoredStudy) -> PurePosixPath:

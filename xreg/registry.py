@@ -286,6 +286,17 @@ class Registry:
                 [run_id, _now(), *row.values()])
         return int(cur.lastrowid or 0)
 
+    def classified_images(self) -> list[dict[str, Any]]:
+        """Placed, classified images with what ``xreg hip`` needs: headers and
+        probabilities, one row per source path seen (a file name may carry the
+        study and view, and the same content may have been filed under two names)."""
+        return [dict(r) for r in self._db.execute(
+            "SELECT i.sha256, i.dest_path, i.body_part, i.body_part_examined, i.probabilities, "
+            "i.study_uid, i.accession_key, i.view_position, i.laterality, s.path AS source "
+            "FROM images i JOIN sources s ON s.sha256 = i.sha256 "
+            "WHERE i.state = 'done' AND i.status IN ('sorted', 'review') "
+            "ORDER BY s.path")]
+
     def images_to_explain(self) -> list[tuple[str, str]]:
         """(sha256, dest_path) of placed, classified images that have no heatmap yet."""
         return [(r[0], r[1]) for r in self._db.execute(

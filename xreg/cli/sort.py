@@ -98,8 +98,9 @@ def sort_cmd(
                            "file to OUT/_heatmaps/ (integrated gradients) and record its "
                            "path in the registry.")] = False,
     hip: Annotated[bool, typer.Option(
-        "--hip", help="Afterwards, pair and score the hip studies of IN as `xreg hip` does "
-                      "and record them in the registry (films are not copied twice).")] = False,
+        "--hip", help="Afterwards, pair and score the hip studies among the sorted films "
+                      "as `xreg hip` does (from the sort's own predictions and headers) and "
+                      "record them in the registry; films are not copied twice.")] = False,
     hip_weights: Annotated[Path | None, typer.Option(
         help="Hip fracture checkpoint for --hip.  [default: the shipped one]")] = None,
     as_json: Annotated[bool, typer.Option(
@@ -137,7 +138,7 @@ def sort_cmd(
                 registry=options.registry or out_dir / "registry.sqlite",
                 batch_size=options.batch_size, workers=options.workers,
                 device=options.device, min_age=options.min_age, heatmaps=heatmaps,
-                heatmap_root=out_dir))
+                heatmap_root=out_dir, from_registry=True))
     code = _sort_exit_code(result.counts, options.strict)
     if as_json:
         payload = result.to_dict() | {"exit_code": code}
