@@ -11,6 +11,7 @@ with the same no-replace, verified placement ``xreg sort`` uses.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -117,27 +118,38 @@ def _hip_weights(path: Path | None) -> Path:
     return shipped
 
 
-def _describe(p: Prediction, pattern: Any, pseudonymise: Pseudonymiser
-              ) -> tuple[HipImage, str] | None:
-    """The film as a HipImage (and where its view came from), or None if not a hip."""
-    dicom = dict(p.meta.dicom) if p.meta is not None else {}
-    header_says_hip = dicom.get("BodyPartExamined", "").strip().upper() in _HIP_HEADERS
-    if not header_says_hip and p.labels.get("body_part") != "hip":
+def _hip_image(path: str, name: str, *, body_part: str | None, header_part: str | None,
+               study: str | None, view: str | None, laterality: str | None,
+               model_view: str | None, pattern: Any) -> HipImage | None:
+    """The film as a HipImage, or None if neither header nor model says hip.
+
+    ``view`` is what the DICOM header says; then the file ``name``, then the
+    classifier's ``model_view``, fill what is still unknown.
+    """
+    if body_part != "hip" and (header_part or "").strip().upper() not in _HIP_HEADERS:
         return None
-    path = str(p.source.path)
-    study = dicom.get("StudyInstanceUID") or pseudonymise(dicom.get("AccessionNumber"))
-    view = view_from_dicom(dicom.get("ViewPosition"), dicom.get("SeriesDescription"))
-    side = side_from_dicom(dicom.get("Laterality"))
+    side = side_from_dicom(laterality)
     source = "dicom" if view else ""
-    parsed = parse_filename(Path(path).name, pattern)
+    parsed = parse_filename(name, pattern)
     if parsed is not None:
         study = study or parsed[0]
         if view is None and parsed[1] is not None:
             view, source = parsed[1], "filename"
         side = side or parsed[2]
-    if view is None and "view" in p.labels:
-        view, source = p.labels["view"], "model"
-    return HipImage(path, study, view, side, source), source
+    if view is None and model_view is not None:
+        view, source = model_view, "model"
+    return HipImage(path, study, view, side, source)
+
+
+def _describe(p: Prediction, pattern: Any, pseudonymise: Pseudonymiser) -> HipImage | None:
+    """A freshly classified film as a HipImage (None if not a hip)."""
+    dicom = dict(p.meta.dicom) if p.meta is not None else {}
+    return _hip_image(
+        str(p.source.path), p.source.path.name, body_part=p.labels.get("body_part"),
+        header_part=dicom.get("BodyPartExamined"),
+        study=dicom.get("StudyInstanceUID") or pseudonymise(dicom.get("AccessionNumber")),
+        view=view_from_dicom(dicom.get("ViewPosition"), dicom.get("SeriesDescription")),
+        laterality=dicom.get("Laterality"), model_view=p.labels.get("view"), pattern=pattern)
 
 
 def run_hip(in_root: Path, options: HipOptions,
@@ -154,7 +166,6 @@ def run_hip(in_root: Path, options: HipOptions,
     hip_model = load_checkpoint(_hip_weights(options.weights))
     if hip_model.card.views != 2:
         raise ConfigError(f"{hip_model.path} is not a two-view hip fracture checkpoint")
-    classifier = load_checkpoint(options.classifier or default_weights())
     device = resolve_device(options.device)
     registry_path = options.registry or (out / REGISTRY_NAME if out is not None else None)
     pseudonymise = (Pseudonymiser.for_registry(registry_path) if registry_path is not None
@@ -165,21 +176,18 @@ def run_hip(in_root: Path, options: HipOptions,
                     for p in load_pairs(options.pairs)}
     listed = {path for pair in explicit.values() for path in pair}
     if options.from_registry and registry_path is not None and options.heatmap_root:
-        images, sources = _registry_images(registry_path, options.heatmap_root, pattern)
+        images = _registry_images(registry_path, options.heatmap_root, pattern)
     else:
+        classifier = load_checkpoint(options.classifier or default_weights())
         files, _young = scan_inputs(in_root, exclude, options.min_age)
         to_classify = [f for f in files if str(f.path) not in listed]
         say(f"classifying {len(to_classify)} film(s)")
-        images, sources = [], {}
+        images = []
         for batch in predict_files(to_classify, classifier, batch_size=options.batch_size,
                                    workers=options.workers, device=device):
-            for p in batch:
-                if p.status != "ok":
-                    continue
-                described = _describe(p, pattern, pseudonymise)
-                if described is not None:
-                    images.append(described[0])
-                    sources[described[0].path] = described[1]
+            found = (_describe(p, pattern, pseudonymise) for p in batch if p.status == "ok")
+            images.extend(im for im in found if im is not None)
+    sources = {im.path: im.view_source for im in images}
     studies = pair_views(images, explicit)
     paired = [s for s in studies if s.paired]
     say(f"{len(images) + len(listed)} hip film(s), {len(paired)} pair(s) to score")
@@ -206,49 +214,39 @@ def run_hip(in_root: Path, options: HipOptions,
     result = HipResult(scored, hip_model.sha256, threshold, len(images) + len(listed))
     if registry_path is None:
         return result
+    # Placement and the registry both need each film's sha256: read each file once.
+    sha = functools.cache(lambda path: file_sha256(Path(path)))
     if out is not None:
         with output_lock(out):
-            result.studies = [_place(s, out) for s in result.studies]
-            _record(result, registry_path, in_root, out, hip_model, options)
+            result.studies = [_place(s, out, sha) for s in result.studies]
+            _record(result, registry_path, in_root, out, hip_model, options, sha)
     else:
-        _record(result, registry_path, in_root, None, hip_model, options)
+        _record(result, registry_path, in_root, None, hip_model, options, sha)
     return result
 
 
-def _registry_images(registry_path: Path, out_root: Path, pattern: Any
-                     ) -> tuple[list[HipImage], dict[str, str]]:
+def _registry_images(registry_path: Path, out_root: Path, pattern: Any) -> list[HipImage]:
     """Hip films a sort already classified and placed: no second pass of the model.
 
     Same rules as :func:`_describe`, from the registry's columns; the film
     used is the placed copy under OUT, the file name the source's.
     """
-    images, sources, seen = [], {}, set()
+    images: list[HipImage] = []
     with Registry(registry_path, readonly=True) as reg:
         rows = reg.classified_images()
     for row in rows:
-        header = (row["body_part_examined"] or "").strip().upper()
-        if row["body_part"] != "hip" and header not in _HIP_HEADERS:
-            continue
         path = str((out_root / row["dest_path"]).absolute())
-        study = row["study_uid"] or row["accession_key"]
-        view = view_from_dicom(row["view_position"])
-        side = side_from_dicom(row["laterality"])
-        source = "dicom" if view else ""
-        parsed = parse_filename(Path(row["source"] or path).name, pattern)
-        if parsed is not None:
-            study = study or parsed[0]
-            if view is None and parsed[1] is not None:
-                view, source = parsed[1], "filename"
-            side = side or parsed[2]
         probs = json.loads(row["probabilities"] or "{}").get("view")
-        if view is None and probs:
-            view, source = max(probs, key=probs.__getitem__), "model"
-        image = HipImage(path, study, view, side, source)
-        if image not in seen:  # one content under two names that say the same thing
-            seen.add(image)
+        image = _hip_image(
+            path, Path(row["source"] or path).name, body_part=row["body_part"],
+            header_part=row["body_part_examined"],
+            study=row["study_uid"] or row["accession_key"],
+            view=view_from_dicom(row["view_position"]), laterality=row["laterality"],
+            model_view=max(probs, key=probs.__getitem__) if probs else None, pattern=pattern)
+        # One content filed under two names that say the same thing is one film.
+        if image is not None and image not in images:
             images.append(image)
-            sources[path] = source
-    return images, sources
+    return images
 
 
 def study_folder(s: ScoredStudy) -> PurePosixPath:
@@ -258,14 +256,14 @@ def study_folder(s: ScoredStudy) -> PurePosixPath:
     return PurePosixPath("hip", group, name)
 
 
-def _place(s: ScoredStudy, out: Path) -> ScoredStudy:
+def _place(s: ScoredStudy, out: Path, sha: Callable[[str], str]) -> ScoredStudy:
     folder = study_folder(s)
     files = [p for p in (s.study.ap, s.study.lateral) if p] if s.study.paired \
         else list(s.study.candidates)
     for path in files:
         src = Path(path)
         st = src.stat()
-        move = Move(src, file_sha256(src), folder / sanitise(src.name), "sorted")
+        move = Move(src, sha(path), folder / sanitise(src.name), "sorted")
         apply_move(move, out, "copy", (st.st_size, st.st_mtime_ns))
     return dataclasses.replace(s, dest=str(folder))
 
@@ -308,7 +306,7 @@ def _add_heatmaps(studies: list[ScoredStudy], root: Path | None,
 
 
 def _record(result: HipResult, registry_path: Path, in_root: Path, out: Path | None,
-            model: LoadedModel, options: HipOptions) -> None:
+            model: LoadedModel, options: HipOptions, sha: Callable[[str], str]) -> None:
     with Registry(registry_path) as reg:
         run_id = reg.start_run(
             xreg_version=__version__, input_root=str(in_root.absolute()),
@@ -325,8 +323,8 @@ def _record(result: HipResult, registry_path: Path, in_root: Path, out: Path | N
             reg.add_hip_study(run_id, {
                 "study": st.study, "side": st.side, "status": status,
                 "reason": s.error or st.reason,
-                "ap_sha256": file_sha256(Path(st.ap)) if st.ap else None,
-                "lateral_sha256": file_sha256(Path(st.lateral)) if st.lateral else None,
+                "ap_sha256": sha(st.ap) if st.ap else None,
+                "lateral_sha256": sha(st.lateral) if st.lateral else None,
                 "ap_path": st.ap, "lateral_path": st.lateral,
                 "view_sources": json.dumps(s.view_sources, sort_keys=True),
                 "fracture_prob": s.fracture_prob, "decision": s.decision,
