@@ -318,9 +318,9 @@ def test_help_explains_every_option():
 
 def test_a_decoder_crash_is_an_unreadable_file_not_a_dead_run(inputs, tmp_path, tiny_weights,
                                                               monkeypatch):
-    import xreg.predict
+    import xreg.io.load
 
-    real = xreg.predict.load_image
+    real = xreg.io.load.load_image
 
     def flaky(data, target_size=None):
         image = real(data, target_size)
@@ -328,7 +328,7 @@ def test_a_decoder_crash_is_an_unreadable_file_not_a_dead_run(inputs, tmp_path, 
             raise ZeroDivisionError("a bug in some decoder")
         return image
 
-    monkeypatch.setattr(xreg.predict, "load_image", flaky)
+    monkeypatch.setattr(xreg.io.load, "load_image", flaky)
     in_dir, _ = inputs
     out_dir = tmp_path / "out"
     code, output = sort(in_dir, out_dir, tiny_weights, "--json")

@@ -746,3 +746,13 @@ def test_native_fast_path_matches_pydicom(name):
     expected = grey_to_unit(raw, ds, 1)
     got = load_image(path).pixels
     np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_try_load_image_returns_the_reason_instead_of_raising(tmp_path: Path) -> None:
+    from xreg.io import try_load_image
+
+    assert try_load_image(tmp_path / "missing.png") == "file not found"
+    assert try_load_image(b"") == "empty file"
+    good = tmp_path / "ok.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(good)
+    assert not isinstance(try_load_image(good), str)

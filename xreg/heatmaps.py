@@ -19,7 +19,7 @@ import torch
 
 from xreg.checkpoint import LoadedModel
 from xreg.explain import Attribution, attribute, write_overlay
-from xreg.io import load_image
+from xreg.io import try_load_image
 from xreg.transforms import Preprocessor, join_views, resize_grey
 
 __all__ = ["HEATMAP_DIR", "Explained", "add_sort_heatmaps", "explain_files", "explain_pairs"]
@@ -39,10 +39,8 @@ class Explained:
 
 
 def _display(path: Path) -> np.ndarray | str:
-    try:
-        return load_image(path, target_size=DISPLAY).pixels
-    except Exception as exc:  # noqa: BLE001 - one odd file must not stop the others
-        return getattr(exc, "reason", None) or f"cannot decode ({type(exc).__name__})"
+    image = try_load_image(path, target_size=DISPLAY)
+    return image if isinstance(image, str) else image.pixels
 
 
 def explain_files(

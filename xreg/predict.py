@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from xreg.checkpoint import LoadedModel, ModelCard
-from xreg.errors import ConfigError, UnreadableImageError
-from xreg.io import ImageMeta, load_image
+from xreg.errors import ConfigError
+from xreg.io import ImageMeta, try_load_image
 from xreg.transforms import Preprocessor
 
 
@@ -98,16 +98,9 @@ def _decode(source: SourceFile, preprocess: Preprocessor, known: Container[str])
     if out.sha256 in known:
         out.status = "known"
         return out
-    try:
-        image = load_image(data, target_size=preprocess.size)
-    except UnreadableImageError as exc:
-        out.status, out.error = "unreadable", exc.reason
-        return out
-    except (MemoryError, RecursionError):
-        out.status, out.error = "unreadable", "image too large"
-        return out
-    except Exception as exc:  # noqa: BLE001 - one odd file must not stop a folder
-        out.status, out.error = "unreadable", f"decoder failed ({type(exc).__name__})"
+    image = try_load_image(data, target_size=preprocess.size)
+    if isinstance(image, str):
+        out.status, out.error = "unreadable", image
         return out
     out.meta = image.meta
     out.tensor = preprocess(image.pixels)

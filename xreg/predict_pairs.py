@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from xreg.checkpoint import LoadedModel
-from xreg.errors import ConfigError, UnreadableImageError
-from xreg.io import load_image
+from xreg.errors import ConfigError
+from xreg.io import try_load_image
 from xreg.predict import decide, inference_model
 from xreg.transforms import Preprocessor
 
@@ -39,14 +39,10 @@ def decode_pair(ap: Path, lateral: Path, preprocess: Preprocessor) -> torch.Tens
     """The joined ``(3, S, 2S)`` input, or the reason one film cannot be used."""
     images = []
     for role, path in (("AP", ap), ("lateral", lateral)):
-        try:
-            images.append(load_image(path, target_size=preprocess.size).pixels)
-        except UnreadableImageError as exc:
-            return f"{role} film: {exc.reason}"
-        except OSError as exc:
-            return f"{role} film: cannot read file ({exc.strerror})"
-        except Exception as exc:  # noqa: BLE001 - one odd file must not stop the run
-            return f"{role} film: decoder failed ({type(exc).__name__})"
+        image = try_load_image(path, target_size=preprocess.size)
+        if isinstance(image, str):
+            return f"{role} film: {image}"
+        images.append(image.pixels)
     return preprocess.pair(images[0], images[1])
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from xreg.io._records import MAX_PIXELS, ImageMeta, XrayImage
 from xreg.io.detect import IMAGE_SUFFIXES, find_images, sniff_format
-from xreg.io.load import load_image
+from xreg.io.load import load_image, try_load_image
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -19,4 +19,5 @@ __all__ = [
     "find_images",
     "load_image",
     "sniff_format",
+    "try_load_image",
 ]

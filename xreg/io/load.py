@@ -52,3 +52,25 @@ def load_image(
         raise UnreadableImageError("file not found") from None
     except PermissionError:
         raise UnreadableImageError("permission denied") from None
+
+
+def try_load_image(
+    source: str | os.PathLike[str] | bytes, target_size: int | None = None
+) -> XrayImage | str:
+    """:func:`load_image`, or the short reason it failed, for callers that go on.
+
+    A folder holds odd files: one that cannot be decoded (or read, or that
+    crashes its decoder) must cost that file, never the run.
+    """
+    try:
+        return load_image(source, target_size)
+    except UnreadableImageError as exc:
+        return exc.reason
+    except OSError as exc:
+        if exc.errno is not None:  # the disk said no; a decoder's OSError has no errno
+            return f"cannot read file ({exc.strerror})"
+        return f"decoder failed ({type(exc).__name__})"
+    except (MemoryError, RecursionError):
+        return "image too large"
+    except Exception as exc:  # noqa: BLE001 - see above
+        return f"decoder failed ({type(exc).__name__})"

@@ -20,8 +20,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from xreg.errors import UnreadableImageError
-from xreg.io import load_image
+from xreg.io import try_load_image
 from xreg.transforms import resize_grey
 
 __all__ = ["DecodedSet", "decode_images"]
@@ -48,15 +47,10 @@ def _fingerprint(paths: Sequence[Path], size: int) -> str:
 
 
 def _decode_one(path: Path, size: int) -> NDArray[np.float16] | str:
-    try:
-        image = load_image(path, target_size=size)
-        return resize_grey(image.pixels, size).numpy().astype(np.float16)
-    except UnreadableImageError as exc:
-        return exc.reason
-    except OSError as exc:
-        return f"cannot read file ({exc.strerror})"
-    except Exception as exc:  # noqa: BLE001 - one odd file must not stop training
-        return f"decoder failed ({type(exc).__name__})"
+    image = try_load_image(path, target_size=size)
+    if isinstance(image, str):
+        return image
+    return resize_grey(image.pixels, size).numpy().astype(np.float16)
 
 
 def decode_images(
