@@ -25,7 +25,7 @@ from pathlib import Path
 
 from _shipping import ci, ship_card
 
-from xreg.calibrate import calibrate_checkpoint
+from xreg.calibrate import calibrate_checkpoint, top_confidences
 from xreg.checkpoint import DEFAULT_WEIGHTS, LoadedModel, load_checkpoint
 from xreg.evaluate import evaluate
 from xreg.predict import SourceFile, predict_files
@@ -58,13 +58,6 @@ def halves(labels: Path) -> tuple[Path, Path]:
             writer.writerows(part)
         out.append(path)
     return out[0], out[1]
-
-
-def confidences(weights: Path, paths: list[Path]) -> list[float]:
-    loaded = load_checkpoint(weights)
-    sources = [SourceFile(p, p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
-    return [max(p.probabilities["body_part"].values())
-            for batch in predict_files(sources, loaded) for p in batch if p.status == "ok"]
 
 
 def model_card(loaded: LoadedModel, summary: dict) -> str:  # type: ignore[type-arg]
@@ -189,13 +182,14 @@ def main() -> int:
                                        final, keep=0.99)
     ev = evaluate(final, report, n_resamples=5000, seed=0)
     threshold = calibration.threshold
-    oos = confidences(final, sorted((work / "oos_report" / "out_of_scope").iterdir()))
-    inscope = confidences(final, [report.parent / row["path"]
-                                  for row in csv.DictReader(report.open())])
+    loaded = load_checkpoint(final)
+    oos = top_confidences(loaded, sorted((work / "oos_report" / "out_of_scope").iterdir()))
+    inscope = top_confidences(loaded, [report.parent / row["path"]
+                                       for row in csv.DictReader(report.open())])
     from pydicom.data import get_testdata_file
 
     real = [Path(p) for p in (get_testdata_file(n) for n in REAL_NON_MSK) if p]
-    real_conf = confidences(final, real)
+    real_conf = top_confidences(loaded, real)
     summary = {
         "min_confidence": threshold, "calibration": calibration.to_dict(),
         "report_out_of_scope_to_review": [sum(c < threshold for c in oos), len(oos)],
@@ -206,7 +200,6 @@ def main() -> int:
     }
     rg3 = get_testdata_file("RG3_J2KR.dcm")
     if rg3:  # the one real musculoskeletal radiograph at hand: a distal tibia CR
-        loaded = load_checkpoint(final)
         p = next(iter(predict_files([SourceFile(Path(rg3), 0, 0)], loaded)))[0]
         summary["real_msk_example"] = {"file": "pydicom RG3_J2KR.dcm (CR, distal tibia)",
                                        "labels": p.labels,

@@ -24,7 +24,7 @@ from xreg.errors import ConfigError
 from xreg.io import find_images
 from xreg.predict import SourceFile, predict_files, resolve_device
 
-__all__ = ["Calibration", "calibrate_checkpoint", "choose_min_confidence"]
+__all__ = ["Calibration", "calibrate_checkpoint", "choose_min_confidence", "top_confidences"]
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,9 @@ def choose_min_confidence(in_scope: ArrayLike, out_of_scope: ArrayLike,
     )
 
 
-def _confidences(loaded: LoadedModel, paths: Sequence[Path], device: str) -> list[float]:
+def top_confidences(loaded: LoadedModel, paths: Sequence[Path],
+                    device: str = "auto") -> list[float]:
+    """The top body-part probability of each decodable file, as ``xreg sort`` sees it."""
     sources = []
     for p in paths:
         st = p.stat()
@@ -101,8 +103,8 @@ def calibrate_checkpoint(
     bad_paths = find_images(out_of_scope)
     if not bad_paths:
         raise ConfigError(f"no images in {out_of_scope}")
-    good = _confidences(loaded, good_paths, device)
-    bad = _confidences(loaded, bad_paths, device)
+    good = top_confidences(loaded, good_paths, device)
+    bad = top_confidences(loaded, bad_paths, device)
     calibration = choose_min_confidence(good, bad, keep)
     card = loaded.card
     card = dataclasses.replace(
