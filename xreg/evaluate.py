@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from xreg.predict import SourceFile, predict_files, resolve_device
 __all__ = ["Evaluation", "Misclassified", "Skipped", "evaluate", "evaluate_images", "score"]
 
 BODY_PART, INSTRUMENT = "body_part", "instrument"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -179,8 +180,18 @@ def _display(path: Path, root: Path) -> str:
         return str(path)
 
 
+def select_split(items: Sequence[T], split: str | None, data: Path) -> list[T]:
+    """The rows of ``split`` (all rows for None); ``ConfigError`` when there are none."""
+    if split is None:
+        return list(items)
+    chosen = [item for item in items if getattr(item, "split", None) == split]
+    if not chosen:
+        raise ConfigError(f"{data} has no rows with split {split!r}")
+    return chosen
+
+
 def evaluate(
-    weights: Path,
+    weights: Path | LoadedModel,
     data: Path,
     *,
     split: str | None = None,
@@ -192,7 +203,7 @@ def evaluate(
     on_decoded: Callable[[], None] | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> Evaluation:
-    """Run the checkpoint at ``weights`` over the labelled images of ``data`` and score it.
+    """Run the checkpoint ``weights`` (a path, or already loaded) over ``data`` and score it.
 
     ``data`` is a manifest CSV or a sort-layout folder (see
     :func:`xreg.datasets.load_labels`); ``split`` keeps only the manifest rows
@@ -201,12 +212,8 @@ def evaluate(
     image could be decoded.
     """
     torch_device = resolve_device(device)
-    loaded = load_checkpoint(weights)
-    images = load_labels(data, loaded.card.head(BODY_PART).labels)
-    if split is not None:
-        images = [im for im in images if im.split == split]
-        if not images:
-            raise ConfigError(f"{data} has no rows with split {split!r}")
+    loaded = weights if isinstance(weights, LoadedModel) else load_checkpoint(weights)
+    images = select_split(load_labels(data, loaded.card.head(BODY_PART).labels), split, data)
     root = Path(data) if Path(data).is_dir() else Path(data).parent
     return evaluate_images(
         loaded, images, root=root, data=os.fspath(data), batch_size=batch_size,

@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 from xreg.checkpoint import LoadedModel, ModelCard, load_checkpoint
 from xreg.datasets import HipPair, load_pairs
 from xreg.errors import ConfigError
-from xreg.evaluate import Misclassified, Skipped
+from xreg.evaluate import Misclassified, Skipped, select_split
 from xreg.metrics import Estimate, binary_metrics
 from xreg.predict import resolve_device
 from xreg.predict_pairs import predict_pairs
@@ -116,7 +116,7 @@ def evaluate_pair_list(
 
 
 def evaluate_pairs(
-    weights: Path,
+    weights: Path | LoadedModel,
     data: Path,
     *,
     split: str | None = None,
@@ -128,14 +128,10 @@ def evaluate_pairs(
     on_decoded: Callable[[], None] | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> PairEvaluation:
-    """Run the hip checkpoint at ``weights`` over the pairs CSV ``data`` and score it."""
+    """Run the hip checkpoint ``weights`` (a path, or loaded) over the pairs CSV ``data``."""
     torch_device = resolve_device(device)
-    loaded = load_checkpoint(weights)
-    pairs = load_pairs(data, need_fracture=True)
-    if split is not None:
-        pairs = [p for p in pairs if p.split == split]
-        if not pairs:
-            raise ConfigError(f"{data} has no rows with split {split!r}")
+    loaded = weights if isinstance(weights, LoadedModel) else load_checkpoint(weights)
+    pairs = select_split(load_pairs(data, need_fracture=True), split, data)
     if on_start is not None:
         on_start(len(pairs))
     return evaluate_pair_list(loaded, pairs, data=os.fspath(data), batch_size=batch_size,

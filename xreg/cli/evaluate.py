@@ -65,13 +65,14 @@ def evaluate_cmd(
     from xreg.evaluate import evaluate
 
     with handle_errors():
-        if load_checkpoint(weights).card.views == 2:
-            _evaluate_hip(weights, data, split, report, as_json, batch_size, device.value,
+        loaded = load_checkpoint(weights)  # once: both paths below take it as it is
+        if loaded.card.views == 2:
+            _evaluate_hip(loaded, data, split, report, as_json, batch_size, device.value,
                           resamples, seed)
             return
     with handle_errors(), progress_reporter(as_json or not err.is_terminal,
                                             "evaluating") as reporter:
-        evaluation = evaluate(weights, data, split=split, batch_size=batch_size,
+        evaluation = evaluate(loaded, data, split=split, batch_size=batch_size,
                               device=device.value, n_resamples=resamples, seed=seed,
                               on_start=reporter.start, on_decoded=lambda: reporter.advance(None))
         written = []
@@ -121,7 +122,7 @@ def _print_tables(ev: Any) -> None:
         out.print(wrong)
 
 
-def _evaluate_hip(weights: Path, data: Path, split: str | None, report: Path | None,
+def _evaluate_hip(weights: Any, data: Path, split: str | None, report: Path | None,
                   as_json: bool, batch_size: int, device: str, resamples: int,
                   seed: int) -> None:
     from xreg.evaluate_pairs import evaluate_pairs, write_pair_report
