@@ -63,7 +63,11 @@ def test_config_overrides_win_and_none_is_ignored(tmp_path: Path) -> None:
     ("train:\n  instrument_threshold: best\n", "'instrument_threshold'"),
     ("train:\n  batch_size: 1\n", "'batch_size'"),
     ("train:\n  heads: [instrument, body_part]\n", "'heads'"),
-    ("train:\n  heads: [body_part, fracture]\n", "'heads'"),
+    ("train:\n  heads: [body_part, colour]\n", "'heads'"),
+        ("train:\n  body_parts: all\n", "'body_parts'"),
+        ("train:\n  datasets: [{name: a}]\n", "exactly one of path"),
+        ("train:\n  datasets: [{name: a, path: x.csv, weight: 0}]\n", "weight"),
+        ("train:\n  datasets: [{name: a, synth: {count: 5, colour: 1}}]\n", "colour"),
     ("- just a list\n", "mapping"),
 ])
 def test_bad_config_is_named(tmp_path: Path, text: str, match: str) -> None:

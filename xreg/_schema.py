@@ -97,6 +97,13 @@ _MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE images ADD COLUMN heatmap_path TEXT;       -- overlay under OUT/_heatmaps/
     ALTER TABLE hip_studies ADD COLUMN heatmap_path TEXT;
     """,
+    """
+    ALTER TABLE images ADD COLUMN scope TEXT;          -- nine | long_bone | other
+    ALTER TABLE images ADD COLUMN review_reason TEXT;  -- why a readable film went to _review
+    ALTER TABLE images ADD COLUMN fracture INTEGER;    -- single-film fracture head decision
+    ALTER TABLE images ADD COLUMN fracture_prob REAL;
+    ALTER TABLE images ADD COLUMN warning TEXT;        -- decoded despite a defect, e.g. truncated
+    """,
 )
 
 #: Columns of ``hip_studies`` a caller sets through :meth:`Registry.add_hip_study`.

@@ -1,8 +1,12 @@
-"""Labelled image sets for evaluation: a CSV manifest or a sorted folder.
+"""Labelled image sets for training and evaluation: a CSV manifest or a sorted folder.
 
 A manifest has columns ``path``, ``body_part``, ``instrument`` (``0``/``1``,
-empty when unknown) and optionally ``patient_id``, ``split`` and ``view``
-(``AP``/``LAT``, empty when unknown); relative
+empty when unknown) and optionally ``patient_id``, ``split``, ``view``
+(``AP``/``LAT``, empty when unknown), ``fracture`` (``0``/``1``/empty) and
+``dup_of`` (the first file of a near-duplicate cluster: kept on one side of a
+split). ``body_part`` may be a set, ``hand|wrist``: the truth is one of its
+members (a hesitant reviewer, or a coarse region); the first member is the
+primary label that single-label metrics use. Relative
 paths resolve against the manifest's folder (``xreg synth`` writes one). A
 folder in xreg's sort layout, ``<body_part>/<instrument|no_instrument>/...``,
 is labelled by where each file lies; ``_review`` and ``_unreadable`` are
@@ -21,7 +25,7 @@ from xreg.io import find_images
 from xreg.models import BODY_PARTS, INSTRUMENT_LABELS, VIEW_LABELS
 
 __all__ = ["PAIR_COLUMNS", "REQUIRED_COLUMNS", "HipPair", "LabelledImage", "load_labels",
-           "load_pairs"]
+           "load_pairs", "parse_body_parts"]
 
 REQUIRED_COLUMNS = ("path", "body_part", "instrument")
 PAIR_COLUMNS = ("study", "ap_path", "lateral_path")
@@ -31,7 +35,12 @@ _INSTRUMENT_VALUES = {"0": 0, "1": 1, "": None}
 
 @dataclass(frozen=True)
 class LabelledImage:
-    """One image and its ground truth; ``instrument`` is 1, 0 or None (unknown)."""
+    """One image and its ground truth; ``instrument``/``fracture`` are 1, 0 or None.
+
+    ``body_parts`` is the set the truth lies in, primary label first (just
+    ``(body_part,)`` for a sure label); ``source`` names the dataset of a
+    multi-source training run.
+    """
 
     path: Path
     body_part: str
@@ -39,6 +48,25 @@ class LabelledImage:
     patient_id: str | None
     split: str | None
     view: str | None = None  # AP, LAT or None (unknown)
+    fracture: int | None = None
+    body_parts: tuple[str, ...] = ()
+    dup_of: str | None = None
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.body_parts:
+            object.__setattr__(self, "body_parts", (self.body_part,))
+
+
+def parse_body_parts(value: str, known: Sequence[str]) -> tuple[str, ...]:
+    """``"hand|wrist"`` -> ``("hand", "wrist")``; ``ValueError`` names an unknown member."""
+    members = tuple(dict.fromkeys(v.strip() for v in value.split("|") if v.strip()))
+    if not members:
+        raise ValueError("empty")
+    unknown = [m for m in members if m not in known]
+    if unknown:
+        raise ValueError(f"unknown body part {unknown[0]!r}; known: {', '.join(known)}")
+    return members
 
 
 def load_labels(data: Path, body_parts: Sequence[str] = BODY_PARTS) -> list[LabelledImage]:
@@ -85,20 +113,25 @@ def _from_manifest(path: Path, body_parts: Sequence[str]) -> list[LabelledImage]
         rel = (row["path"] or "").strip()
         if not rel:
             raise bad("path", "empty")
-        body_part = (row["body_part"] or "").strip()
-        if body_part not in body_parts:
-            raise bad("body_part", f"unknown body part {body_part!r}; "
-                      f"known: {', '.join(body_parts)}")
+        try:
+            members = parse_body_parts(row["body_part"] or "", body_parts)
+        except ValueError as exc:
+            raise bad("body_part", str(exc)) from None
         raw = (row["instrument"] or "").strip()
         if raw not in _INSTRUMENT_VALUES:
             raise bad("instrument", f"{raw!r} is not 0, 1 or empty")
+        fracture = (row.get("fracture") or "").strip()
+        if fracture not in _INSTRUMENT_VALUES:
+            raise bad("fracture", f"{fracture!r} is not 0, 1 or empty")
         view = (row.get("view") or "").strip().upper() or None
         if view is not None and view not in VIEW_LABELS:
             raise bad("view", f"{view!r} is not {', '.join(VIEW_LABELS)} or empty")
         images.append(LabelledImage(
-            path=root / rel, body_part=body_part, instrument=_INSTRUMENT_VALUES[raw],
+            path=root / rel, body_part=members[0], instrument=_INSTRUMENT_VALUES[raw],
             patient_id=(row.get("patient_id") or "").strip() or None,
             split=(row.get("split") or "").strip() or None, view=view,
+            fracture=_INSTRUMENT_VALUES[fracture], body_parts=members,
+            dup_of=(row.get("dup_of") or "").strip() or None,
         ))
     return images
 

@@ -20,6 +20,9 @@ from xreg.errors import CheckpointError, ConfigError
 __all__ = [
     "ARCHS",
     "BODY_PARTS",
+    "EXTENDED_BODY_PARTS",
+    "LONG_BONES",
+    "OTHER",
     "BODY_PART_HEAD",
     "FRACTURE_HEAD",
     "INSTRUMENT_HEAD",
@@ -39,6 +42,12 @@ __all__ = [
 BODY_PARTS: tuple[str, ...] = (
     "ankle", "elbow", "foot", "hand", "hip", "knee", "shoulder", "spine", "wrist",
 )
+#: Long-bone exams (no single joint centred): their own folders, never one of the nine.
+LONG_BONES: tuple[str, ...] = ("forearm", "humerus", "lower_leg", "femur")
+#: Not a musculoskeletal film of any class above (chest, several regions, non-MSK).
+OTHER = "other"
+#: The body-part head of models that know what lies beyond the thesis's nine.
+EXTENDED_BODY_PARTS: tuple[str, ...] = (*BODY_PARTS, *LONG_BONES, OTHER)
 INSTRUMENT_LABELS: tuple[str, ...] = ("no_instrument", "instrument")
 VIEW_LABELS: tuple[str, ...] = ("AP", "LAT")  # frontal (AP/PA) or lateral projection
 
@@ -81,7 +90,8 @@ INSTRUMENT_HEAD = HeadSpec("instrument", INSTRUMENT_LABELS)
 STANDARD_HEADS: tuple[HeadSpec, ...] = (BODY_PART_HEAD, INSTRUMENT_HEAD)
 #: Optional third head: the projection, which pairs hip views when headers are silent.
 VIEW_HEAD = HeadSpec("view", VIEW_LABELS)
-#: The hip model's one head, on an AP and a lateral film joined side by side.
+#: The hip model's one head (an AP and a lateral film joined side by side), and
+#: the single-film fracture head of body-part models.
 FRACTURE_HEAD = HeadSpec("fracture", ("no_fracture", "fracture"))
 KNOWN_HEADS: dict[str, HeadSpec] = {
     h.name: h for h in (*STANDARD_HEADS, VIEW_HEAD, FRACTURE_HEAD)}

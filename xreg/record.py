@@ -12,15 +12,32 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from xreg.predict import Prediction
+from xreg.scope import Placement, decide_placement
 
 _EXTENSIONS = {"dicom": ".dcm", "png": ".png", "jpeg": ".jpg", "tiff": ".tif", "jp2": ".jp2"}
 
 
-def placement_status(pred: Prediction, min_confidence: float) -> str:
-    """``unreadable``, ``review`` (body part below ``min_confidence``) or ``sorted``."""
+def placement(pred: Prediction, min_confidence: float) -> Placement:
+    """Where a prediction goes; see :func:`xreg.scope.decide_placement`.
+
+    ``unreadable`` when nothing could be decoded; otherwise ``review`` (not
+    one of the known body parts, or below ``min_confidence``, with the
+    reason) or ``sorted``.
+    """
     if pred.status == "unreadable" or not pred.labels:
-        return "unreadable"
-    return "review" if pred.confidence("body_part") < min_confidence else "sorted"
+        return Placement("unreadable", "", pred.error)
+    label = pred.labels["body_part"]
+    return decide_placement(label, pred.confidence("body_part"), min_confidence)
+
+
+def placement_status(pred: Prediction, min_confidence: float) -> str:
+    """``unreadable``, ``review`` or ``sorted`` (:func:`placement`'s status)."""
+    return placement(pred, min_confidence).status
+
+
+def fracture_label(pred: Prediction) -> str:
+    """``fracture``/``no_fracture`` from the single-film head, ``""`` without one."""
+    return pred.labels.get("fracture", "")
 
 
 def layout_fields(pred: Prediction) -> dict[str, str]:
@@ -35,6 +52,7 @@ def layout_fields(pred: Prediction) -> dict[str, str]:
     return {
         "body_part": pred.labels.get("body_part", ""),
         "instrument": pred.labels.get("instrument", ""),
+        "fracture": fracture_label(pred),
         "view": dicom.get("ViewPosition", ""),
         "laterality": dicom.get("Laterality", ""),
         "study_date": date,
@@ -49,7 +67,8 @@ def layout_fields(pred: Prediction) -> dict[str, str]:
 
 
 def image_fields(
-    pred: Prediction, model_sha256: str, pseudonymise: Callable[[str | None], str | None]
+    pred: Prediction, model_sha256: str, pseudonymise: Callable[[str | None], str | None],
+    where: Placement | None = None,
 ) -> dict[str, Any]:
     """Columns of the registry's ``images`` row for one prediction."""
     meta = pred.meta
@@ -58,7 +77,14 @@ def image_fields(
         "format": meta.format if meta else None,
         "error": pred.error,
         "model_sha256": model_sha256 if pred.labels else None,
+        "warning": getattr(meta, "warning", None) if meta is not None else None,
     }
+    if where is not None and pred.labels:
+        fields.update(scope=where.scope,
+                      review_reason=where.reason if where.status == "review" else None)
+    if "fracture" in pred.labels:
+        fields.update(fracture=int(pred.labels["fracture"] == "fracture"),
+                      fracture_prob=pred.probabilities["fracture"].get("fracture"))
     if meta is not None:
         fields.update(rows=meta.original_shape[0], cols=meta.original_shape[1],
                       frames=meta.frames)

@@ -29,6 +29,7 @@ IMAGE_FIELDS: tuple[str, ...] = (
     "probabilities", "error", "rows", "cols", "frames", "study_uid", "series_uid",
     "sop_uid", "accession_key", "patient_key", "modality", "body_part_examined",
     "view_position", "laterality", "study_date", "model_sha256",
+    "scope", "review_reason", "fracture", "fracture_prob", "warning",
 )
 
 

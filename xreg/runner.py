@@ -26,7 +26,8 @@ from xreg.config import SortOptions
 from xreg.errors import ConfigError, LockedError, XregError
 from xreg.io import find_images
 from xreg.predict import Prediction, SourceFile, predict_files, resolve_device
-from xreg.record import image_fields, layout_fields, placement_status
+from xreg.record import image_fields, layout_fields, placement
+from xreg.scope import Placement
 from xreg.registry import ImageRecord, Pseudonymiser, Registry
 from xreg.sorting import (
     Move,
@@ -69,6 +70,11 @@ class FileOutcome:
     confidence: float | None = None
     instrument: str | None = None
     error: str | None = None
+    scope: str | None = None  # nine | long_bone | other
+    reason: str | None = None  # why a readable film went to _review
+    fracture: str | None = None
+    fracture_prob: float | None = None
+    warning: str | None = None  # decoded despite a defect (e.g. a truncated JPEG)
 
 
 @dataclass
@@ -263,21 +269,23 @@ class _Job:
     move: Move
     pred: Prediction
     placed: Future[PurePosixPath] | None  # None: a duplicate within the batch
+    where: Placement | None = None
 
 
 def _start_batch(
     batch: list[Prediction], ctx: _Context, placer: ThreadPoolExecutor, jobs: list[_Job]
 ) -> Iterator[FileOutcome]:
     """Plan a batch, journal it, and start its placements (appended to ``jobs``)."""
-    items, by_source = [], {}
+    items, by_source, where = [], {}, {}
     for p in batch:
         if p.status == "failed":
             yield FileOutcome(str(p.source.path), "failed", error=p.error)
         elif p.status == "known" or _done(ctx.registry, p.sha256):
             yield _record_duplicate(p, ctx)
         else:
-            status = placement_status(p, ctx.min_confidence)
-            items.append(PlanItem(p.source.path, p.sha256, status, layout_fields(p)))
+            where[p.source.path] = placement(p, ctx.min_confidence)
+            items.append(PlanItem(p.source.path, p.sha256, where[p.source.path].status,
+                                  layout_fields(p)))
             by_source[p.source.path] = p
     moves = plan_moves(items, layout=ctx.options.layout)
     if ctx.dry or ctx.registry is None:
@@ -286,12 +294,13 @@ def _start_batch(
             if move.duplicate_of is not None:
                 yield _record_duplicate(pred, ctx, str(move.dest))
             else:
-                yield _outcome(pred, move.status, str(move.dest))
+                yield _outcome(pred, move.status, str(move.dest), where[move.source])
         return
     ctx.registry.begin_images(ctx.run_id, [
         ImageRecord(m.sha256, by_source[m.source].source.size, m.status, str(m.dest),
                     ctx.options.mode, str(m.source), by_source[m.source].source.mtime_ns,
-                    image_fields(by_source[m.source], ctx.loaded.sha256, ctx.pseudonymise))
+                    image_fields(by_source[m.source], ctx.loaded.sha256, ctx.pseudonymise,
+                                 where[m.source]))
         for m in moves if m.duplicate_of is None
     ])
     for move in moves:
@@ -300,7 +309,7 @@ def _start_batch(
             src = by_source[move.source].source
             placed = placer.submit(apply_move, move, ctx.out_root, ctx.options.mode,
                                    (src.size, src.mtime_ns))
-        jobs.append(_Job(move, by_source[move.source], placed))
+        jobs.append(_Job(move, by_source[move.source], placed, where[move.source]))
 
 
 def _finish(jobs: list[_Job], ctx: _Context) -> Iterator[FileOutcome]:
@@ -313,7 +322,7 @@ def _finish(jobs: list[_Job], ctx: _Context) -> Iterator[FileOutcome]:
                 yield FileOutcome(str(job.move.source), "failed",
                                   error="identical file failed to place; retried next run")
         else:
-            yield _commit(job.move, job.pred, job.placed, ctx)
+            yield _commit(job.move, job.pred, job.placed, ctx, job.where)
 
 
 def _done(registry: Registry | None, sha256: str) -> bool:
@@ -321,17 +330,25 @@ def _done(registry: Registry | None, sha256: str) -> bool:
     return stored is not None and stored.state == "done"
 
 
-def _outcome(pred: Prediction, status: str, dest: str | None) -> FileOutcome:
+def _outcome(pred: Prediction, status: str, dest: str | None,
+             where: Placement | None = None) -> FileOutcome:
     body_part = pred.labels.get("body_part")
+    fracture = pred.probabilities.get("fracture", {}).get("fracture")
     return FileOutcome(
         str(pred.source.path), status, dest, body_part,
         round(pred.confidence("body_part"), 4) if body_part else None,
         pred.labels.get("instrument"), pred.error,
+        scope=where.scope or None if where is not None else None,
+        reason=where.reason if where is not None and status == "review" else None,
+        fracture=pred.labels.get("fracture"),
+        fracture_prob=None if fracture is None else round(fracture, 4),
+        warning=getattr(pred.meta, "warning", None) if pred.meta is not None else None,
     )
 
 
 def _commit(
-    move: Move, pred: Prediction, placed: Future[PurePosixPath], ctx: _Context
+    move: Move, pred: Prediction, placed: Future[PurePosixPath], ctx: _Context,
+    where: Placement | None = None,
 ) -> FileOutcome:
     assert ctx.registry is not None
     try:
@@ -342,7 +359,7 @@ def _commit(
     ctx.registry.complete_image(move.sha256, str(dest))
     if ctx.options.mode == "move" and remove_source(move.source, move.sha256):
         ctx.registry.mark_source_removed(str(move.source))
-    return _outcome(pred, move.status, str(dest))
+    return _outcome(pred, move.status, str(dest), where)
 
 
 def _record_duplicate(p: Prediction, ctx: _Context, dest: str | None = None) -> FileOutcome:

@@ -26,7 +26,7 @@ REVIEW_DIR = "_review"
 UNREADABLE_DIR = "_unreadable"
 MODES = ("copy", "move", "link", "hardlink")
 LAYOUT_FIELDS = (
-    "body_part", "instrument", "view", "laterality", "study_date", "year",
+    "body_part", "instrument", "fracture", "view", "laterality", "study_date", "year",
     "modality", "study_uid", "name", "stem", "ext", "sha8",
 )
 TEMP_PREFIX = ".xreg-tmp-"

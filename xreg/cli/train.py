@@ -38,8 +38,16 @@ split and view; `xreg synth` writes one) or a reviewed folder in sort layout,
 fracture, optional patient_id, split), e.g. the hip_pairs.csv of
 `xreg synth --hip-pairs`: AP and lateral joined side by side, as in the thesis.
 
-Without a split column the items are split 70/20/10 by patient (one patient
-never spans two splits); the test split is scored only once, at the end.
+Several sources at once: instead of --data, the config lists `datasets:`,
+each a manifest/folder (`path`, relative to the config) or phantoms rendered
+on the fly (`synth: {count, seed, out_of_scope, size}`), with a sampling
+`weight`. A head whose label a row lacks (no view, no fracture label) is
+masked for that row. body_part may be a set (`hand|wrist`): the loss is
+minus the log of the set's summed probability.
+
+Without a split column the items are split 70/20/10 by patient and
+near-duplicate cluster (`dup_of`), so neither spans two splits; the test
+split is scored only once, at the end.
 
 Next to --out, a run folder (NAME.run/) keeps split.csv, log.csv, log.json,
 a decode cache and the state that --resume continues from after an
@@ -54,7 +62,9 @@ Exit codes: 0 trained; 2 usage, config, data or weights error.
 @app.command("train", help=TRAIN_HELP)
 def train_cmd(
     config: Annotated[Path, typer.Argument(help="Training recipe (YAML).")],
-    data: Annotated[Path, typer.Option(help="Manifest CSV or sort-layout folder.")],
+    data: Annotated[Path | None, typer.Option(
+        help="Manifest CSV or sort-layout folder (pairs CSV for hip_fracture). Without "
+             "it, the config's datasets: list is used.")] = None,
     out_path: Annotated[Path, typer.Option(
         "--out", help="Checkpoint to write (default: weights/<config name>.pt).")] = Path(),
     run_dir: Annotated[Path | None, typer.Option(

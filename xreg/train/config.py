@@ -17,10 +17,61 @@ from xreg.config import read_section
 from xreg.errors import ConfigError
 from xreg.models import ARCHS, KNOWN_HEADS
 
-__all__ = ["PRETRAINED", "TrainConfig", "load_train_config"]
+__all__ = ["BODY_PART_SETS", "PRETRAINED", "DataSource", "TrainConfig", "load_train_config"]
 
 PRETRAINED = ("imagenet", "none")
 TASKS = ("body_part", "hip_fracture")
+#: ``nine``: the thesis's classes; ``extended``: also forearm, humerus, lower_leg,
+#: femur and ``other`` (see :data:`xreg.models.EXTENDED_BODY_PARTS`).
+BODY_PART_SETS = ("nine", "extended")
+_SYNTH_KEYS = {"count": int, "seed": int, "out_of_scope": int, "size": int,
+               "hip_pairs": int}
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """One dataset of a multi-source run: a manifest/folder, or phantoms made on the fly.
+
+    ``weight`` is the source's share of each epoch's draws (normalised over
+    the sources); ``synth`` holds ``xreg synth`` arguments (count, seed,
+    out_of_scope, size, hip_pairs) for phantoms rendered into the run folder.
+    """
+
+    name: str
+    path: str = ""
+    weight: float = 1.0
+    synth: Mapping[str, int] | None = None
+
+    def __post_init__(self) -> None:
+        def bad(why: str) -> ConfigError:
+            return ConfigError(f"train config key 'datasets', entry {self.name!r}: {why}")
+
+        if not isinstance(self.name, str) or not self.name or "/" in self.name:
+            raise ConfigError("train config key 'datasets': every entry needs a name "
+                              "without '/'")
+        if not _is_number(self.weight) or self.weight <= 0:
+            raise bad(f"weight must be a number > 0, got {self.weight!r}")
+        if bool(self.path) == (self.synth is not None):
+            raise bad("give exactly one of path (a manifest or folder) or synth")
+        if self.synth is not None:
+            if not isinstance(self.synth, Mapping):
+                raise bad("synth must be a mapping")
+            unknown = sorted(set(self.synth) - set(_SYNTH_KEYS))
+            if unknown:
+                raise bad(f"unknown synth key(s) {', '.join(unknown)} "
+                          f"(known: {', '.join(sorted(_SYNTH_KEYS))})")
+            for key, value in self.synth.items():
+                if not _is_int(value) or value < 0:
+                    raise bad(f"synth {key} must be an integer >= 0, got {value!r}")
+            object.__setattr__(self, "synth", dict(self.synth))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "weight": float(self.weight)}
+        if self.synth is not None:
+            out["synth"] = dict(self.synth)
+        else:
+            out["path"] = self.path
+        return out
 
 
 @dataclass(frozen=True)
@@ -32,7 +83,9 @@ class TrainConfig:
     arch: str = "mobilenet_v2"
     input_size: int = 224
     dropout: float = 0.2
-    heads: tuple[str, ...] = ("body_part", "instrument")  # body_part first; view optional
+    heads: tuple[str, ...] = ("body_part", "instrument")  # body_part first; view, fracture
+    body_parts: str = "nine"  # nine | extended (long bones and other as well)
+    datasets: tuple[DataSource, ...] = ()  # several sources; --data replaces them
     pretrained: str = "imagenet"  # imagenet | none
     allow_random_init: bool = False  # imagenet unavailable: random init instead of failing
     lr: float = 2e-5
@@ -43,11 +96,14 @@ class TrainConfig:
     patience: int = 10  # epochs without a better validation loss before stopping
     label_smoothing: float = 0.1  # body part head only
     weighted_sampling: bool = True  # balance the instrument classes in each epoch
+    balance_power: float = 1.0  # 1: classes drawn equally; 0.5: by sqrt of their counts
+    samples_per_epoch: int = 0  # 0: one draw per training item
     hflip: bool = True
     rot90: bool = True
     split: tuple[float, float, float] = (0.7, 0.2, 0.1)  # train, val, test
     seed: int = 0
     instrument_threshold: str | float = "youden"  # youden (on val) or a probability
+    fracture_threshold: str | float = "youden"  # the single-film fracture head's
     min_confidence: float = 0.5
     resamples: int = 5000  # bootstrap resamples for the test metrics' CIs
 
@@ -60,7 +116,7 @@ class TrainConfig:
         if self.arch not in ARCHS:
             raise bad("arch", f"unknown arch {self.arch!r}; choose one of {sorted(ARCHS)}")
         for key, low in (("input_size", 32), ("batch_size", 2), ("max_epochs", 1),
-                         ("patience", 1), ("resamples", 1)):
+                         ("patience", 1), ("resamples", 1), ("samples_per_epoch", 0)):
             value = getattr(self, key)
             if not _is_int(value) or value < low:
                 raise bad(key, f"must be an integer >= {low}, got {value!r}")
@@ -72,7 +128,8 @@ class TrainConfig:
             if not isinstance(getattr(self, key), bool):
                 raise bad(key, "must be true or false")
         for key, lo, hi in (("dropout", 0.0, 0.99), ("label_smoothing", 0.0, 0.99),
-                            ("gamma", 1e-6, 1.0), ("min_confidence", 0.0, 1.0)):
+                            ("gamma", 1e-6, 1.0), ("min_confidence", 0.0, 1.0),
+                            ("balance_power", 0.0, 1.0)):
             value = getattr(self, key)
             if not _is_number(value) or not lo <= value <= hi:
                 raise bad(key, f"must be a number in [{lo}, {hi}], got {value!r}")
@@ -85,10 +142,19 @@ class TrainConfig:
             if heads != ("fracture",):
                 raise bad("heads", "the hip_fracture task has one head: [fracture]")
         elif not heads or heads[0] != "body_part" or len(set(heads)) != len(heads) \
-                or not set(heads) <= set(KNOWN_HEADS) - {"fracture"}:
+                or not set(heads) <= set(KNOWN_HEADS):
             raise bad("heads", "must list body_part first, then any of instrument, view, "
-                      "each once")
+                      "fracture, each once")
         object.__setattr__(self, "heads", heads)
+        if self.body_parts not in BODY_PART_SETS:
+            raise bad("body_parts", f"must be one of {', '.join(BODY_PART_SETS)}, "
+                      f"not {self.body_parts!r}")
+        sources = _as_tuple(self.datasets, "datasets")
+        if not all(isinstance(d, DataSource) for d in sources):
+            raise bad("datasets", "entries must be mappings with name and path or synth")
+        if len({d.name for d in sources}) != len(sources):
+            raise bad("datasets", "dataset names must be unique")
+        object.__setattr__(self, "datasets", sources)
         milestones = _as_tuple(self.milestones, "milestones")
         if not all(_is_int(m) and m >= 1 for m in milestones) \
                 or list(milestones) != sorted(set(milestones)):
@@ -101,9 +167,10 @@ class TrainConfig:
             raise bad("split", "must be [train, val, test] fractions summing to 1, "
                       "train and val > 0")
         object.__setattr__(self, "split", tuple(float(f) for f in split))
-        t = self.instrument_threshold
-        if t != "youden" and not (_is_number(t) and 0 <= float(t) <= 1):
-            raise bad("instrument_threshold", f"must be 'youden' or a probability, got {t!r}")
+        for key in ("instrument_threshold", "fracture_threshold"):
+            t = getattr(self, key)
+            if t != "youden" and not (_is_number(t) and 0 <= float(t) <= 1):
+                raise bad(key, f"must be 'youden' or a probability, got {t!r}")
 
     @property
     def balance_head(self) -> str:
@@ -116,7 +183,13 @@ class TrainConfig:
         data["milestones"] = list(self.milestones)
         data["heads"] = list(self.heads)
         data["split"] = list(self.split)
+        data["datasets"] = [d.to_dict() for d in self.datasets]
         return data
+
+    def threshold_rule(self, head: str) -> str | float:
+        """How a binary head's threshold is chosen: ``youden`` or a fixed probability."""
+        return self.fracture_threshold if head == "fracture" and self.task == "body_part" \
+            else self.instrument_threshold
 
 
 def _is_int(value: Any) -> bool:
@@ -134,6 +207,30 @@ def _as_tuple(value: Any, key: str) -> tuple[Any, ...]:
     return tuple(value)
 
 
+def _data_sources(entries: Any, config_path: Path | None) -> tuple[DataSource, ...]:
+    """``datasets:`` entries; a relative ``path`` is relative to the config file."""
+    if not isinstance(entries, (list, tuple)):
+        raise ConfigError("train config key 'datasets': must be a list")
+    base = Path(config_path).parent if config_path is not None else Path()
+    sources = []
+    for i, entry in enumerate(entries):
+        if isinstance(entry, DataSource):
+            sources.append(entry)
+            continue
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"train config key 'datasets', entry {i + 1}: must be a mapping")
+        unknown = sorted(set(entry) - {"name", "path", "weight", "synth"})
+        if unknown:
+            raise ConfigError(f"train config key 'datasets', entry {i + 1}: unknown key(s) "
+                              f"{', '.join(unknown)} (known: name, path, weight, synth)")
+        path = entry.get("path") or ""
+        if path and not Path(path).is_absolute():
+            path = str(base / path)
+        sources.append(DataSource(name=entry.get("name", ""), path=str(path),
+                                  weight=entry.get("weight", 1.0), synth=entry.get("synth")))
+    return tuple(sources)
+
+
 def load_train_config(path: Path | None, overrides: Mapping[str, Any] | None = None
                       ) -> TrainConfig:
     """Read ``path`` (its ``train:`` section, or the whole file) over the defaults.
@@ -143,6 +240,8 @@ def load_train_config(path: Path | None, overrides: Mapping[str, Any] | None = N
     """
     values = read_section(path, "train")
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    if "datasets" in values:
+        values["datasets"] = _data_sources(values["datasets"], path)
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:

@@ -31,7 +31,8 @@ from xreg.models import MultiHeadNet
 from xreg.train.config import TrainConfig
 from xreg.transforms import augment_batch, join_views
 
-__all__ = ["Callbacks", "EpochLog", "FitResult", "Tensors", "fit", "predict_tensors"]
+__all__ = ["Callbacks", "EpochLog", "FitResult", "Tensors", "fit", "predict_tensors",
+           "set_label_loss"]
 
 STATE_FILE, BEST_FILE = "state.pt", "best.pt"
 IGNORE = -100  # instrument label unknown: left out of that head's loss
@@ -82,10 +83,14 @@ class Tensors:
     """One split in memory: grey pixels (N, S, S) and one label tensor per head.
 
     A label of ``IGNORE`` (-100) means unknown: left out of that head's loss.
+    A 2-D target (N, classes) is a set label: 1 marks each candidate class,
+    an all-zero row is unknown. ``weights`` (optional) are per-item draw
+    weights for the training sampler.
     """
 
     pixels: torch.Tensor
     targets: dict[str, torch.Tensor]
+    weights: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.pixels.shape[0])
@@ -136,7 +141,9 @@ def _inputs(x: torch.Tensor, mean: float, std: float, device: torch.device) -> t
 
 
 def _sample_order(train: Tensors, config: TrainConfig, gen: torch.Generator) -> torch.Tensor:
-    n = len(train)
+    n = config.samples_per_epoch or len(train)
+    if train.weights is not None:
+        return torch.multinomial(train.weights, n, replacement=True, generator=gen)
     if not config.weighted_sampling:
         return torch.randperm(n, generator=gen)
     if config.balance_head not in train.targets:
@@ -155,14 +162,47 @@ def _batches(order: torch.Tensor, size: int) -> list[torch.Tensor]:
     return chunks
 
 
+def set_label_loss(logits: torch.Tensor, members: torch.Tensor,
+                   smoothing: float = 0.0) -> torch.Tensor:
+    """Mean over labelled rows of ``-log(sum of the set's probabilities)``.
+
+    ``members`` is (B, C) with 1 for each candidate class; all-zero rows are
+    unknown and contribute nothing. A set of one is ordinary cross-entropy
+    and takes ``smoothing`` (the thesis's label smoothing); a larger set is
+    left unsmoothed, so its loss never pulls probability towards classes
+    outside it.
+    """
+    known = members.sum(1) > 0
+    if not bool(known.any()):
+        return logits.sum() * 0.0
+    logp = torch.log_softmax(logits[known].float(), dim=1)
+    m = members[known].to(logp.dtype)
+    in_set = torch.logsumexp(logp.masked_fill(m == 0, -math.inf), dim=1)
+    single = m.sum(1) == 1
+    eps = smoothing * single.to(logp.dtype)
+    return (-(1 - eps) * in_set - eps * logp.mean(1)).mean()
+
+
+def _in_set(pred: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(labelled rows, right among them) for a 1-D label or a 2-D set target."""
+    if y.ndim == 2:
+        known = y.sum(1) > 0
+        return known, y[known].gather(1, pred[known, None])[:, 0] > 0
+    known = y != IGNORE
+    return known, pred[known] == y[known]
+
+
 def _losses(logits: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor],
             smoothing: float) -> torch.Tensor:
     loss = torch.zeros((), device=next(iter(logits.values())).device)
     for name, y in targets.items():
-        if bool((y != IGNORE).any()):
-            # Label smoothing is the thesis's for the body part head only.
+        # Label smoothing is the thesis's for the body part head only.
+        eps = smoothing * (name == "body_part")
+        if y.ndim == 2:
+            loss = loss + set_label_loss(logits[name], y, eps)
+        elif bool((y != IGNORE).any()):
             loss = loss + F.cross_entropy(logits[name], y, ignore_index=IGNORE,
-                                          label_smoothing=smoothing * (name == "body_part"))
+                                          label_smoothing=eps)
     return loss
 
 
@@ -187,12 +227,18 @@ def _validate(model: MultiHeadNet, val: Tensors, mean: float, std: float,
     loss, accuracy = 0.0, {}
     for name, target in val.targets.items():
         y = target.numpy()
-        known = y != IGNORE
         accuracy[f"val_{name}"] = math.nan
+        if y.ndim == 2:  # a set label: the probability of the set
+            known = y.sum(1) > 0
+            p_set = (probs[name] * y).sum(1)
+            right = y[np.arange(len(y)), probs[name].argmax(1)] > 0
+        else:
+            known = y != IGNORE
+            p_set = probs[name][np.arange(len(y)), np.where(known, y, 0)]
+            right = probs[name].argmax(1) == y
         if known.any():
-            p = np.clip(probs[name][known, y[known]], 1e-12, 1.0)
-            loss += float(-np.log(p).mean())
-            accuracy[f"val_{name}"] = float((probs[name][known].argmax(1) == y[known]).mean())
+            loss += float(-np.log(np.clip(p_set[known], 1e-12, 1.0)).mean())
+            accuracy[f"val_{name}"] = float(right[known].mean())
     return loss, accuracy
 
 
@@ -231,7 +277,8 @@ def fit(
         result.best_epoch, result.best_val_loss = state["best_epoch"], state["best_val_loss"]
         bad_epochs, start_epoch = state["bad_epochs"], state["epoch"] + 1
         result.seconds = sum(e.seconds for e in result.log)
-    steps = len(_batches(torch.arange(len(train)), config.batch_size))
+    steps = len(_batches(torch.arange(config.samples_per_epoch or len(train)),
+                         config.batch_size))
     for epoch in range(start_epoch, config.max_epochs + 1):
         if bad_epochs >= config.patience:
             result.stopped_early = True
@@ -259,9 +306,9 @@ def fit(
             total += float(loss.detach()) * len(idx)
             seen += len(idx)
             for name, y in targets.items():
-                known = y != IGNORE
+                known, hit = _in_set(logits[name].argmax(1), y)
                 labelled[name] += int(known.sum())
-                right[name] += int((logits[name].argmax(1)[known] == y[known]).sum())
+                right[name] += int(hit.sum())
             if cb.step is not None:
                 first = next(iter(right))
                 cb.step(total / seen, right[first] / max(labelled[first], 1))

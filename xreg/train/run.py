@@ -96,8 +96,9 @@ def _init_backbone(model: Any, config: TrainConfig, cb: Callbacks) -> str:
 
 def _binary_threshold(config: TrainConfig, y: np.ndarray, p: np.ndarray, head: str,
                       cb: Callbacks) -> float:
-    if config.instrument_threshold != "youden":
-        return float(config.instrument_threshold)
+    rule = config.threshold_rule(head)
+    if rule != "youden":
+        return float(rule)
     known = y != IGNORE
     try:
         return youden_threshold(y[known], p[known])
@@ -109,7 +110,7 @@ def _binary_threshold(config: TrainConfig, y: np.ndarray, p: np.ndarray, head: s
 
 def train(
     config: TrainConfig,
-    data: Path,
+    data: Path | None,
     out: Path,
     *,
     run_dir: Path | None = None,
@@ -122,7 +123,7 @@ def train(
     """Train the config's task on ``data`` and write the checkpoint to ``out``.
 
     ``data`` is a manifest CSV or a sort-layout folder (task body_part), or a
-    pairs CSV (task hip_fracture). Raises ``ConfigError`` for bad data or an
+    pairs CSV (task hip_fracture); None trains on the config's ``datasets``. Raises ``ConfigError`` for bad data or an
     occupied output, ``CheckpointError`` when ImageNet weights are required
     but unavailable.
     """
@@ -131,7 +132,7 @@ def train(
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(out)
     _prepare_run_dir(run_dir, out, resume, overwrite)
     torch_device = resolve_device(device)
-    task = make_task(config, data)
+    task = make_task(config, data, run_dir)
     splits = task.splits(config)
     state: dict[str, Any] | None = None
     if resume:
@@ -164,18 +165,19 @@ def train(
 
     val_probs = predict_tensors(model, val_t, mean, std, torch_device)
     thresholds = {"min_confidence": config.min_confidence} if task.views == 1 else {}
-    binary = config.balance_head
-    if binary in val_probs:
-        thresholds[binary] = _binary_threshold(
-            config, val_t.targets[binary].numpy(), val_probs[binary][:, 1], binary, cb)
+    for binary in (config.balance_head, "fracture"):
+        if binary in val_probs and binary not in thresholds:
+            thresholds[binary] = _binary_threshold(
+                config, val_t.targets[binary].numpy(), val_probs[binary][:, 1], binary, cb)
     card = ModelCard(
         name=config.name or out.stem, arch=config.arch, heads=task.heads,
         input_size=config.input_size, mean=mean, std=std, thresholds=thresholds,
         views=task.views,
         training={
             "task": config.task,
-            "data": {"source": os.fspath(data), "labelled": len(task),
-                     "unreadable": len(dropped)},
+            "data": {"source": os.fspath(data) if data is not None else "datasets",
+                     "datasets": [d.to_dict() for d in config.datasets] if data is None
+                     else [], "labelled": len(task), "unreadable": len(dropped)},
             "split": {"fractions": list(config.split), "seed": config.seed,
                       "grouped_by": task.grouped_by(), "counts": task.counts(splits)},
             "recipe": config.to_dict(), "init": init,
@@ -185,7 +187,8 @@ def train(
             "best_val_loss": result.best_val_loss, "stopped_early": result.stopped_early,
             "device": torch_device.type, "seconds": round(result.seconds, 1),
         },
-        notes=f"Trained with xreg train on {os.fspath(data)}.",
+        notes="Trained with xreg train on "
+              f"{os.fspath(data) if data is not None else 'the datasets of its recipe'}.",
     )
     model = model.cpu().to(memory_format=torch.contiguous_format)
     evaluation = None
@@ -223,7 +226,8 @@ def _load_pixels(task: Task, rows: dict[str, list[int]], config: TrainConfig, ru
         pixels = torch.from_numpy(decoded.pixels[[r for rs in index for r in rs]])
         if views > 1:
             pixels = pixels.reshape(len(members), views, *pixels.shape[1:])
-        return Tensors(pixels, task.targets(members))
+        weights = task.sample_weights(members, config) if split == "train" else None
+        return Tensors(pixels, task.targets(members), weights)
 
     train_t, val_t = tensors("train"), tensors("val")
     if len(train_t) < 2 or not len(val_t):

@@ -20,7 +20,8 @@ import numpy as np
 from xreg.datasets import LabelledImage
 from xreg.errors import ConfigError
 
-__all__ = ["SPLITS", "assign_splits", "given_or_planned", "plan_split", "write_split"]
+__all__ = ["SPLITS", "assign_splits", "given_or_planned", "plan_split", "split_groups",
+           "write_split"]
 
 SPLITS = ("train", "val", "test")
 
@@ -85,14 +86,59 @@ def given_or_planned(given: Sequence[str | None], plan: Callable[[], list[str]])
     return plan()
 
 
+def split_groups(images: Sequence[LabelledImage]) -> list[str]:
+    """One group name per image: images sharing a patient or a duplicate cluster share one.
+
+    ``dup_of`` names the first file of a near-duplicate cluster (by file name
+    or path); that file, every file naming it, and their patients' other
+    images form one group. Without a patient_id or cluster an image is its
+    own group.
+    """
+    parent = list(range(len(images)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def union(i: int, j: int) -> None:
+        a, b = find(i), find(j)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+
+    first: dict[str, int] = {}
+    by_name: dict[tuple[str, str], int] = {}
+    for i, im in enumerate(images):
+        by_name.setdefault((im.source, Path(im.path).name), i)
+        by_name.setdefault((im.source, str(im.path)), i)
+    for i, im in enumerate(images):
+        keys = []
+        if im.patient_id is not None:
+            keys.append(f"patient:{im.patient_id}")
+        if im.dup_of is not None:
+            keys.append(f"dup:{im.dup_of}")
+            # dup_of is source-prefixed by load_sources; the file it names is not.
+            target = im.dup_of.split(":", 1)[1] if im.source and \
+                im.dup_of.startswith(f"{im.source}:") else im.dup_of
+            for key in ((im.source, target), (im.source, Path(target).name)):
+                if key in by_name:
+                    union(i, by_name[key])
+        for key in keys:
+            if key in first:
+                union(i, first[key])
+            else:
+                first[key] = i
+    return [f"group:{find(i)}" for i in range(len(images))]
+
+
 def assign_splits(images: Sequence[LabelledImage], fractions: Sequence[float],
                   seed: int) -> list[str]:
     """Splits for ``images``: their own ``split`` labels if all have one, else planned.
 
-    Without a patient_id each image is its own group.
+    Groups come from :func:`split_groups` (patient and duplicate cluster).
     """
-    groups = [im.patient_id if im.patient_id is not None else f"path:{im.path}"
-              for im in images]
+    groups = split_groups(images)
     return given_or_planned([im.split for im in images], lambda: plan_split(
         groups, [im.body_part for im in images], fractions, seed))
 
@@ -101,11 +147,14 @@ def write_split(path: Path, images: Sequence[LabelledImage], splits: Sequence[st
     """Save the split as a manifest (absolute paths) next to the training run."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path", "body_part", "instrument", "patient_id", "split", "view"])
+    writer.writerow(["path", "body_part", "instrument", "patient_id", "split", "view",
+                     "fracture", "dup_of", "source"])
     for im, s in zip(images, splits):
-        writer.writerow([os.fspath(Path(im.path).resolve()), im.body_part,
+        writer.writerow([os.fspath(Path(im.path).resolve()), "|".join(im.body_parts),
                          "" if im.instrument is None else im.instrument,
-                         im.patient_id or "", s, im.view or ""])
+                         im.patient_id or "", s, im.view or "",
+                         "" if im.fracture is None else im.fracture, im.dup_of or "",
+                         im.source])
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(buf.getvalue(), encoding="utf-8")
     os.replace(tmp, path)

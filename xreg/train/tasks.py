@@ -20,9 +20,10 @@ import torch
 from xreg.checkpoint import LoadedModel
 from xreg.datasets import HipPair, LabelledImage, load_labels, load_pairs
 from xreg.errors import ConfigError
-from xreg.models import KNOWN_HEADS, HeadSpec
-from xreg.train.config import TrainConfig
+from xreg.models import BODY_PARTS, EXTENDED_BODY_PARTS, KNOWN_HEADS, HeadSpec
+from xreg.train.config import DataSource, TrainConfig
 from xreg.train.loop import IGNORE
+from xreg.train.sources import load_sources
 from xreg.train.split import SPLITS, assign_splits, given_or_planned, plan_split, write_split
 
 __all__ = ["ImageTask", "PairTask", "Task", "make_task"]
@@ -64,6 +65,11 @@ class Task:
         return {h.name: torch.tensor([self.label(i, h) for i in members], dtype=torch.long)
                 for h in self.heads}
 
+    def sample_weights(self, members: Sequence[int], config: TrainConfig
+                       ) -> torch.Tensor | None:
+        """Per-item draw weights for the training split; None: the classic sampler."""
+        return None
+
     def check_labels(self) -> None:
         for head in self.heads:
             if all(self.label(i, head) == IGNORE for i in range(len(self))):
@@ -72,13 +78,60 @@ class Task:
 
 
 class ImageTask(Task):
-    """Body part (+ instrument, + view) from one film: a manifest or a sorted folder."""
+    """Body part (+ instrument, view, fracture) from one film, from one or more sources.
 
-    def __init__(self, config: TrainConfig, data: Path) -> None:
-        self.data = Path(data)
-        self.heads = tuple(KNOWN_HEADS[name] for name in config.heads)
-        self.images: list[LabelledImage] = load_labels(data, self.heads[0].labels)
+    The body-part target is a set (a multi-hot row): a sure label is a set of
+    one, a hesitant or coarse one lists every candidate.
+    """
+
+    def __init__(self, config: TrainConfig, data: Path | None, run_dir: Path) -> None:
+        labels = EXTENDED_BODY_PARTS if config.body_parts == "extended" else BODY_PARTS
+        self.heads = tuple(HeadSpec("body_part", labels) if name == "body_part"
+                           else KNOWN_HEADS[name] for name in config.heads)
+        self.sources: tuple[DataSource, ...] = config.datasets
+        if data is not None:
+            self.data = Path(data)
+            self.sources = ()
+            self.images: list[LabelledImage] = load_labels(data, labels)
+        elif config.datasets:
+            self.data = run_dir / "split.csv"
+            self.images = sorted(load_sources(config.datasets, labels, run_dir),
+                                 key=lambda im: (im.source, str(im.path)))
+        else:
+            raise ConfigError("no training data: pass --data or list datasets in the config")
         self.check_labels()
+
+    def targets(self, members: Sequence[int]) -> dict[str, torch.Tensor]:
+        out = super().targets(members)
+        head = self.heads[0]
+        mask = torch.zeros((len(members), len(head.labels)), dtype=torch.float32)
+        for row, i in enumerate(members):
+            for label in self.images[i].body_parts:
+                mask[row, head.labels.index(label)] = 1.0
+        out["body_part"] = mask
+        return out
+
+    def sample_weights(self, members: Sequence[int], config: TrainConfig
+                       ) -> torch.Tensor | None:
+        """Each source gets its weight's share of draws; within a source the
+        instrument classes are balanced to the power ``balance_power``."""
+        if not self.sources:
+            return None
+        share = {s.name: s.weight for s in self.sources}
+        by_source: dict[str, list[int]] = {}
+        for row, i in enumerate(members):
+            by_source.setdefault(self.images[i].source, []).append(row)
+        weights = torch.zeros(len(members), dtype=torch.float64)
+        total = sum(share[name] for name in by_source)
+        for name, rows in by_source.items():
+            w = torch.ones(len(rows), dtype=torch.float64)
+            if config.weighted_sampling and "instrument" in config.heads:
+                classes = [self.images[members[r]].instrument for r in rows]
+                counts = Counter(classes)
+                w = torch.tensor([counts[c] ** -config.balance_power for c in classes],
+                                 dtype=torch.float64)
+            weights[rows] = w / w.sum() * share[name] / total
+        return weights
 
     def __len__(self) -> int:
         return len(self.images)
@@ -90,8 +143,9 @@ class ImageTask(Task):
         im = self.images[i]
         if head.name == "body_part":
             return head.labels.index(im.body_part)
-        if head.name == "instrument":
-            return IGNORE if im.instrument is None else im.instrument
+        if head.name in ("instrument", "fracture"):
+            value01 = getattr(im, head.name)
+            return IGNORE if value01 is None else int(value01)
         value = getattr(im, head.name, None)
         return IGNORE if value is None else head.labels.index(value)
 
@@ -99,7 +153,10 @@ class ImageTask(Task):
         return assign_splits(self.images, config.split, config.seed)
 
     def grouped_by(self) -> str:
-        return "patient_id" if any(im.patient_id for im in self.images) else "image"
+        keys = [k for k, present in (("patient_id", any(im.patient_id for im in self.images)),
+                                     ("dup_of", any(im.dup_of for im in self.images)))
+                if present]
+        return " + ".join(keys) or "image"
 
     def counts(self, splits: Sequence[str]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -108,6 +165,12 @@ class ImageTask(Task):
             out[name] = {
                 "images": len(members),
                 "body_part": dict(sorted(Counter(im.body_part for im in members).items())),
+                "body_part_sets": sum(len(im.body_parts) > 1 for im in members),
+                "fracture": dict(sorted(Counter(
+                    "unknown" if im.fracture is None else str(im.fracture)
+                    for im in members).items())),
+                "source": dict(sorted(Counter(im.source or "data"
+                                              for im in members).items())),
                 "instrument": dict(sorted(Counter(
                     "unknown" if im.instrument is None else str(im.instrument)
                     for im in members).items())),
@@ -123,11 +186,25 @@ class ImageTask(Task):
         from xreg.evaluate import evaluate_images
 
         root = self.data if self.data.is_dir() else self.data.parent
-        evaluation = evaluate_images(
-            loaded, [self.images[i] for i in test], root=root, data=os.fspath(self.data),
-            device=device, workers=workers, n_resamples=config.resamples, seed=config.seed)
-        result = evaluation.to_dict()
-        return evaluation, {k: result[k] for k in ("counts", "body_part", "instrument")}
+        keys = ("counts", "body_part", "instrument", "fracture", "sorting")
+        first: Any = None
+        metrics: dict[str, Any] = {}
+        names = [s.name for s in self.sources] or [""]
+        for name in names:
+            members = [self.images[i] for i in test if self.images[i].source == name]
+            if not members:
+                continue
+            evaluation = evaluate_images(
+                loaded, members, root=root, data=f"{os.fspath(self.data)}"
+                f"{f' (source {name})' if name else ''}", device=device, workers=workers,
+                n_resamples=config.resamples, seed=config.seed)
+            result = evaluation.to_dict()
+            scored = {k: result[k] for k in keys if k in result}
+            first = first or evaluation
+            if not name:
+                return evaluation, scored
+            metrics[name] = scored
+        return first, {"by_source": metrics}
 
 
 class PairTask(Task):
@@ -193,6 +270,14 @@ class PairTask(Task):
         return evaluation, {k: result[k] for k in ("counts", "fracture")}
 
 
-def make_task(config: TrainConfig, data: Path) -> Task:
-    """The task the config names, with its labelled data loaded and checked."""
-    return PairTask(config, data) if config.task == "hip_fracture" else ImageTask(config, data)
+def make_task(config: TrainConfig, data: Path | None, run_dir: Path) -> Task:
+    """The task the config names, with its labelled data loaded and checked.
+
+    ``data`` None: the config's ``datasets`` (phantoms are rendered into
+    ``run_dir`` on first use).
+    """
+    if config.task == "hip_fracture":
+        if data is None:
+            raise ConfigError("the hip_fracture task needs --data (a pairs CSV)")
+        return PairTask(config, data)
+    return ImageTask(config, data, run_dir)

@@ -1,0 +1,49 @@
+"""Which folder a body-part decision earns: the nine, a long-bone folder, or review.
+
+The thesis's nine class folders receive only the nine. A model that also
+knows long-bone exams (forearm, humerus, lower leg, femur) sends those to
+folders of their own, in the same layout, when it is confident; whatever it
+calls ``other`` (chest, several regions, not a musculoskeletal film) and
+anything below ``min_confidence`` goes to ``_review`` with the reason. A
+nine-class model decides as it always did.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xreg.models import BODY_PARTS, LONG_BONES, OTHER
+
+__all__ = ["SCOPES", "Placement", "body_part_scope", "decide_placement"]
+
+#: ``nine``: a thesis class; ``long_bone``: a long-bone exam; ``other``: neither.
+SCOPES = ("nine", "long_bone", "other")
+
+
+def body_part_scope(label: str) -> str:
+    """``nine``, ``long_bone`` or ``other`` for a body-part label."""
+    if label in BODY_PARTS:
+        return "nine"
+    if label in LONG_BONES:
+        return "long_bone"
+    return "other"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """``sorted`` or ``review``, the label's scope, and why a film is held back."""
+
+    status: str
+    scope: str
+    reason: str | None = None
+
+
+def decide_placement(label: str, confidence: float, min_confidence: float) -> Placement:
+    """Where a film with body part ``label`` at ``confidence`` goes (pure)."""
+    scope = body_part_scope(label)
+    if label == OTHER or scope == "other":
+        return Placement("review", scope, f"not one of the known body parts ({label})")
+    if confidence < min_confidence:
+        return Placement("review", scope, f"low confidence: {label} {confidence:.2f} "
+                         f"< {min_confidence:.2f}")
+    return Placement("sorted", scope)
