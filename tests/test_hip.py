@@ -80,11 +80,12 @@ def test_registry_v1_migrates_to_hip_studies_and_heatmaps(tmp_path: Path) -> Non
         assert row_id == 1
         assert reg.hip_studies()[0]["decision"] == "fracture"
         cols = {r[1] for r in reg._db.execute("PRAGMA table_info(images)")}
-        assert "heatmap_path" in cols
+        assert {"heatmap_path", "scope", "review_reason", "fracture", "fracture_prob",
+                "warning"} <= cols
         with pytest.raises(Exception, match="unknown hip_studies column"):
             reg.add_hip_study(None, {"study": "S2", "status": "paired", "name": "x"})
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] \
-        == SCHEMA_VERSION == 3
+        == SCHEMA_VERSION == 4
 
 
 @pytest.fixture(scope="module")
@@ -190,3 +191,48 @@ def test_sort_hip_pairs_from_the_sorts_own_predictions(
         assert Path(s["ap"]).is_relative_to(out) and Path(s["lateral"]).is_relative_to(out)
     with Registry(out / "registry.sqlite") as reg:
         assert len(reg.hip_studies()) == len(studies)
+
+
+def _hip_classifier(path: Path) -> Path:
+    """A classifier that calls every film a hip, with a fracture head at p = 0.881."""
+    from xreg.checkpoint import ModelCard, save_checkpoint
+    from xreg.models import FRACTURE_HEAD, STANDARD_HEADS, VIEW_HEAD, build_model
+
+    heads = (*STANDARD_HEADS, VIEW_HEAD, FRACTURE_HEAD)
+    torch.manual_seed(0)
+    model = build_model("mobilenet_v3_small", heads, input_size=64)
+    with torch.no_grad():
+        for name, bias in (("body_part", [0, 0, 0, 0, 10, 0, 0, 0, 0]),
+                           ("fracture", [0.0, 2.0]), ("view", [0.0, 0.0]),
+                           ("instrument", [0.0, 0.0])):
+            linear = model.heads[name][2]
+            linear.weight.zero_()
+            linear.bias.copy_(torch.tensor(bias, dtype=torch.float32))
+    card = ModelCard(name="all-hip", arch="mobilenet_v3_small", heads=heads, input_size=64,
+                     mean=0.5, std=0.25, thresholds={"fracture": 0.5, "min_confidence": 0.5})
+    save_checkpoint(path, model, card)
+    return path
+
+
+def test_an_ap_without_lateral_is_scored_single_view(hip_folder: Path, hip_weights: Path,
+                                                     tmp_path: Path) -> None:
+    classifier = _hip_classifier(tmp_path / "allhip.pt")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["hip", str(hip_folder), str(out), "--weights",
+                                      str(hip_weights), "--classifier", str(classifier),
+                                      "--min-age", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    studies = json.loads(result.stdout)["studies"]
+    lone = [s for s in studies if s["ap"] and Path(s["ap"]).name == "LONE1_AP.png"]
+    assert len(lone) == 1 and lone[0]["status"] == "single_view"
+    assert lone[0]["decision"] == "fracture"
+    assert lone[0]["fracture_prob"] == pytest.approx(float(torch.sigmoid(torch.tensor(2.0))),
+                                                     abs=1e-4)
+    assert not any(s["status"] == "missing_lateral" for s in studies)
+    assert sum(s["status"] == "paired" for s in studies) >= 6
+    with Registry(out / "registry.sqlite") as reg:
+        rows = {r["status"]: r for r in reg.hip_studies()}
+    one = rows["single_view"]
+    assert one["model_sha256"] == load_checkpoint(classifier).sha256
+    assert one["threshold"] == 0.5 and one["dest"].startswith("hip/fracture/")
+    assert rows["paired"]["model_sha256"] == load_checkpoint(hip_weights).sha256

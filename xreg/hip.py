@@ -80,6 +80,9 @@ class ScoredStudy:
     joined: str | None = None
     view_sources: dict[str, str] = field(default_factory=dict)
     heatmap: str | None = None  # relative to the heatmap root
+    # A single_view study is scored by the classifier's fracture head, not the pair model.
+    threshold: float | None = None
+    model_sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         s = self.study
@@ -175,8 +178,9 @@ def run_hip(in_root: Path, options: HipOptions,
         explicit = {p.study: (str(p.ap.absolute()), str(p.lateral.absolute()))
                     for p in load_pairs(options.pairs)}
     listed = {path for pair in explicit.values() for path in pair}
+    single: dict[str, _SingleView] = {}
     if options.from_registry and registry_path is not None and options.heatmap_root:
-        images = _registry_images(registry_path, options.heatmap_root, pattern)
+        images = _registry_images(registry_path, options.heatmap_root, pattern, single)
     else:
         classifier = load_checkpoint(options.classifier or default_weights())
         files, _young = scan_inputs(in_root, exclude, options.min_age)
@@ -185,8 +189,15 @@ def run_hip(in_root: Path, options: HipOptions,
         images = []
         for batch in predict_files(to_classify, classifier, batch_size=options.batch_size,
                                    workers=options.workers, device=device):
-            found = (_describe(p, pattern, pseudonymise) for p in batch if p.status == "ok")
-            images.extend(im for im in found if im is not None)
+            for p in batch:
+                im = _describe(p, pattern, pseudonymise) if p.status == "ok" else None
+                if im is None:
+                    continue
+                images.append(im)
+                if "fracture" in p.labels:
+                    single[im.path] = _SingleView(
+                        p.probabilities["fracture"]["fracture"], p.labels["fracture"],
+                        classifier.card.thresholds.get("fracture"), classifier.sha256)
     sources = {im.path: im.view_source for im in images}
     studies = pair_views(images, explicit)
     paired = [s for s in studies if s.paired]
@@ -206,6 +217,14 @@ def run_hip(in_root: Path, options: HipOptions,
         elif pred is not None:
             error = pred.error
         views = {path: sources.get(path, "csv") for path in s.candidates}
+        one = single.get(s.ap or "") if s.status == "missing_lateral" else None
+        if one is not None:
+            # An AP without a lateral: the film's own fracture head instead of no score.
+            s = dataclasses.replace(s, status="single_view", reason=(
+                "no lateral film: AP scored by the classifier's single-film fracture head"))
+            scored.append(ScoredStudy(s, one.prob, one.decision, view_sources=views,
+                                      threshold=one.threshold, model_sha256=one.model))
+            continue
         scored.append(ScoredStudy(s, prob, decision, error, view_sources=views))
     if options.joined is not None:
         scored = [_write_joined(s, options.joined, hip_model) for s in scored]
@@ -225,7 +244,18 @@ def run_hip(in_root: Path, options: HipOptions,
     return result
 
 
-def _registry_images(registry_path: Path, out_root: Path, pattern: Any) -> list[HipImage]:
+@dataclass(frozen=True)
+class _SingleView:
+    """A hip film's own fracture score from the body-part model's fracture head."""
+
+    prob: float
+    decision: str
+    threshold: float | None
+    model: str | None
+
+
+def _registry_images(registry_path: Path, out_root: Path, pattern: Any,
+                     single: dict[str, _SingleView]) -> list[HipImage]:
     """Hip films a sort already classified and placed: no second pass of the model.
 
     Same rules as :func:`_describe`, from the registry's columns; the film
@@ -246,6 +276,10 @@ def _registry_images(registry_path: Path, out_root: Path, pattern: Any) -> list[
         # One content filed under two names that say the same thing is one film.
         if image is not None and image not in images:
             images.append(image)
+            if row.get("fracture_prob") is not None:
+                single[image.path] = _SingleView(
+                    row["fracture_prob"], "fracture" if row["fracture"] else "no_fracture",
+                    None, row["model_sha256"])
     return images
 
 
@@ -296,7 +330,7 @@ def _add_heatmaps(studies: list[ScoredStudy], root: Path | None,
     from xreg.heatmaps import HEATMAP_DIR, explain_pairs
 
     assert root is not None  # run_hip checked this before any work
-    scored = [s for s in studies if s.decision is not None]
+    scored = [s for s in studies if s.decision is not None and s.study.paired]
     rel = {id(s): PurePosixPath(HEATMAP_DIR, "hip", study_folder(s).name + ".png")
            for s in scored}
     explained = explain_pairs([(Path(s.study.ap or ""), Path(s.study.lateral or ""))
@@ -328,8 +362,9 @@ def _record(result: HipResult, registry_path: Path, in_root: Path, out: Path | N
                 "ap_path": st.ap, "lateral_path": st.lateral,
                 "view_sources": json.dumps(s.view_sources, sort_keys=True),
                 "fracture_prob": s.fracture_prob, "decision": s.decision,
-                "threshold": result.threshold if s.decision else None,
-                "model_sha256": model.sha256, "dest": s.dest, "joined_path": s.joined,
+                "threshold": (s.threshold if s.model_sha256 else result.threshold)
+                if s.decision else None,
+                "model_sha256": s.model_sha256 or model.sha256, "dest": s.dest, "joined_path": s.joined,
                 "heatmap_path": s.heatmap,
             })
         reg.finish_run(run_id, counts)

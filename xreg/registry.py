@@ -293,7 +293,8 @@ class Registry:
         study and view, and the same content may have been filed under two names)."""
         return [dict(r) for r in self._db.execute(
             "SELECT i.sha256, i.dest_path, i.body_part, i.body_part_examined, i.probabilities, "
-            "i.study_uid, i.accession_key, i.view_position, i.laterality, s.path AS source "
+            "i.study_uid, i.accession_key, i.view_position, i.laterality, s.path AS source, "
+            "i.fracture, i.fracture_prob, i.model_sha256 "
             "FROM images i JOIN sources s ON s.sha256 = i.sha256 "
             "WHERE i.state = 'done' AND i.status IN ('sorted', 'review') "
             "ORDER BY s.path")]
