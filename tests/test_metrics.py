@@ -22,6 +22,7 @@ from xreg.metrics import (
     bootstrap,
     multiclass_metrics,
     roc_auc,
+    share_metrics,
     youden_threshold,
 )
 
@@ -272,8 +273,35 @@ def test_multiclass_single_class_kappa_nan_not_exception() -> None:
     (lambda: multiclass_metrics([0, 3], [[0.5, 0.5], [0.5, 0.5]], ["a", "b"]), "class indices"),
     (lambda: multiclass_metrics([0, 1], [[0.5, 0.5], [0.5, 0.5]], ["a", "b", "c"]), "labels"),
     (lambda: multiclass_metrics([0, 1], [0.5, 0.5], ["a", "b"]), "shape"),
+    (lambda: share_metrics({"a": ([1, 0], [1, 1]), "b": ([1], [1])}), "differ in length"),
+    (lambda: share_metrics({}), "zero samples"),
 ])
 def test_bad_inputs_raise_typed_error(call: object, match: str) -> None:
     with pytest.raises(MetricsInputError, match=match) as info:
         call()  # type: ignore[operator]
     assert isinstance(info.value, XregError)
+
+
+# ------------------------------------------------------------------------- shares
+
+
+def test_share_metrics_by_hand() -> None:
+    hit = [1, 0, 1, 1, 0, 0]
+    among = [1, 1, 1, 0, 0, 1]  # hits inside: samples 0 and 2 of 4; sample 3 does not count
+    m = share_metrics({"s": (hit, among), "all": (hit, [1] * 6), "none": (hit, [0] * 6)},
+                      n_resamples=300)
+    assert m["s"].value == 0.5 and m["all"].value == 0.5
+    assert 0 <= m["s"].low <= 0.5 <= m["s"].high <= 1
+    assert math.isnan(m["none"].value) and math.isnan(m["none"].low)
+
+
+def test_share_metrics_resample_like_bootstrap() -> None:
+    rng = np.random.default_rng(5)
+    hit, among = rng.random(40) < 0.6, rng.random(40) < 0.5
+
+    def share(h: np.ndarray, a: np.ndarray) -> float:
+        return float((h & a).sum() / a.sum()) if a.any() else float("nan")
+
+    m = share_metrics({"s": (hit, among)}, n_resamples=500, seed=3)["s"]
+    ref = bootstrap(share, hit, among, n_resamples=500, seed=3)
+    assert m.to_list() == pytest.approx(ref.to_list())

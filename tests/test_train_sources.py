@@ -13,7 +13,7 @@ import torch
 from xreg.checkpoint import load_checkpoint
 from xreg.datasets import LabelledImage, load_labels
 from xreg.errors import ConfigError
-from xreg.models import EXTENDED_BODY_PARTS, build_model, HeadSpec, INSTRUMENT_HEAD
+from xreg.models import EXTENDED_BODY_PARTS, INSTRUMENT_HEAD, HeadSpec, build_model
 from xreg.synth.generate import generate_dataset
 from xreg.train import TrainConfig, load_train_config, train
 from xreg.train.config import DataSource

@@ -2,9 +2,10 @@
 
 The model's probabilities are collected per head, then scored in one pure
 step (:func:`score`): body part as a multiclass head (log loss, MCC, kappa,
-accuracy, per-class AUC, confusion), instrument as a binary head at the
-card's threshold. Files that cannot be decoded are listed, never dropped
-silently.
+accuracy, per-class AUC, confusion), instrument and fracture as binary heads
+at the card's thresholds, and the folders ``xreg sort`` would choose (see
+:mod:`xreg.evaluate_sorting`). Files that cannot be decoded are listed, never
+dropped silently.
 """
 
 from __future__ import annotations
@@ -23,12 +24,19 @@ from numpy.typing import NDArray
 from xreg.checkpoint import LoadedModel, ModelCard, load_checkpoint
 from xreg.datasets import LabelledImage, load_labels
 from xreg.errors import ConfigError
+from xreg.evaluate_sorting import (
+    RISK_COVERAGE_THRESHOLDS,
+    CoverageRow,
+    SortingReport,
+    risk_coverage,
+    score_sorting,
+)
 from xreg.metrics import Estimate, MulticlassReport, binary_metrics, multiclass_metrics
 from xreg.predict import SourceFile, predict_files, resolve_device
 
 __all__ = ["Evaluation", "Misclassified", "Skipped", "evaluate", "evaluate_images", "score"]
 
-BODY_PART, INSTRUMENT = "body_part", "instrument"
+BODY_PART, INSTRUMENT, FRACTURE = "body_part", "instrument", "fracture"
 T = TypeVar("T")
 
 
@@ -57,7 +65,10 @@ class Evaluation:
     """The result of :func:`evaluate`; arrays are in the order of ``paths``.
 
     ``instrument`` is None when no evaluated image has an instrument label;
-    ``instrument_true``/``instrument_prob`` then are empty.
+    ``instrument_true``/``instrument_prob`` then are empty. Likewise
+    ``fracture``, which is also None for a card without a fracture head.
+    ``sorting`` is the outcome of ``xreg sort`` at ``sorting.min_confidence``
+    and ``risk_coverage`` the same at other thresholds.
     """
 
     checkpoint: str
@@ -75,6 +86,12 @@ class Evaluation:
     instrument: dict[str, Estimate] | None
     misclassified: list[Misclassified]
     skipped: list[Skipped] = field(default_factory=list)
+    fracture_threshold: float = 0.5
+    fracture_true: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    fracture_prob: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
+    fracture: dict[str, Estimate] | None = None
+    sorting: SortingReport | None = None
+    risk_coverage: list[CoverageRow] = field(default_factory=list)
 
     @property
     def note(self) -> str:
@@ -102,6 +119,14 @@ class Evaluation:
                 "threshold": self.instrument_threshold,
                 **{k: _est(v) for k, v in self.instrument.items()},
             },
+            "fracture": None if self.fracture is None else {
+                "threshold": self.fracture_threshold,
+                "labelled": int(self.fracture_true.size),
+                "positive": int(self.fracture_true.sum()),
+                **{k: _est(v) for k, v in self.fracture.items()},
+            },
+            "sorting": None if self.sorting is None else self.sorting.to_dict(),
+            "risk_coverage": [row.to_dict() for row in self.risk_coverage],
             "misclassified": [vars(m) for m in self.misclassified],
             "skipped": [vars(s) for s in self.skipped],
         }
@@ -115,6 +140,30 @@ def _est(e: Estimate) -> list[float | None]:
     return [_num(v) for v in e.to_list()]
 
 
+def _score_binary(
+    card: ModelCard, head: str, paths: Sequence[str], truth: Sequence[int | None],
+    prob: Sequence[float], n_resamples: int, seed: int,
+) -> tuple[float, NDArray[np.int64], NDArray[np.float64], dict[str, Estimate] | None,
+           list[Misclassified]]:
+    """A binary head at the card's threshold: labelled truths, their probabilities,
+    the metrics (None when nothing is labelled) and the wrong decisions."""
+    threshold = card.thresholds.get(head, 0.5)
+    known = [i for i, t in enumerate(truth) if t is not None]
+    yt = np.asarray([truth[i] for i in known], dtype=np.int64)
+    yp = np.asarray([prob[i] for i in known], dtype=np.float64)
+    if not known:
+        return threshold, yt, yp, None, []
+    names = card.head(head).labels
+    metrics = binary_metrics(yt, yp, threshold, n_resamples=n_resamples, seed=seed)
+    wrong = []
+    for i, t, p in zip(known, yt, yp):
+        pred = int(p >= threshold)
+        if pred != t:
+            wrong.append(Misclassified(paths[i], head, names[t], names[pred],
+                                       float(p if pred else 1 - p)))
+    return threshold, yt, yp, metrics, wrong
+
+
 def score(
     card: ModelCard,
     paths: Sequence[str],
@@ -123,6 +172,10 @@ def score(
     instrument_true: Sequence[int | None],
     instrument_prob: Sequence[float],
     *,
+    fracture_true: Sequence[int | None] = (),
+    fracture_prob: Sequence[float] = (),
+    body_part_sets: Sequence[Sequence[str]] | None = None,
+    min_confidence: float | None = None,
     data: str = "",
     sha256: str = "",
     skipped: Sequence[Skipped] = (),
@@ -133,7 +186,11 @@ def score(
 
     ``body_part_probs`` is (N, K) in the order of the card's body_part labels;
     ``instrument_true`` holds 0, 1 or None (unknown; left out of the
-    instrument metrics); ``instrument_prob`` is P(instrument).
+    instrument metrics); ``instrument_prob`` is P(instrument); ``fracture_*``
+    likewise (empty, or all None, when not evaluated). ``body_part_sets`` is
+    each image's set of acceptable labels (default: the primary one), used by
+    the lenient sort figures. The sort outcome uses ``min_confidence``, by
+    default the card's (0 when it has none), as ``xreg sort`` does.
     """
     labels = card.head(BODY_PART).labels
     y = np.asarray(body_part_true, dtype=np.int64)
@@ -143,25 +200,24 @@ def score(
     report = multiclass_metrics(y, probs, labels, n_resamples=n_resamples, seed=seed)
     wrong = [Misclassified(paths[i], BODY_PART, labels[y[i]], labels[int(probs[i].argmax())],
                            float(probs[i].max())) for i in report.misclassified]
-    threshold = card.thresholds.get(INSTRUMENT, 0.5)
-    known = [i for i, t in enumerate(instrument_true) if t is not None]
-    it = np.asarray([instrument_true[i] for i in known], dtype=np.int64)
-    ip = np.asarray([instrument_prob[i] for i in known], dtype=np.float64)
-    instrument = None
-    if known:
-        names = card.head(INSTRUMENT).labels
-        instrument = binary_metrics(it, ip, threshold, n_resamples=n_resamples, seed=seed)
-        for i, t, p in zip(known, it, ip):
-            pred = int(p >= threshold)
-            if pred != t:
-                wrong.append(Misclassified(paths[i], INSTRUMENT, names[t], names[pred],
-                                           float(p if pred else 1 - p)))
+    threshold, it, ip, instrument, inst_wrong = _score_binary(
+        card, INSTRUMENT, paths, instrument_true, instrument_prob, n_resamples, seed)
+    f_threshold, ft, fp, fracture, frac_wrong = _score_binary(
+        card, FRACTURE, paths, fracture_true, fracture_prob, n_resamples, seed)
+    card_min = card.thresholds.get("min_confidence", 0.0)
+    used = card_min if min_confidence is None else float(min_confidence)
+    sorting = score_sorting(labels, probs, y, min_confidence=used, truth_sets=body_part_sets,
+                            n_resamples=n_resamples, seed=seed)
+    rows = risk_coverage(labels, probs, y, (*RISK_COVERAGE_THRESHOLDS, card_min),
+                         operating=used)
     return Evaluation(
         checkpoint=card.name, sha256=sha256, card=card, data=data, paths=list(paths),
         body_part_labels=tuple(labels), body_part_true=y, body_part_probs=probs,
         body_part=report, instrument_threshold=threshold, instrument_true=it,
         instrument_prob=ip, instrument=instrument,
-        misclassified=sorted(wrong, key=lambda m: (m.path, m.head)), skipped=list(skipped),
+        misclassified=sorted(wrong + inst_wrong + frac_wrong, key=lambda m: (m.path, m.head)),
+        skipped=list(skipped), fracture_threshold=f_threshold, fracture_true=ft,
+        fracture_prob=fp, fracture=fracture, sorting=sorting, risk_coverage=rows,
     )
 
 
@@ -200,6 +256,7 @@ def evaluate(
     workers: int = 2,
     n_resamples: int = 5000,
     seed: int = 0,
+    min_confidence: float | None = None,
     on_decoded: Callable[[], None] | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> Evaluation:
@@ -207,7 +264,8 @@ def evaluate(
 
     ``data`` is a manifest CSV or a sort-layout folder (see
     :func:`xreg.datasets.load_labels`); ``split`` keeps only the manifest rows
-    of that split (e.g. ``test`` of a training run's ``split.csv``). Raises
+    of that split (e.g. ``test`` of a training run's ``split.csv``);
+    ``min_confidence`` overrides the card's for the sort outcome. Raises
     ``CheckpointError`` or ``ConfigError`` for bad inputs, including when no
     image could be decoded.
     """
@@ -218,7 +276,7 @@ def evaluate(
     return evaluate_images(
         loaded, images, root=root, data=os.fspath(data), batch_size=batch_size,
         device=torch_device, workers=workers, n_resamples=n_resamples, seed=seed,
-        on_decoded=on_decoded, on_start=on_start,
+        min_confidence=min_confidence, on_decoded=on_decoded, on_start=on_start,
     )
 
 
@@ -233,26 +291,35 @@ def evaluate_images(
     workers: int = 2,
     n_resamples: int = 5000,
     seed: int = 0,
+    min_confidence: float | None = None,
     on_decoded: Callable[[], None] | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> Evaluation:
     """Score an already loaded model on ``images`` through the inference path.
 
-    Paths in the result are shown relative to ``root`` where possible.
+    Paths in the result are shown relative to ``root`` where possible. An
+    image whose body part is not a label of the card's head raises
+    ``ConfigError`` before the model runs.
     """
     card = loaded.card
     labels = card.head(BODY_PART).labels
-    has_instrument = any(h.name == INSTRUMENT for h in card.heads)
-    if has_instrument and len(card.head(INSTRUMENT).labels) != 2:
-        raise ConfigError(f"model {card.name!r}: the instrument head is not binary")
+    heads = {h.name for h in card.heads}
+    for name in (INSTRUMENT, FRACTURE):
+        if name in heads and len(card.head(name).labels) != 2:
+            raise ConfigError(f"model {card.name!r}: the {name} head is not binary")
+    for im in images:
+        if im.body_part not in labels:
+            raise ConfigError(f"{im.path}: body part {im.body_part!r} is not a label of "
+                              f"model {card.name!r}; it knows: {', '.join(labels)}")
     by_path: dict[Path, LabelledImage] = {im.path: im for im in images}
     if on_start is not None:
         on_start(len(images))
     paths: list[str] = []
     y: list[int] = []
+    sets: list[tuple[str, ...]] = []
     probs: list[list[float]] = []
-    it: list[int | None] = []
-    ip: list[float] = []
+    binary: dict[str, tuple[list[int | None], list[float]]] = {
+        name: ([], []) for name in (INSTRUMENT, FRACTURE) if name in heads}
     skipped: list[Skipped] = []
     sources = [_source(im.path) for im in images]
     for batch in predict_files(sources, loaded, batch_size=batch_size, workers=workers,
@@ -265,13 +332,17 @@ def evaluate_images(
             truth = by_path[p.source.path]
             paths.append(shown)
             y.append(labels.index(truth.body_part))
+            sets.append(truth.body_parts)
             probs.append([p.probabilities[BODY_PART][label] for label in labels])
-            if has_instrument:
-                positive = card.head(INSTRUMENT).labels[1]
-                it.append(truth.instrument)
-                ip.append(p.probabilities[INSTRUMENT][positive])
+            for name, (known, prob) in binary.items():
+                known.append(truth.instrument if name == INSTRUMENT else truth.fracture)
+                prob.append(p.probabilities[name][card.head(name).labels[1]])
     if not paths:
         raise ConfigError(f"none of the {len(images)} labelled images in {data} "
                           "could be decoded")
-    return score(card, paths, y, np.asarray(probs), it, ip, data=data,
-                 sha256=loaded.sha256, skipped=skipped, n_resamples=n_resamples, seed=seed)
+    it, ip = binary.get(INSTRUMENT, ([], []))
+    ft, fp = binary.get(FRACTURE, ([], []))
+    return score(card, paths, y, np.asarray(probs), it, ip, fracture_true=ft,
+                 fracture_prob=fp, body_part_sets=sets, min_confidence=min_confidence,
+                 data=data, sha256=loaded.sha256, skipped=skipped,
+                 n_resamples=n_resamples, seed=seed)

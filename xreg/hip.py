@@ -364,7 +364,8 @@ def _record(result: HipResult, registry_path: Path, in_root: Path, out: Path | N
                 "fracture_prob": s.fracture_prob, "decision": s.decision,
                 "threshold": (s.threshold if s.model_sha256 else result.threshold)
                 if s.decision else None,
-                "model_sha256": s.model_sha256 or model.sha256, "dest": s.dest, "joined_path": s.joined,
+                "model_sha256": s.model_sha256 or model.sha256, "dest": s.dest,
+                "joined_path": s.joined,
                 "heatmap_path": s.heatmap,
             })
         reg.finish_run(run_id, counts)

@@ -10,7 +10,7 @@ scikit-learn.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -271,6 +271,36 @@ def youden_threshold(y_true: ArrayLike, prob: ArrayLike) -> float:
     return (float(thresholds[best]) + lower) / 2
 
 
+# ------------------------------------------------------------------------- shares
+
+
+def share_metrics(
+    shares: Mapping[str, tuple[ArrayLike, ArrayLike]], *, n_resamples: int = 5000, seed: int = 0
+) -> dict[str, Estimate]:
+    """Shares ``sum(hit & among) / sum(among)``, each with a 95% bootstrap CI.
+
+    Each value is a pair of boolean arrays over the same samples: the hits and
+    the denominator. All shares use the same resamples of the whole sample
+    (the rows :func:`bootstrap` draws for the seed), so shares of different
+    subsets keep their joint variation. An empty denominator gives nan.
+    """
+    masks = {k: (np.asarray(h, dtype=bool).ravel(), np.asarray(a, dtype=bool).ravel())
+             for k, (h, a) in shares.items()}
+    sizes = {m.size for pair in masks.values() for m in pair}
+    if len(sizes) > 1:
+        raise MetricsInputError(f"share masks differ in length: {sorted(sizes)}")
+    n = sizes.pop() if sizes else 0
+    _check_bootstrap_args(n, n_resamples, 0.05)
+    pairs = {k: ((h & a).astype(np.float64), a.astype(np.float64)) for k, (h, a) in masks.items()}
+    collected: dict[str, list[FloatArray]] = {k: [] for k in pairs}
+    for idx in _index_batches(n, n_resamples, seed):
+        for key, (h, a) in pairs.items():
+            collected[key].append(_ratio(h[idx].sum(axis=1), a[idx].sum(axis=1)))
+    return {key: Estimate(float(_ratio(h.sum(keepdims=True), a.sum(keepdims=True))[0]),
+                          *_interval(np.concatenate(collected[key]), 0.05))
+            for key, (h, a) in pairs.items()}
+
+
 # --------------------------------------------------------------------- multiclass
 
 
@@ -379,5 +409,6 @@ __all__ = [
     "bootstrap",
     "multiclass_metrics",
     "roc_auc",
+    "share_metrics",
     "youden_threshold",
 ]

@@ -1,4 +1,5 @@
-"""Write an evaluation as a Markdown report with a ROC curve and a confusion matrix.
+"""Write an evaluation as a Markdown report with ROC curves, a confusion matrix and
+the sort outcome (folders, review, risk-coverage).
 
 matplotlib is imported lazily (Agg backend, no display needed) so that the
 rest of xreg works without it.
@@ -14,20 +15,32 @@ import numpy as np
 
 from xreg.errors import ConfigError
 from xreg.evaluate import Evaluation
+from xreg.evaluate_sorting import CoverageRow, SortingReport
 from xreg.metrics import Estimate
 
-__all__ = ["BINARY_METRICS", "MULTICLASS_METRICS", "format_estimate", "make_report_dir",
-           "plot_roc",
-           "write_report"]
+__all__ = ["BINARY_METRICS", "MULTICLASS_METRICS", "SORTING_METRICS", "format_estimate",
+           "make_report_dir", "plot_risk_coverage", "plot_roc", "write_report"]
 
 REPORT_NAME = "report.md"
 ROC_NAME = "roc_instrument.png"
+FRACTURE_ROC_NAME = "roc_fracture.png"
+RISK_COVERAGE_NAME = "risk_coverage.png"
 CONFUSION_NAME = "confusion_body_part.png"
 MULTICLASS_METRICS = (("log_loss", "Log loss"), ("mcc", "MCC"),
                       ("cohen_kappa", "Cohen's kappa"), ("accuracy", "Accuracy"))
 BINARY_METRICS = (("auc", "AUC"), ("sensitivity", "Sensitivity"),
                   ("specificity", "Specificity"), ("youden", "Youden's J"), ("f1", "F1"),
                   ("accuracy", "Accuracy"), ("ppv", "PPV"), ("npv", "NPV"))
+#: SortingReport attributes and how tables name them.
+SORTING_METRICS = (
+    ("correct_folder", "Right folder (nine-class films)"),
+    ("accuracy_among_sorted", "Accuracy among sorted (nine-class films)"),
+    ("correct_folder_in_set", "Right folder, any label of the set"),
+    ("accuracy_among_sorted_in_set", "Accuracy among sorted, any label of the set"),
+    ("review_rate", "Sent to _review (all films)"),
+    ("outside_nine_into_nine", "Not of the nine, sorted into one of the nine"),
+    ("long_bone_correct_folder", "Right folder (long-bone films)"),
+)
 
 
 def _pyplot() -> Any:
@@ -87,6 +100,25 @@ def _markdown(ev: Evaluation, figures: dict[str, str]) -> str:
             lines += ["", f"![Instrument ROC curve]({ROC_NAME})"]
         else:
             lines += ["", "No ROC curve: the labels hold only one class."]
+    lines += ["", "## Fracture", ""]
+    if ev.fracture is None:
+        lines.append("Not evaluated: the model has no fracture head or no image has a "
+                     "fracture label.")
+    else:
+        lines += [f"{ev.fracture_true.size} labelled images "
+                  f"({int(ev.fracture_true.sum())} with fracture); "
+                  f"threshold {ev.fracture_threshold:g}.", "",
+                  "| Metric | Value (95% CI) |", "|---|---|"]
+        for key, name in BINARY_METRICS:
+            lines.append(f"| {name} | {format_estimate(ev.fracture[key])} |")
+        if FRACTURE_ROC_NAME in figures:
+            lines += ["", f"![Fracture ROC curve]({FRACTURE_ROC_NAME})"]
+        else:
+            lines += ["", "No ROC curve: the labels hold only one class."]
+    if ev.sorting is not None:
+        lines += _sorting_markdown(ev.sorting)
+    if ev.risk_coverage:
+        lines += _risk_coverage_markdown(ev.risk_coverage, figures)
     lines += ["", "## Misclassified files", ""]
     if ev.misclassified:
         lines += ["| File | Head | True | Predicted | Probability |", "|---|---|---|---|---|"]
@@ -100,6 +132,74 @@ def _markdown(ev: Evaluation, figures: dict[str, str]) -> str:
         lines += [f"| {_md_cell(s.path)} | {s.status} | {_md_cell(s.reason)} |"
                   for s in ev.skipped]
     return "\n".join(lines) + "\n"
+
+
+def _sorting_markdown(sr: SortingReport) -> list[str]:
+    c = sr.counts
+    lines = ["", "## Sort outcome", "",
+             f"What `xreg sort` would do at min_confidence {sr.min_confidence:g}: "
+             f"{c['nine']} films of the nine classes ({c['sorted_nine']} sorted), "
+             f"{c['outside_nine']} of none of them, {c['review']} of {c['images']} "
+             "sent to _review.", "", "| Figure | Value (95% CI) |", "|---|---|"]
+    for key, name in SORTING_METRICS:
+        value = getattr(sr, key)
+        if value is not None:
+            lines.append(f"| {name} | {format_estimate(value)} |")
+    lines += ["", "| Class | Films | Right folder (95% CI) |", "|---|---|---|"]
+    lines += [f"| {label} | {c['per_class'][label]} | {format_estimate(e)} |"
+              for label, e in sr.correct_folder_per_class.items()]
+    lines += ["", "Truth (rows) against the folder each film would land in (columns):", "",
+              "| Truth | " + " | ".join(sr.destinations) + " |",
+              "|---|" + "---|" * len(sr.destinations)]
+    for label, row in zip(sr.truth_labels, sr.confusion):
+        if row.sum():
+            lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
+    return lines
+
+
+def _risk_coverage_markdown(rows: list[CoverageRow], figures: dict[str, str]) -> list[str]:
+    lines = ["", "## Risk-coverage", "",
+             "Coverage: share of nine-class films sorted (not sent to _review). "
+             "The operating point is marked *.", "",
+             "| min_confidence | Coverage | Accuracy among sorted | "
+             "Not of the nine, into the nine |", "|---|---|---|---|"]
+    lines += [f"| {r.threshold:g}{' *' if r.operating else ''} | {_fmt(r.coverage)} | "
+              f"{_fmt(r.accuracy_among_sorted)} | {_fmt(r.outside_nine_into_nine)} |"
+              for r in rows]
+    if RISK_COVERAGE_NAME in figures:
+        lines += ["", f"![Risk-coverage]({RISK_COVERAGE_NAME})"]
+    return lines
+
+
+def plot_risk_coverage(rows: list[CoverageRow], path: Path) -> None:
+    """Accuracy among sorted films against coverage, one labelled point per threshold."""
+    plt = _pyplot()
+    shown = [r for r in rows if not (math.isnan(r.coverage) or
+                                     math.isnan(r.accuracy_among_sorted))]
+    fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=100)
+    try:
+        ax.plot([r.coverage for r in shown], [r.accuracy_among_sorted for r in shown],
+                marker="o", lw=1.5)
+        # Thresholds that sort alike share a point; one label names them all.
+        points: dict[tuple[float, float], list[str]] = {}
+        for r in shown:
+            points.setdefault((r.coverage, r.accuracy_among_sorted), []).append(
+                f"{r.threshold:g}")
+        for xy, names in points.items():
+            ax.annotate(", ".join(names), xy, textcoords="offset points", xytext=(4, 4),
+                        fontsize=7)
+        operating = [r for r in shown if r.operating]
+        if operating:
+            r = operating[0]
+            ax.plot([r.coverage], [r.accuracy_among_sorted], marker="*", ms=16,
+                    color="tab:red", ls="none", label=f"operating point ({r.threshold:g})")
+            ax.legend(loc="lower left")
+        ax.set(xlim=(0, 1.02), ylim=(0, 1.02), xlabel="Coverage (nine-class films sorted)",
+               ylabel="Accuracy among sorted", title="Risk-coverage (labels: min_confidence)")
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
 
 
 def plot_roc(y: np.ndarray, prob: np.ndarray, auc: float, title: str, path: Path) -> None:
@@ -156,7 +256,7 @@ def make_report_dir(out_dir: Path) -> Path:
 def write_report(evaluation: Evaluation, out_dir: Path) -> list[Path]:
     """Write ``report.md`` and its figures into ``out_dir``; return the written paths.
 
-    The ROC curve is drawn only when the instrument labels hold both classes.
+    A ROC curve is drawn only when the head's labels hold both classes.
     """
     out_dir = make_report_dir(out_dir)
     written: list[Path] = []
@@ -165,13 +265,21 @@ def write_report(evaluation: Evaluation, out_dir: Path) -> list[Path]:
     _plot_confusion(evaluation, confusion)
     written.append(confusion)
     figures[CONFUSION_NAME] = str(confusion)
-    y = evaluation.instrument_true
-    if evaluation.instrument is not None and 0 < int(y.sum()) < y.size:
-        roc = out_dir / ROC_NAME
-        auc = evaluation.instrument["auc"].value
-        plot_roc(y, evaluation.instrument_prob, auc, "Instrument ROC", roc)
-        written.append(roc)
-        figures[ROC_NAME] = str(roc)
+    for name, title, metrics, y, prob in (
+            (ROC_NAME, "Instrument ROC", evaluation.instrument, evaluation.instrument_true,
+             evaluation.instrument_prob),
+            (FRACTURE_ROC_NAME, "Fracture ROC", evaluation.fracture,
+             evaluation.fracture_true, evaluation.fracture_prob)):
+        if metrics is not None and 0 < int(y.sum()) < y.size:
+            roc = out_dir / name
+            plot_roc(y, prob, metrics["auc"].value, title, roc)
+            written.append(roc)
+            figures[name] = str(roc)
+    if evaluation.risk_coverage:
+        curve = out_dir / RISK_COVERAGE_NAME
+        plot_risk_coverage(evaluation.risk_coverage, curve)
+        written.append(curve)
+        figures[RISK_COVERAGE_NAME] = str(curve)
     report = out_dir / REPORT_NAME
     report.write_text(_markdown(evaluation, figures), encoding="utf-8")
     written.append(report)

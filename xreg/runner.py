@@ -27,8 +27,8 @@ from xreg.errors import ConfigError, LockedError, XregError
 from xreg.io import find_images
 from xreg.predict import Prediction, SourceFile, predict_files, resolve_device
 from xreg.record import image_fields, layout_fields, placement
-from xreg.scope import Placement
 from xreg.registry import ImageRecord, Pseudonymiser, Registry
+from xreg.scope import Placement
 from xreg.sorting import (
     Move,
     PlanItem,

@@ -27,18 +27,24 @@ For a two-view hip fracture checkpoint, DATA is a pairs CSV (study,
 ap_path, lateral_path, fracture; `xreg synth --hip-pairs` writes
 hip_pairs.csv) and the fracture metrics of thesis Table 5 are reported.
 
-DATA is a CSV manifest (columns path, body_part, instrument [0/1/empty],
-optional patient_id and split; relative paths resolve against the CSV's
+DATA is a CSV manifest (columns path, body_part [a label, or a set such as
+hand|wrist], instrument [0/1/empty], optional fracture [0/1/empty],
+patient_id and split; relative paths resolve against the CSV's
 folder, as in `xreg synth`'s labels.csv; --split test scores only the test
 rows, e.g. of the split.csv an `xreg train` run writes) or a folder in sort layout,
 <body_part>/<instrument|no_instrument>/... (_review and _unreadable skipped).
 
 Body part: log loss, MCC, Cohen's kappa, accuracy, per-class AUC and the
-confusion matrix. Instrument, at the card's threshold: AUC, sensitivity,
-specificity, Youden's J, F1, accuracy, PPV, NPV. Every interval is a 95%
-bootstrap CI. --json prints: checkpoint {name, sha256, note}, data, counts,
-body_part, instrument (null when unlabelled), misclassified, skipped;
-metrics are [value, low, high], null where undefined.
+confusion matrix. Instrument, and fracture for a card with a fracture head,
+at the card's thresholds: AUC, sensitivity, specificity, Youden's J, F1,
+accuracy, PPV, NPV. Sort outcome at --min-confidence (default: the card's),
+by the rule `xreg sort` applies: right folder, accuracy among sorted (also
+counting any label of a body_part set as right), review rate, films of none of
+the nine sorted into one of them, and a risk-coverage table over thresholds.
+Every interval is a 95% bootstrap CI. --json prints: checkpoint {name, sha256,
+note}, data, counts, body_part, instrument and fracture (null when not
+evaluated), sorting, risk_coverage, misclassified, skipped; metrics are
+[value, low, high], null where undefined.
 
 Exit codes: 0 done; 1 some labelled files could not be read (listed);
 2 usage, data or weights error.
@@ -53,7 +59,11 @@ def evaluate_cmd(
         help="Only the manifest rows of this split, e.g. test of a training "
              "run's split.csv.")] = None,
     report: Annotated[Path | None, typer.Option(
-        help="Also write report.md with a ROC curve and a confusion matrix here.")] = None,
+        help="Also write report.md with ROC curves, a confusion matrix and a "
+             "risk-coverage plot here.")] = None,
+    min_confidence: Annotated[float | None, typer.Option(
+        help="Score the sort outcome at this body-part confidence instead of the card's.",
+        min=0.0, max=1.0)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
     batch_size: Annotated[int, typer.Option(help="Images per model batch.", min=1)] = 16,
     device: Annotated[Device, typer.Option(
@@ -74,7 +84,8 @@ def evaluate_cmd(
                                             "evaluating") as reporter:
         evaluation = evaluate(loaded, data, split=split, batch_size=batch_size,
                               device=device.value, n_resamples=resamples, seed=seed,
-                              on_start=reporter.start, on_decoded=lambda: reporter.advance(None))
+                              min_confidence=min_confidence, on_start=reporter.start,
+                              on_decoded=lambda: reporter.advance(None))
         written = []
         if report is not None:
             from xreg.report import write_report
@@ -92,8 +103,53 @@ def evaluate_cmd(
     raise typer.Exit(EXIT_ATTENTION if evaluation.skipped else EXIT_OK)
 
 
+def _binary_table(title: str, metrics: Any) -> Table:
+    from xreg.report import BINARY_METRICS, format_estimate
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value (95% CI)", justify="right")
+    for key, name in BINARY_METRICS:
+        table.add_row(name, format_estimate(metrics[key]))
+    return table
+
+
+def _sorting_tables(ev: Any) -> list[Table]:
+    from xreg.report import SORTING_METRICS, format_estimate
+
+    sr = ev.sorting
+    tables = []
+    if sr is not None:
+        table = Table(title=f"Sort outcome (min_confidence {sr.min_confidence:g}, "
+                            f"{sr.counts['review']} of {sr.counts['images']} to _review)")
+        table.add_column("figure")
+        table.add_column("value (95% CI)", justify="right")
+        for key, name in SORTING_METRICS:
+            if getattr(sr, key) is not None:
+                table.add_row(name, format_estimate(getattr(sr, key)))
+        for label, e in sr.correct_folder_per_class.items():
+            table.add_row(f"right folder, {label} ({sr.counts['per_class'][label]})",
+                          format_estimate(e))
+        tables.append(table)
+    if ev.risk_coverage:
+        rc = Table(title="Risk-coverage (* operating point)")
+        for col in ("min_confidence", "coverage", "accuracy among sorted",
+                    "not of the nine, into the nine"):
+            rc.add_column(col, justify="right")
+        for r in ev.risk_coverage:
+            rc.add_row(f"{r.threshold:g}{' *' if r.operating else ''}",
+                       *(_fmt(v) for v in (r.coverage, r.accuracy_among_sorted,
+                                           r.outside_nine_into_nine)))
+        tables.append(rc)
+    return tables
+
+
+def _fmt(value: float) -> str:
+    return "n/a" if value != value else f"{value:.3f}"
+
+
 def _print_tables(ev: Any) -> None:
-    from xreg.report import BINARY_METRICS, MULTICLASS_METRICS, format_estimate
+    from xreg.report import MULTICLASS_METRICS, format_estimate
 
     out.print(f"{ev.checkpoint}  sha256 {ev.sha256[:12]}  {ev.note}", highlight=False)
     body = Table(title=f"Body part ({len(ev.paths)} images)")
@@ -105,13 +161,13 @@ def _print_tables(ev: Any) -> None:
         body.add_row(f"AUC {label}", "n/a" if auc != auc else f"{auc:.3f}")
     out.print(body)
     if ev.instrument is not None:
-        inst = Table(title=f"Instrument ({ev.instrument_true.size} images, "
-                           f"threshold {ev.instrument_threshold:g})")
-        inst.add_column("metric")
-        inst.add_column("value (95% CI)", justify="right")
-        for key, name in BINARY_METRICS:
-            inst.add_row(name, format_estimate(ev.instrument[key]))
-        out.print(inst)
+        out.print(_binary_table(f"Instrument ({ev.instrument_true.size} images, "
+                                f"threshold {ev.instrument_threshold:g})", ev.instrument))
+    if ev.fracture is not None:
+        out.print(_binary_table(f"Fracture ({ev.fracture_true.size} images, "
+                                f"threshold {ev.fracture_threshold:g})", ev.fracture))
+    for table in _sorting_tables(ev):
+        out.print(table)
     if ev.misclassified:
         wrong = Table(title=f"Misclassified ({len(ev.misclassified)})")
         wrong.add_column("file", overflow="fold")

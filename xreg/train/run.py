@@ -123,8 +123,8 @@ def train(
     """Train the config's task on ``data`` and write the checkpoint to ``out``.
 
     ``data`` is a manifest CSV or a sort-layout folder (task body_part), or a
-    pairs CSV (task hip_fracture); None trains on the config's ``datasets``. Raises ``ConfigError`` for bad data or an
-    occupied output, ``CheckpointError`` when ImageNet weights are required
+    pairs CSV (task hip_fracture); None trains on the config's ``datasets``.
+    Raises ``ConfigError`` for bad data or an occupied output, ``CheckpointError`` when ImageNet weights are required
     but unavailable.
     """
     cb = callbacks or Callbacks()

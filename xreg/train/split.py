@@ -121,9 +121,9 @@ def split_groups(images: Sequence[LabelledImage]) -> list[str]:
             # dup_of is source-prefixed by load_sources; the file it names is not.
             target = im.dup_of.split(":", 1)[1] if im.source and \
                 im.dup_of.startswith(f"{im.source}:") else im.dup_of
-            for key in ((im.source, target), (im.source, Path(target).name)):
-                if key in by_name:
-                    union(i, by_name[key])
+            for named in ((im.source, target), (im.source, Path(target).name)):
+                if named in by_name:
+                    union(i, by_name[named])
         for key in keys:
             if key in first:
                 union(i, first[key])

@@ -186,7 +186,7 @@ class ImageTask(Task):
         from xreg.evaluate import evaluate_images
 
         root = self.data if self.data.is_dir() else self.data.parent
-        keys = ("counts", "body_part", "instrument", "fracture", "sorting")
+        keys = ("counts", "body_part", "instrument", "fracture", "sorting", "risk_coverage")
         first: Any = None
         metrics: dict[str, Any] = {}
         names = [s.name for s in self.sources] or [""]
