@@ -124,8 +124,8 @@ def train(
 
     ``data`` is a manifest CSV or a sort-layout folder (task body_part), or a
     pairs CSV (task hip_fracture); None trains on the config's ``datasets``.
-    Raises ``ConfigError`` for bad data or an occupied output, ``CheckpointError`` when ImageNet weights are required
-    but unavailable.
+    Raises ``ConfigError`` for bad data or an occupied output,
+    ``CheckpointError`` when ImageNet weights are required but unavailable.
     """
     cb = callbacks or Callbacks()
     out = Path(out)
