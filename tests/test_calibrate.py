@@ -57,3 +57,27 @@ def test_cli_calibrate_writes_the_threshold_into_the_card(
     assert card.training["calibration"]["keep"] == 0.99
     # The input checkpoint is untouched.
     assert load_checkpoint(tiny_weights).card.thresholds["min_confidence"] == 0.5
+
+
+def test_operating_point_is_the_lowest_threshold_meeting_both_targets() -> None:
+    from xreg.calibrate import choose_operating_point
+    from xreg.models import EXTENDED_BODY_PARTS
+
+    labels = EXTENDED_BODY_PARTS
+    hand, wrist, forearm = (labels.index(x) for x in ("hand", "wrist", "forearm"))
+
+    def film(top: int, p: float) -> list[float]:
+        row = [(1 - p) / (len(labels) - 1)] * len(labels)
+        row[top] = p
+        return row
+
+    probs = [film(hand, 0.9)] * 10 + [film(wrist, 0.6)] * 2 + [film(hand, 0.55)] * 2
+    truth = [hand] * 12 + [forearm] * 2
+    point = choose_operating_point(labels, probs, truth)
+    assert point.met and point.threshold == pytest.approx(0.605)
+    assert point.accuracy_among_sorted == 1.0 and point.coverage == pytest.approx(10 / 12)
+    assert point.outside_nine_into_nine == 0.0
+    # Nothing reaches 99.9% if every sorted film is a coin flip: the most accurate is taken.
+    flips = [film(hand, 0.7), film(wrist, 0.7)]
+    worst = choose_operating_point(labels, flips, [hand, hand], target_accuracy=0.999)
+    assert not worst.met and worst.accuracy_among_sorted == 0.5

@@ -24,7 +24,8 @@ from xreg.errors import ConfigError
 from xreg.io import find_images
 from xreg.predict import SourceFile, predict_files, resolve_device
 
-__all__ = ["Calibration", "calibrate_checkpoint", "choose_min_confidence", "top_confidences"]
+__all__ = ["Calibration", "OperatingPoint", "calibrate_checkpoint", "choose_min_confidence",
+           "choose_operating_point", "top_confidences"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,58 @@ def choose_min_confidence(in_scope: ArrayLike, out_of_scope: ArrayLike,
         in_scope_to_review=float((good < threshold).mean()),
         out_of_scope_to_review=float((bad < threshold).mean()) if bad.size else float("nan"),
     )
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """The ``min_confidence`` chosen on labelled films, and what it does on them."""
+
+    threshold: float
+    target_accuracy: float
+    max_outside: float
+    met: bool  # False: no threshold met both targets; the most accurate one was taken
+    coverage: float
+    accuracy_among_sorted: float
+    outside_nine_into_nine: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (None if isinstance(v, float) and np.isnan(v) else v)
+                for k, v in dataclasses.asdict(self).items()}
+
+
+def choose_operating_point(labels: Sequence[str], probs: ArrayLike, truth: ArrayLike, *,
+                           target_accuracy: float = 0.97, max_outside: float = 0.10,
+                           grid: Sequence[float] | None = None) -> OperatingPoint:
+    """The lowest ``min_confidence`` (most films sorted) that meets both targets.
+
+    On labelled films (``probs`` over the card's body-part ``labels``, true
+    class indices ``truth``): accuracy among the nine-class films that would
+    be sorted at least ``target_accuracy``, and at most ``max_outside`` of the
+    films outside the nine sorted into a nine-class folder. When no threshold
+    of ``grid`` (default 0.30 to 0.995) meets both, the one with the highest
+    accuracy among sorted is taken and ``met`` is False.
+    """
+    from xreg.evaluate_sorting import risk_coverage
+
+    grid = grid if grid is not None else [round(0.30 + 0.005 * i, 3) for i in range(140)]
+    rows = risk_coverage(labels, probs, truth, grid)
+
+    def within(value: float, limit: float, low: bool) -> bool:
+        return bool(np.isnan(value)) or (value <= limit if low else value >= limit)
+
+    meets = [r for r in rows if r.sorted_nine > 0
+             and within(r.accuracy_among_sorted, target_accuracy, low=False)
+             and within(r.outside_nine_into_nine, max_outside, low=True)]
+    if meets:
+        best, met = min(meets, key=lambda r: r.threshold), True
+    else:
+        scored = [r for r in rows if not np.isnan(r.accuracy_among_sorted)]
+        if not scored:
+            raise ConfigError("no threshold sorts any nine-class film; cannot calibrate")
+        best = max(scored, key=lambda r: (r.accuracy_among_sorted, -r.threshold))
+        met = False
+    return OperatingPoint(best.threshold, target_accuracy, max_outside, met, best.coverage,
+                          best.accuracy_among_sorted, best.outside_nine_into_nine)
 
 
 def top_confidences(loaded: LoadedModel, paths: Sequence[Path],
