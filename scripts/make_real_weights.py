@@ -309,7 +309,8 @@ def config_line(t: dict[str, Any]) -> str:
     real, phantoms = recipe["datasets"][0]["weight"], recipe["datasets"][1]["weight"]
     return (f"{recipe['samples_per_epoch']} draws per epoch (FracAtlas {real:.0%}, phantoms "
             f"{phantoms:.0%}; instrument classes balanced by the square root of their "
-            f"counts), at most {recipe['max_epochs']} epochs; ran {t['epochs_run']} on {t['device']} "
+            f"counts), at most {recipe['max_epochs']} epochs; ran {t['epochs_run']} on "
+            f"{t['device']} "
             f"({t['seconds'] / 60:.0f} min of epoch time), best epoch {t['best_epoch']}.")
 
 

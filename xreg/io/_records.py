@@ -20,7 +20,10 @@ class ImageMeta:
 
     ``format`` is ``"dicom"``, ``"png"``, ``"jpeg"``, ``"tiff"`` or ``"jp2"``;
     ``photometric`` the DICOM Photometric Interpretation or the Pillow mode;
-    ``reduced_by`` the whole factor decoding shrank the image by.
+    ``reduced_by`` the whole factor decoding shrank the image by;
+    ``warning`` a short note when the pixels were recovered from a damaged
+    file (e.g. ``"truncated JPEG: 99.6% of the picture decoded, ..."``), else
+    ``None``.
 
     ``dicom`` holds selected header fields as strings (see
     :data:`xreg.io.dicom.DICOM_FIELDS`); it includes ``PatientID``, which the
@@ -34,6 +37,7 @@ class ImageMeta:
     bits_stored: int = 8
     reduced_by: int = 1
     dicom: Mapping[str, str] = field(default_factory=dict)
+    warning: str | None = None
 
 
 @dataclass(frozen=True)

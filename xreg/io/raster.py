@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import math
 import struct
 import zlib
 from typing import IO
@@ -13,6 +15,11 @@ from xreg.errors import UnreadableImageError
 from xreg.io import j2k, pixels
 from xreg.io._records import ImageMeta, XrayImage, check_size
 
+#: A JPEG whose file ends early is decoded when at least this share of its
+#: picture survives; below it the file is "truncated file" as before.
+MIN_RECOVERED: float = 0.99
+
+_EOI = b"\xff\xd9"
 _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "tiff": "TIFF", "jp2": "JPEG2000"}
 _ORIENTATION_TAG = 0x0112
 _BITS = {"1": 1, "I": 32, "F": 32}
@@ -99,7 +106,59 @@ def _orientation(im: Image.Image) -> int:
         return 1  # a broken EXIF block should not cost the image
 
 
-def _load_pillow(fp: IO[bytes], fmt: str, target_size: int | None) -> XrayImage:
+def _mcu_shape(im: Image.Image, scale: int) -> tuple[int, int]:
+    """Rows and columns of one JPEG MCU in the (draft-scaled) output."""
+    layers = getattr(im, "layer", None) or [("", 1, 1, 0)]
+    if len(layers) == 1:  # a single-component scan codes one block per MCU
+        h = v = 1
+    else:
+        h = max(layer[1] for layer in layers)
+        v = max(layer[2] for layer in layers)
+    return max(8 * v // scale, 1), max(8 * h // scale, 1)
+
+
+def _ceil_to(n: int, step: int) -> int:
+    return -(-n // step) * step
+
+
+def recovered_fraction(
+    fill: np.ndarray,
+    mcu: tuple[int, int],
+    scale: int = 1,
+    shape: tuple[int, int] | None = None,
+) -> float:
+    """Share of a JPEG picture that precedes libjpeg's fill of a cut-off scan.
+
+    ``fill`` marks the decoded pixels equal to the decoder's fill value and
+    ``mcu`` is the MCU size in those pixels. Missing MCUs run, in MCU order,
+    from an MCU boundary to the end of the picture: whole MCU rows at the
+    bottom and the right part of the MCU row above; fill-coloured pixels off
+    that grid are real content. A draft decode (``scale`` 2..8 of the
+    original ``shape``) is measured in original pixels, so that the share
+    does not depend on the scale.
+    """
+    rows, cols = fill.shape
+    mcu_rows, mcu_cols = mcu
+    full = np.asarray(fill.all(axis=1))
+    top = 0 if full.all() else rows - int(np.argmin(full[::-1]))
+    top = min(_ceil_to(top, mcu_rows), rows)  # whole fill rows start on the grid
+    band, left = top, cols
+    if top > 0:
+        band = mcu_rows * ((top - 1) // mcu_rows)
+        run = np.asarray(fill[band:top].all(axis=0))
+        left = 0 if run.all() else cols - int(np.argmin(run[::-1]))
+        left = min(_ceil_to(left, mcu_cols), cols)
+    height, width = shape or (rows, cols)
+    top, band = min(top * scale, height), min(band * scale, height)
+    left = min(left * scale, width)
+    missing = (height - top) * width + (top - band) * (width - left)
+    return float(1.0 - missing / (height * width))
+
+
+def _decode_pillow(
+    fp: IO[bytes], fmt: str, target_size: int | None, truncated: bool = False
+) -> XrayImage:
+    warning = None
     with Image.open(fp, formats=[_PIL_FORMATS[fmt]]) as im:
         cols, rows = im.size
         check_size(rows, cols)
@@ -111,6 +170,8 @@ def _load_pillow(fp: IO[bytes], fmt: str, target_size: int | None) -> XrayImage:
             im.draft("L", (target_size, target_size) if target_size else im.size)
             reduced = _draft_scale((cols, rows), im.size)
         im.load()
+        if truncated:
+            warning = _truncation_warning(im, reduced, (rows, cols))
         orientation = _orientation(im)
         arr, white = to_array(im)
     factor = pixels.reduction_factor(arr.shape, target_size)
@@ -122,8 +183,44 @@ def _load_pillow(fp: IO[bytes], fmt: str, target_size: int | None) -> XrayImage:
         photometric=mode,
         bits_stored=_bits(mode),
         reduced_by=reduced * factor,
+        warning=warning,
     )
     return XrayImage(pixels.orient(out, orientation), meta)
+
+
+def _truncation_warning(im: Image.Image, scale: int, shape: tuple[int, int]) -> str:
+    """The warning for a JPEG decoded past its end, or the error if too little."""
+    # libjpeg decodes missing blocks as all-zero coefficients: flat mid-grey
+    # (127 in the inverted CMYK Pillow reads).
+    value = 127 if im.mode == "CMYK" else 128
+    raw = np.asarray(im)
+    fill = raw == value if raw.ndim == 2 else (raw == value).all(axis=2)
+    share = recovered_fraction(fill, _mcu_shape(im, scale), scale, shape)
+    percent = math.floor(round(share * 1000, 6)) / 10  # never rounds up to 99%
+    if share < MIN_RECOVERED:
+        raise UnreadableImageError("truncated file", f"{percent}% of the picture")
+    return (
+        f"truncated JPEG: {percent}% of the picture decoded, "
+        "file ends before its end-of-image marker"
+    )
+
+
+def _load_pillow(fp: IO[bytes], fmt: str, target_size: int | None) -> XrayImage:
+    start = fp.tell()
+    try:
+        return _decode_pillow(fp, fmt, target_size)
+    except OSError as exc:
+        if fmt != "jpeg" or "truncated" not in str(exc).lower():
+            raise
+        error = _classify(exc)
+    # libjpeg reads a cut-off scan up to an end-of-image marker and fills the
+    # rest; appending one (to a copy) decodes it without touching Pillow's
+    # process-wide LOAD_TRUNCATED_IMAGES, which thread pools would race on.
+    fp.seek(start)
+    try:
+        return _decode_pillow(io.BytesIO(fp.read() + _EOI), fmt, target_size, True)
+    except _DECODE_ERRORS:
+        raise error from None
 
 
 def _load_j2k(data: bytes, target_size: int | None) -> XrayImage:
@@ -160,8 +257,10 @@ def _load_j2k(data: bytes, target_size: int | None) -> XrayImage:
 def load_raster(fp: IO[bytes], fmt: str, target_size: int | None = None) -> XrayImage:
     """Decode a PNG/JPEG/TIFF/JPEG 2000 file object into an :class:`XrayImage`.
 
-    Truncated data is an error (Pillow's ``LOAD_TRUNCATED_IMAGES`` is left
-    alone); EXIF/TIFF orientation is applied to the output.
+    Truncated data is an error, except a JPEG that ends early with at least
+    :data:`MIN_RECOVERED` of its picture decoded: that one is returned with
+    ``meta.warning`` set (Pillow's ``LOAD_TRUNCATED_IMAGES`` is left alone).
+    EXIF/TIFF orientation is applied to the output.
     """
     try:
         if fmt == "jp2":
