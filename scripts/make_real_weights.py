@@ -92,6 +92,8 @@ def main() -> int:
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / f"{NAME}.yaml")
     parser.add_argument("--epochs", type=int, default=None, help="override max_epochs")
+    parser.add_argument("--input-size", type=int, default=None,
+                        help="override input_size (the input-size comparison)")
     parser.add_argument("--ship", action="store_true",
                         help="copy the result into weights/ with its model card")
     args = parser.parse_args()
@@ -101,7 +103,8 @@ def main() -> int:
         write_manifest(args.data, work / "fracatlas.csv")
     config_path = work / f"{NAME}.yaml"
     shutil.copyfile(args.config, config_path)
-    config = load_train_config(config_path, {"max_epochs": args.epochs})
+    config = load_train_config(config_path, {"max_epochs": args.epochs,
+                                             "input_size": args.input_size})
     trained = work / "trained.pt"
     run_dir = work / "trained.run"
     if not trained.exists():

@@ -36,7 +36,7 @@ class DecodedSet:
 
 
 def _fingerprint(paths: Sequence[Path], size: int) -> str:
-    h = hashlib.sha256(f"xreg-train-cache v1 size={size}\n".encode())
+    h = hashlib.sha256(f"xreg-train-cache v2 size={size}\n".encode())
     for path in paths:
         try:
             st = os.stat(path)
