@@ -108,7 +108,12 @@ def main() -> int:
     trained = work / "trained.pt"
     run_dir = work / "trained.run"
     if not trained.exists():
-        train(config, None, trained, run_dir=run_dir,
+        from xreg.train import Callbacks
+
+        say = Callbacks(message=lambda text: print(text, flush=True),
+                        decode_start=lambda n: print(f"decoding {n} films once", flush=True),
+                        epoch_end=lambda e: print(f"epoch {e.epoch}: {e.row()}", flush=True))
+        train(config, None, trained, run_dir=run_dir, callbacks=say,
               resume=(run_dir / "state.pt").exists(), device="auto")
     loaded = load_checkpoint(trained)
     labels = loaded.card.head("body_part").labels
