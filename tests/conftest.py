@@ -103,3 +103,43 @@ def hostile_dicom(path: Path) -> Path:
     ds.save_as(path)
     make_old(path)
     return path
+
+
+def biased_checkpoint(path: Path, body_parts: tuple[str, ...], top: str, *,
+                      fracture: float | None = None, margin: float = 10.0) -> Path:
+    """A checkpoint that calls every film ``top`` (zero weights, biased logits).
+
+    With ``fracture`` (a logit for the positive class) it has a fracture head too.
+    For tests of what happens *after* the model: folders, registry, JSON.
+    """
+    import torch
+
+    from xreg.checkpoint import ModelCard, save_checkpoint
+    from xreg.models import FRACTURE_HEAD, INSTRUMENT_HEAD, HeadSpec, build_model
+
+    heads = [HeadSpec("body_part", body_parts), INSTRUMENT_HEAD]
+    if fracture is not None:
+        heads.append(FRACTURE_HEAD)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_model("mobilenet_v3_small", heads, input_size=64)
+    with torch.no_grad():
+        for head in heads:
+            linear = model.heads[head.name][2]
+            linear.weight.zero_()
+            bias = torch.zeros(len(head.labels))
+            if head.name == "body_part":
+                bias[body_parts.index(top)] = margin
+            elif head.name == "fracture":
+                bias[1] = float(fracture or 0.0)
+            else:  # instrument: clearly none
+                bias[0] = margin
+            linear.bias.copy_(bias)
+    thresholds = {"instrument": 0.5, "min_confidence": 0.5}
+    if fracture is not None:
+        thresholds["fracture"] = 0.5
+    card = ModelCard(name=f"always-{top}", arch="mobilenet_v3_small", heads=tuple(heads),
+                     input_size=64, mean=0.5, std=0.25, thresholds=thresholds,
+                     notes="Biased test weights: every film is " + top)
+    save_checkpoint(path, model, card)
+    return path

@@ -56,8 +56,8 @@ def test_pending_then_done_then_known_source(tmp_path):
         assert reg.known_source("/in/x.png", 10, 999) is None  # modified since
         reg.add_source("a" * 64, "/in/copy.png", 10, 5, run)
         stats = reg.stats()
-        assert stats == [{"status": "sorted", "body_part": "hand", "instrument": None,
-                          "images": 1, "sources": 2}]
+        assert stats == [{"status": "sorted", "scope": None, "body_part": "hand",
+                          "instrument": None, "fracture": None, "images": 1, "sources": 2}]
         exported = list(reg.iter_images())
         assert sorted(exported[0]["source_paths"]) == ["/in/copy.png", "/in/x.png"]
 

@@ -248,13 +248,13 @@ class Registry:
 
     # -- queries ---------------------------------------------------------------
     def stats(self) -> list[dict[str, Any]]:
-        """Counts of placed images per status, body part and instrument."""
+        """Counts of placed images per status, scope, body part, instrument and fracture."""
         rows = self._db.execute(
-            "SELECT i.status, i.body_part, i.instrument, COUNT(DISTINCT i.sha256) AS images,"
-            " COUNT(s.path) AS sources"
+            "SELECT i.status, i.scope, i.body_part, i.instrument, i.fracture,"
+            " COUNT(DISTINCT i.sha256) AS images, COUNT(s.path) AS sources"
             " FROM images i LEFT JOIN sources s USING (sha256) WHERE i.state = 'done'"
-            " GROUP BY i.status, i.body_part, i.instrument"
-            " ORDER BY i.status, i.body_part, i.instrument"
+            " GROUP BY i.status, i.scope, i.body_part, i.instrument, i.fracture"
+            " ORDER BY i.status, i.scope, i.body_part, i.instrument, i.fracture"
         ).fetchall()
         return [dict(r) for r in rows]
 

@@ -30,19 +30,22 @@ def registry_stats(
     out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="A sorted folder.")],
     registry: Annotated[Path | None, typer.Option(help="Registry file if not in OUT.")] = None,
 ) -> None:
-    """Counts of images per status, body part and instrument."""
+    """Counts of images per status, scope (nine, long_bone, other), body part,
+    instrument and fracture."""
     from xreg.registry import Registry
 
     with handle_errors(), Registry(registry or out_dir / "registry.sqlite", readonly=True) as reg:
         rows = reg.stats()
     table = Table(title="registry")
-    for col in ("status", "body part", "instrument", "images", "source paths"):
+    for col in ("status", "scope", "body part", "instrument", "fracture", "images",
+                "source paths"):
         table.add_column(col, justify="right" if col in ("images", "source paths") else "left")
     for r in rows:
         instrument = {1: "instrument", 0: "no_instrument"}.get(r["instrument"], "")
-        table.add_row(r["status"], r["body_part"] or "", instrument, str(r["images"]),
-                      str(r["sources"]))
-    table.add_row("total", "", "", str(sum(r["images"] for r in rows)),
+        fracture = {1: "fracture", 0: "no_fracture"}.get(r["fracture"], "")
+        table.add_row(r["status"], r["scope"] or "", r["body_part"] or "", instrument,
+                      fracture, str(r["images"]), str(r["sources"]))
+    table.add_row("total", "", "", "", "", str(sum(r["images"] for r in rows)),
                   str(sum(r["sources"] for r in rows)), style="bold")
     out.print(table)
 
