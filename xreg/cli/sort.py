@@ -37,9 +37,13 @@ class Device(str, Enum):
 
 SORT_HELP = """Sort every radiograph under IN into OUT.
 
-Files go to OUT/<body_part>/<instrument|no_instrument>/ (see --layout);
-images the model is unsure about to OUT/_review/; files that cannot be
-decoded to OUT/_unreadable/. OUT/registry.sqlite records, for every file,
+Files go to OUT/<body_part>/<instrument|no_instrument>/ (see --layout): the
+nine thesis classes, and with a model that knows them, long-bone exams
+(forearm, humerus, lower_leg, femur) in folders of their own. Films the
+model calls other (chest, several regions, not musculoskeletal) or is unsure
+about (below --min-confidence) go to OUT/_review/ with the reason recorded;
+files that cannot be decoded to OUT/_unreadable/. A JPEG cut short that
+still decodes to at least 99% of its picture is sorted with a warning. OUT/registry.sqlite records, for every file,
 its content hash, source path(s), the model's output and where it went.
 
 Nothing is ever overwritten or lost: each file is written under a temp name,
@@ -81,7 +85,8 @@ def sort_cmd(
         help="Skip files modified less than this many seconds ago (still being "
              "written); the next run picks them up.  [default: 10]", min=0.0)] = None,
     layout: Annotated[str | None, typer.Option(
-        help="Destination template under OUT. Fields: {body_part} {instrument} {view} "
+        help="Destination template under OUT. Fields: {body_part} {instrument} {fracture} "
+             "{view} "
              "{laterality} {study_date} {year} {modality} {study_uid} {name} {stem} {ext} "
              "{sha8}. Header values are reduced to letters, digits, '.', '_' and '-', so "
              "none can leave OUT.  [default: {body_part}/{instrument}/{name}]")] = None,
@@ -185,6 +190,14 @@ def _print_sort_summary(result: Any, out_dir: Path) -> None:
     for status, n in result.to_dict()["counts"].items():
         if n:
             table.add_row(status, str(n))
+    long_bone = sum(o.status == "sorted" and o.scope == "long_bone" for o in result.outcomes)
+    other = sum(o.status == "review" and o.scope == "other" for o in result.outcomes)
+    warned = sum(o.warning is not None for o in result.outcomes)
+    for label, n in (("  of sorted: long-bone folders", long_bone),
+                     ("  of review: not a known body part", other),
+                     ("decoded with a warning", warned)):
+        if n:
+            table.add_row(label, str(n))
     out.print(table)
     for o in result.outcomes:
         if o.status == "failed":
