@@ -43,8 +43,9 @@ nine thesis classes, and with a model that knows them, long-bone exams
 model calls other (chest, several regions, not musculoskeletal) or is unsure
 about (below --min-confidence) go to OUT/_review/ with the reason recorded;
 files that cannot be decoded to OUT/_unreadable/. A JPEG cut short that
-still decodes to at least 99% of its picture is sorted with a warning. OUT/registry.sqlite records, for every file,
-its content hash, source path(s), the model's output and where it went.
+still decodes to at least 99% of its picture is sorted with a warning.
+OUT/registry.sqlite records, for every file, its content hash, source
+path(s), the model's output and where it went.
 
 Nothing is ever overwritten or lost: each file is written under a temp name,
 fsynced, verified, then linked into place; --mode move deletes a source only
