@@ -3,7 +3,8 @@
 1. `xreg synth`: 90 phantoms (16-bit PNG, JPEG and DICOM in turn, some DICOM
    without an extension), 6 AP+LAT hip studies and 10 images that are none
    of the body parts (chest, skull, abdomen, blank, a colour photo); plus
-   real DICOM from pydicom's test data, a truncated file and a duplicate.
+   real DICOM from pydicom's test data, a JPEG cut in half, one missing its
+   last 20 bytes (sorted with a warning) and a duplicate.
 2. `xreg sort` with the shipped default weights (no --weights needed), twice:
    the second run finds everything already done.
 3. `xreg registry stats`, then `xreg evaluate` against the phantom labels,
@@ -13,7 +14,8 @@
 5. `xreg hip`: pair the hip studies' AP and lateral films (DICOM headers,
    file names) and score fracture with the shipped two-view model.
 
-The shipped weights were trained on phantoms only; see weights/*.md.
+The shipped default was trained on real FracAtlas films plus phantoms, the hip
+model on phantoms only; see weights/*.md.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import sys
 from pathlib import Path
 
 from pydicom.data import get_testdata_file
+
+from xreg.checkpoint import default_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / ".demo"
@@ -48,6 +52,7 @@ def make_inputs(folder: Path) -> None:
     shutil.copyfile(first_png, folder / "same_film_again.png")
     data = sorted((folder / "phantoms" / "images").glob("img_*.jpg"))[0].read_bytes()
     (folder / "cut_off.jpg").write_bytes(data[: len(data) // 2])
+    (folder / "last_bytes_missing.jpg").write_bytes(data[:-20])
 
 
 def run(*args: str) -> int:
@@ -58,12 +63,12 @@ def run(*args: str) -> int:
 def main() -> None:
     shutil.rmtree(DEMO, ignore_errors=True)
     make_inputs(DEMO / "in")
-    print("\nNOTE: the shipped weights were trained on synthetic phantoms only and are "
-          "not validated on real radiographs (weights/*.md).\n")
+    print("\nNOTE: the default weights were trained on real FracAtlas films and phantoms; "
+          "the hip model on phantoms only. Not for clinical use (weights/*.md).\n")
     run("sort", str(DEMO / "in"), str(DEMO / "out"), "--min-age", "0")
     run("sort", str(DEMO / "in"), str(DEMO / "out"), "--min-age", "0")
     run("registry", "stats", str(DEMO / "out"))
-    run("evaluate", str(ROOT / "weights" / "bodypart_instrument_phantom.pt"),
+    run("evaluate", str(default_weights()),
         str(DEMO / "in" / "phantoms" / "labels.csv"), "--report", str(DEMO / "report"))
     labels = DEMO / "in" / "phantoms" / "labels.csv"
     with labels.open(newline="") as fh:

@@ -131,6 +131,12 @@ def main() -> int:
                                      "and phantoms (xreg synth, seed 1000)",
                            "citation": CITATION},
                   "calibration": {"split": "fracatlas validation", **point.to_dict()}})
+    # FracAtlas's study blocks are the project's own grouping, not patient data: the
+    # card names the held-out ones so tests can pick real films the model never saw.
+    blocks = {s: sorted({im.patient_id.split(":", 1)[1] for im in
+                         _split_rows(run_dir, s, "fracatlas", labels) if im.patient_id})
+              for s in ("val", "test")}
+    card = dataclasses.replace(card, training={**card.training, "fracatlas_blocks": blocks})
     final = work / f"{NAME}.pt"
     save_checkpoint(final, loaded.model, card)
     loaded = load_checkpoint(final)
