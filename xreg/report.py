@@ -86,35 +86,13 @@ def _markdown(ev: Evaluation, figures: dict[str, str]) -> str:
         lines.append(f"| {label} | {_fmt(ev.body_part.auc_per_class[label])} | {support[i]} |")
     if CONFUSION_NAME in figures:
         lines += ["", f"![Body part confusion matrix]({CONFUSION_NAME})"]
-    lines += ["", "## Instrument", ""]
-    if ev.instrument is None:
-        lines.append("Not evaluated: no image has an instrument label.")
-    else:
-        lines += [f"{ev.instrument_true.size} labelled images "
-                  f"({int(ev.instrument_true.sum())} with instrument); "
-                  f"threshold {ev.instrument_threshold:g}.", "",
-                  "| Metric | Value (95% CI) |", "|---|---|"]
-        for key, name in BINARY_METRICS:
-            lines.append(f"| {name} | {format_estimate(ev.instrument[key])} |")
-        if ROC_NAME in figures:
-            lines += ["", f"![Instrument ROC curve]({ROC_NAME})"]
-        else:
-            lines += ["", "No ROC curve: the labels hold only one class."]
-    lines += ["", "## Fracture", ""]
-    if ev.fracture is None:
-        lines.append("Not evaluated: the model has no fracture head or no image has a "
-                     "fracture label.")
-    else:
-        lines += [f"{ev.fracture_true.size} labelled images "
-                  f"({int(ev.fracture_true.sum())} with fracture); "
-                  f"threshold {ev.fracture_threshold:g}.", "",
-                  "| Metric | Value (95% CI) |", "|---|---|"]
-        for key, name in BINARY_METRICS:
-            lines.append(f"| {name} | {format_estimate(ev.fracture[key])} |")
-        if FRACTURE_ROC_NAME in figures:
-            lines += ["", f"![Fracture ROC curve]({FRACTURE_ROC_NAME})"]
-        else:
-            lines += ["", "No ROC curve: the labels hold only one class."]
+    lines += _binary_markdown(
+        "Instrument", ev.instrument, ev.instrument_true, ev.instrument_threshold,
+        ROC_NAME in figures, ROC_NAME, "Not evaluated: no image has an instrument label.")
+    lines += _binary_markdown(
+        "Fracture", ev.fracture, ev.fracture_true, ev.fracture_threshold,
+        FRACTURE_ROC_NAME in figures, FRACTURE_ROC_NAME,
+        "Not evaluated: the model has no fracture head or no image has a fracture label.")
     if ev.sorting is not None:
         lines += _sorting_markdown(ev.sorting)
     if ev.risk_coverage:
@@ -251,6 +229,20 @@ def make_report_dir(out_dir: Path) -> Path:
     except OSError as exc:
         raise ConfigError(f"cannot create report folder {out_dir}: {exc.strerror}") from None
     return out_dir
+
+
+def _binary_markdown(name: str, metrics: Any, truth: Any, threshold: float, has_roc: bool,
+                     roc_file: str, missing: str) -> list[str]:
+    """The report section of one binary head: counts, metrics with CIs, its ROC."""
+    lines = ["", f"## {name}", ""]
+    if metrics is None:
+        return [*lines, missing]
+    lines += [f"{truth.size} labelled images ({int(truth.sum())} with {name.lower()}); "
+              f"threshold {threshold:g}.", "", "| Metric | Value (95% CI) |", "|---|---|"]
+    lines += [f"| {label} | {format_estimate(metrics[key])} |" for key, label in BINARY_METRICS]
+    lines += ["", f"![{name} ROC curve]({roc_file})" if has_roc
+              else "No ROC curve: the labels hold only one class."]
+    return lines
 
 
 def write_report(evaluation: Evaluation, out_dir: Path) -> list[Path]:
