@@ -324,6 +324,14 @@ def test_score_sorting_by_hand() -> None:
     assert sr.accuracy_among_sorted_in_set.value == pytest.approx(1.0)
     assert sr.review_rate.value == pytest.approx(2 / 6)  # films 2 and 5
     assert sr.outside_nine_into_nine.value == pytest.approx(1 / 3)  # film 3 of 3, 4, 5
+    assert sr.outside_nine_into_nine_in_set is not None
+    assert sr.outside_nine_into_nine_in_set.value == pytest.approx(1 / 3)  # wrist not in set
+    sets_wrist = [*sets[:3], ("forearm", "wrist"), *sets[4:]]
+    lenient = score_sorting(EXT, probs, truth, min_confidence=0.6, truth_sets=sets_wrist,
+                            n_resamples=RESAMPLES)
+    assert lenient.outside_nine_into_nine.value == pytest.approx(1 / 3)
+    assert lenient.outside_nine_into_nine_in_set is not None
+    assert lenient.outside_nine_into_nine_in_set.value == 0.0  # forearm|wrist -> wrist
     assert sr.long_bone_correct_folder is not None
     assert sr.long_bone_correct_folder.value == pytest.approx(1 / 2)  # film 4 of 3, 4
     assert sr.correct_folder_per_class["hand"].value == pytest.approx(1 / 2)

@@ -69,6 +69,9 @@ class SortingReport:
     truth_labels: tuple[str, ...]
     destinations: tuple[str, ...]
     confusion: NDArray[np.int64]
+    # Of the films outside the nine, the share sorted into a nine-class folder
+    # that is not among the truth's candidates (forearm|elbow -> elbow is not counted).
+    outside_nine_into_nine_in_set: Estimate | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able: estimates are ``[value, low, high]``, null where undefined."""
@@ -83,6 +86,7 @@ class SortingReport:
             "accuracy_among_sorted_in_set": _est(self.accuracy_among_sorted_in_set),
             "review_rate": _est(self.review_rate),
             "outside_nine_into_nine": _est(self.outside_nine_into_nine),
+            "outside_nine_into_nine_in_set": _est(self.outside_nine_into_nine_in_set),
             "long_bone_correct_folder": _est(self.long_bone_correct_folder),
             "confusion": {"truth": list(self.truth_labels),
                           "destination": list(self.destinations),
@@ -183,6 +187,7 @@ def score_sorting(
         "accuracy_among_sorted_in_set": (in_set, nine & placed),
         "review_rate": (~placed, everyone),
         "outside_nine_into_nine": (into_nine, ~nine),
+        "outside_nine_into_nine_in_set": (into_nine & ~in_set, ~nine),
         "long_bone_correct_folder": (placed & right, long_bone),
     }
     for label in nine_labels:
@@ -203,6 +208,7 @@ def score_sorting(
         accuracy_among_sorted_in_set=est["accuracy_among_sorted_in_set"],
         review_rate=est["review_rate"],
         outside_nine_into_nine=est["outside_nine_into_nine"],
+        outside_nine_into_nine_in_set=est["outside_nine_into_nine_in_set"],
         long_bone_correct_folder=est["long_bone_correct_folder"] if has_long_bones else None,
         counts={"images": int(len(y)), "review": int((~placed).sum()),
                 "nine": int(nine.sum()), "sorted_nine": int((nine & placed).sum()),
