@@ -280,7 +280,9 @@ def model_card(loaded: Any, summary: dict[str, Any]) -> str:
         "",
         f"Label-set aware (a prediction within the reviewer's candidates counts as right), "
         f"FracAtlas test: correct folder {ci(s['correct_folder_in_set'])}, accuracy among "
-        f"sorted {ci(s['accuracy_among_sorted_in_set'])}. Long-bone films sorted into "
+        f"sorted {ci(s['accuracy_among_sorted_in_set'])}, outside nine into a nine-class "
+        f"folder not among its candidates {_maybe(s.get('outside_nine_into_nine_in_set'))}. "
+        "Long-bone films sorted into "
         f"their own folder: {_maybe(s.get('long_bone_correct_folder'))}.",
         "",
         "Correct folder per class, FracAtlas test: "
