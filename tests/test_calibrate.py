@@ -81,3 +81,20 @@ def test_operating_point_is_the_lowest_threshold_meeting_both_targets() -> None:
     flips = [film(hand, 0.7), film(wrist, 0.7)]
     worst = choose_operating_point(labels, flips, [hand, hand], target_accuracy=0.999)
     assert not worst.met and worst.accuracy_among_sorted == 0.5
+
+
+def test_operating_point_on_label_sets_counts_a_folder_in_the_set_as_right() -> None:
+    from xreg.calibrate import choose_operating_point
+    from xreg.models import EXTENDED_BODY_PARTS
+
+    labels = EXTENDED_BODY_PARTS
+    hand, wrist = labels.index("hand"), labels.index("wrist")
+    row = [0.0] * len(labels)
+    row[wrist] = 0.6
+    row[hand] = 0.4
+    probs, truth = [row] * 4, [hand] * 4
+    strict = choose_operating_point(labels, probs, truth)
+    assert not strict.met and strict.scored_by == "primary label"
+    lenient = choose_operating_point(labels, probs, truth, truth_sets=[("hand", "wrist")] * 4)
+    assert lenient.met and lenient.threshold == 0.3 and lenient.scored_by == "label set"
+    assert lenient.accuracy_among_sorted == 1.0

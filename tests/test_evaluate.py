@@ -391,8 +391,15 @@ def test_risk_coverage_by_hand() -> None:
                                  "outside_nine_into_nine": pytest.approx(1 / 3),
                                  "nine": 3, "sorted_nine": 3, "correct_nine": 2,
                                  "outside_nine": 3, "outside_into_nine": 1,
-                                 "operating": False}
+                                 "operating": False,
+                                 "accuracy_among_sorted_in_set": pytest.approx(2 / 3),
+                                 "outside_nine_into_nine_in_set": pytest.approx(1 / 3)}
     assert rows[-1].to_dict()["accuracy_among_sorted"] is None
+    # With the label sets, film 1 (hand|wrist -> wrist) is right.
+    _, _, sets = case_arrays()
+    lenient = risk_coverage(EXT, probs, truth, [0.0, 0.85], truth_sets=sets)
+    assert [r.accuracy_among_sorted_in_set for r in lenient] == [1.0, 1.0]
+    assert [r.accuracy_among_sorted for r in lenient] == [pytest.approx(2 / 3), 1.0]
     # Duplicates collapse: the operating point at a listed threshold adds no row.
     assert len(risk_coverage(EXT, probs, truth, operating=0.5)) == len(expected) - 1
 

@@ -241,3 +241,24 @@ def _head_loss(model: torch.nn.Module, x: torch.Tensor,
 def test_no_data_anywhere_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no training data"):
         train(TrainConfig(**TINY), None, tmp_path / "x.pt")
+
+
+def test_affine_and_intensity_augmentation_is_seeded_bounded_and_pair_aware() -> None:
+    from xreg.transforms import augment_batch
+
+    x = torch.rand(6, 2, 32, 32)
+    kw = dict(hflip=False, rot90=False, rotate=10.0, scale=0.1, shift=0.05, intensity=0.2)
+    a = augment_batch(x, torch.Generator().manual_seed(3), **kw)  # type: ignore[arg-type]
+    b = augment_batch(x, torch.Generator().manual_seed(3), **kw)  # type: ignore[arg-type]
+    assert torch.equal(a, b) and not torch.equal(a, x)
+    assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
+    # Both views of a pair move alike: a pair of identical views stays identical.
+    twin = torch.rand(4, 1, 32, 32).expand(-1, 2, -1, -1).contiguous()
+    out = augment_batch(twin, torch.Generator().manual_seed(4), **kw)  # type: ignore[arg-type]
+    assert torch.allclose(out[:, 0], out[:, 1])
+    # A pure shift moves a bright dot by the expected number of pixels.
+    dot = torch.zeros(1, 32, 32)
+    dot[0, 16, 16] = 1.0
+    moved = augment_batch(dot, torch.Generator().manual_seed(0), hflip=False, rot90=False,
+                          shift=0.25)
+    assert moved.sum() > 0 and int(moved[0].flatten().argmax()) != 16 * 32 + 16

@@ -117,6 +117,8 @@ class Evaluation:
             },
             "instrument": None if self.instrument is None else {
                 "threshold": self.instrument_threshold,
+                "labelled": int(self.instrument_true.size),
+                "positive": int(self.instrument_true.sum()),
                 **{k: _est(v) for k, v in self.instrument.items()},
             },
             "fracture": None if self.fracture is None else {
@@ -209,7 +211,7 @@ def score(
     sorting = score_sorting(labels, probs, y, min_confidence=used, truth_sets=body_part_sets,
                             n_resamples=n_resamples, seed=seed)
     rows = risk_coverage(labels, probs, y, (*RISK_COVERAGE_THRESHOLDS, card_min),
-                         operating=used)
+                         operating=used, truth_sets=body_part_sets)
     return Evaluation(
         checkpoint=card.name, sha256=sha256, card=card, data=data, paths=list(paths),
         body_part_labels=tuple(labels), body_part_true=y, body_part_probs=probs,

@@ -102,7 +102,8 @@ class CoverageRow:
     review), ``accuracy_among_sorted`` the share of those in the right folder,
     ``outside_nine_into_nine`` the share of other films sorted into one of the
     nine; nan where the denominator is empty. ``operating`` marks the
-    min_confidence the evaluation used.
+    min_confidence the evaluation used. The ``_in_set`` figures count a
+    folder within the truth's label set as right (see ``score_sorting``).
     """
 
     threshold: float
@@ -115,6 +116,8 @@ class CoverageRow:
     outside_nine: int
     outside_into_nine: int
     operating: bool = False
+    accuracy_among_sorted_in_set: float = math.nan
+    outside_nine_into_nine_in_set: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able, nan as null."""
@@ -233,6 +236,7 @@ def risk_coverage(
     thresholds: Iterable[float] = RISK_COVERAGE_THRESHOLDS,
     *,
     operating: float | None = None,
+    truth_sets: Sequence[Sequence[str]] | None = None,
 ) -> list[CoverageRow]:
     """Coverage and accuracy of sorting at each min_confidence in ``thresholds``.
 
@@ -242,11 +246,16 @@ def risk_coverage(
     """
     p, y = _inputs(labels, probs, truth)
     nine, _ = _scopes(labels, y)
+    sets = [tuple(s) for s in truth_sets] if truth_sets is not None else [
+        (labels[k],) for k in y]
+    top = p.argmax(axis=1)
+    in_set = np.array([labels[k] in s for k, s in zip(top, sets)], dtype=bool)
     extra = () if operating is None else (operating,)
     rows = []
     for t in _thresholds((*thresholds, *extra)):
         pred, placed = place(labels, p, t)
         into_nine = placed & np.array([labels[k] in BODY_PARTS for k in pred], dtype=bool)
+        sorted_in_set = int((nine & placed & in_set).sum())
         n_nine, n_out = int(nine.sum()), int((~nine).sum())
         sorted_nine = int((nine & placed).sum())
         correct = int((nine & placed & (pred == y)).sum())
@@ -259,5 +268,9 @@ def risk_coverage(
             nine=n_nine, sorted_nine=sorted_nine, correct_nine=correct,
             outside_nine=n_out, outside_into_nine=outside_in,
             operating=operating is not None and t == float(operating),
+            accuracy_among_sorted_in_set=sorted_in_set / sorted_nine if sorted_nine
+            else math.nan,
+            outside_nine_into_nine_in_set=int((~nine & into_nine & ~in_set).sum()) / n_out
+            if n_out else math.nan,
         ))
     return rows

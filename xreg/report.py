@@ -138,11 +138,13 @@ def _sorting_markdown(sr: SortingReport) -> list[str]:
 def _risk_coverage_markdown(rows: list[CoverageRow], figures: dict[str, str]) -> list[str]:
     lines = ["", "## Risk-coverage", "",
              "Coverage: share of nine-class films sorted (not sent to _review). "
-             "The operating point is marked *.", "",
-             "| min_confidence | Coverage | Accuracy among sorted | "
-             "Not of the nine, into the nine |", "|---|---|---|---|"]
+             "The operating point is marked *. (in set): a folder within the film's "
+             "label set counts as right.", "",
+             "| min_confidence | Coverage | Accuracy among sorted | (in set) | "
+             "Not of the nine, into the nine | (in set) |", "|---|---|---|---|---|---|"]
     lines += [f"| {r.threshold:g}{' *' if r.operating else ''} | {_fmt(r.coverage)} | "
-              f"{_fmt(r.accuracy_among_sorted)} | {_fmt(r.outside_nine_into_nine)} |"
+              f"{_fmt(r.accuracy_among_sorted)} | {_fmt(r.accuracy_among_sorted_in_set)} | "
+              f"{_fmt(r.outside_nine_into_nine)} | {_fmt(r.outside_nine_into_nine_in_set)} |"
               for r in rows]
     if RISK_COVERAGE_NAME in figures:
         lines += ["", f"![Risk-coverage]({RISK_COVERAGE_NAME})"]

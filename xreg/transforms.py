@@ -82,7 +82,8 @@ def resize_grey(pixels: np.ndarray, size: int) -> torch.Tensor:
 
 
 def augment_batch(
-    x: torch.Tensor, generator: torch.Generator, *, hflip: bool, rot90: bool
+    x: torch.Tensor, generator: torch.Generator, *, hflip: bool, rot90: bool,
+    rotate: float = 0.0, scale: float = 0.0, shift: float = 0.0, intensity: float = 0.0,
 ) -> torch.Tensor:
     """Randomly flip (p=0.5) and rotate by k*90 degrees each image of ``(B, S, S)``.
 
@@ -91,6 +92,11 @@ def augment_batch(
 
     Draws from ``generator`` only, so a seeded epoch is reproducible. The
     thesis's augmentation; square inputs keep their shape under rotation.
+    Beyond it (all off by default): a random affine map, rotation up to
+    ``rotate`` degrees, zoom by up to ``scale`` (0.1: 0.9-1.1) and shift by up
+    to ``shift`` of the side, with black outside the film; and, with
+    ``intensity`` (e.g. 0.2), a random gamma, contrast and brightness, since
+    exposure and processing differ between machines. Values stay in [0, 1].
     """
     out = x.clone()
     n = x.shape[0]
@@ -103,4 +109,36 @@ def augment_batch(
             chosen = ks == k
             if chosen.any():
                 out[chosen] = torch.rot90(out[chosen], k, dims=(-2, -1))
+    if rotate or scale or shift:
+        out = _random_affine(out, generator, rotate, scale, shift)
+    if intensity:
+        shape = (n,) + (1,) * (out.ndim - 1)
+
+        def uniform(low: float, high: float) -> torch.Tensor:
+            return low + (high - low) * torch.rand(shape, generator=generator)
+
+        gamma = torch.exp(uniform(-intensity, intensity))
+        contrast = uniform(1 - intensity, 1 + intensity)
+        brightness = uniform(-intensity / 4, intensity / 4)
+        out = ((out.clamp(0, 1) ** gamma - 0.5) * contrast + 0.5 + brightness).clamp(0, 1)
     return out
+
+
+def _random_affine(x: torch.Tensor, generator: torch.Generator, rotate: float,
+                   scale: float, shift: float) -> torch.Tensor:
+    """One random rotation/zoom/shift per item of ``(B, S, S)`` or ``(B, V, S, S)``."""
+    n = x.shape[0]
+
+    def uniform(half: float) -> torch.Tensor:
+        return (torch.rand(n, generator=generator) * 2 - 1) * half
+
+    angle = uniform(rotate) * (np.pi / 180)
+    zoom = 1 + uniform(scale)
+    dx, dy = uniform(2 * shift), uniform(2 * shift)  # grid units: the side is 2 long
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.stack([torch.stack([cos, -sin, dx], 1), torch.stack([sin, cos, dy], 1)], 1)
+    views = x if x.ndim == 4 else x[:, None]
+    grid = F.affine_grid(theta.to(views.dtype), list(views.shape), align_corners=False)
+    out = F.grid_sample(views, grid, mode="bilinear", padding_mode="zeros",
+                        align_corners=False)
+    return out if x.ndim == 4 else out[:, 0]

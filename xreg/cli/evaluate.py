@@ -133,13 +133,15 @@ def _sorting_tables(ev: Any) -> list[Table]:
         tables.append(table)
     if ev.risk_coverage:
         rc = Table(title="Risk-coverage (* operating point)")
-        for col in ("min_confidence", "coverage", "accuracy among sorted",
-                    "not of the nine, into the nine"):
+        for col in ("min_confidence", "coverage", "accuracy among sorted", "(in set)",
+                    "not of the nine, into the nine", "(in set)"):
             rc.add_column(col, justify="right")
         for r in ev.risk_coverage:
             rc.add_row(f"{r.threshold:g}{' *' if r.operating else ''}",
                        *(_fmt(v) for v in (r.coverage, r.accuracy_among_sorted,
-                                           r.outside_nine_into_nine)))
+                                           r.accuracy_among_sorted_in_set,
+                                           r.outside_nine_into_nine,
+                                           r.outside_nine_into_nine_in_set)))
         tables.append(rc)
     return tables
 

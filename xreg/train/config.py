@@ -100,6 +100,10 @@ class TrainConfig:
     samples_per_epoch: int = 0  # 0: one draw per training item
     hflip: bool = True
     rot90: bool = True
+    rotate: float = 0.0  # beyond the thesis: random rotation up to this many degrees
+    scale: float = 0.0  # random zoom by up to this fraction
+    shift: float = 0.0  # random shift by up to this fraction of the side
+    intensity: float = 0.0  # random gamma, contrast and brightness (e.g. 0.2)
     split: tuple[float, float, float] = (0.7, 0.2, 0.1)  # train, val, test
     seed: int = 0
     instrument_threshold: str | float = "youden"  # youden (on val) or a probability
@@ -129,7 +133,9 @@ class TrainConfig:
                 raise bad(key, "must be true or false")
         for key, lo, hi in (("dropout", 0.0, 0.99), ("label_smoothing", 0.0, 0.99),
                             ("gamma", 1e-6, 1.0), ("min_confidence", 0.0, 1.0),
-                            ("balance_power", 0.0, 1.0)):
+                            ("balance_power", 0.0, 1.0), ("rotate", 0.0, 45.0),
+                            ("scale", 0.0, 0.5), ("shift", 0.0, 0.5),
+                            ("intensity", 0.0, 1.0)):
             value = getattr(self, key)
             if not _is_number(value) or not lo <= value <= hi:
                 raise bad(key, f"must be a number in [{lo}, {hi}], got {value!r}")

@@ -296,7 +296,8 @@ def fit(
         labelled: dict[str, int] = dict.fromkeys(train.targets, 0)
         for idx in _batches(order, config.batch_size):
             x = augment_batch(train.pixels[idx].float(), gen, hflip=config.hflip,
-                              rot90=config.rot90)
+                              rot90=config.rot90, rotate=config.rotate, scale=config.scale,
+                              shift=config.shift, intensity=config.intensity)
             targets = {k: v[idx].to(device) for k, v in train.targets.items()}
             logits = model(_inputs(x, mean, std, device))
             loss = _losses(logits, targets, config.label_smoothing)
