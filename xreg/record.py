@@ -30,16 +30,6 @@ def placement(pred: Prediction, min_confidence: float) -> Placement:
     return decide_placement(label, pred.confidence("body_part"), min_confidence)
 
 
-def placement_status(pred: Prediction, min_confidence: float) -> str:
-    """``unreadable``, ``review`` or ``sorted`` (:func:`placement`'s status)."""
-    return placement(pred, min_confidence).status
-
-
-def fracture_label(pred: Prediction) -> str:
-    """``fracture``/``no_fracture`` from the single-film head, ``""`` without one."""
-    return pred.labels.get("fracture", "")
-
-
 def layout_fields(pred: Prediction) -> dict[str, str]:
     """Values for ``--layout``; the sorter sanitises each before use."""
     name = pred.source.path.name
@@ -52,7 +42,7 @@ def layout_fields(pred: Prediction) -> dict[str, str]:
     return {
         "body_part": pred.labels.get("body_part", ""),
         "instrument": pred.labels.get("instrument", ""),
-        "fracture": fracture_label(pred),
+        "fracture": pred.labels.get("fracture", ""),  # the single-film head, if any
         "view": dicom.get("ViewPosition", ""),
         "laterality": dicom.get("Laterality", ""),
         "study_date": date,
