@@ -45,6 +45,24 @@ def test_set_label_loss_is_minus_log_of_the_sets_summed_probability() -> None:
         -math.log(float(p[0, 0] + p[0, 1])), rel=1e-6)
 
 
+def test_primary_weight_leans_towards_the_first_member_inside_the_set() -> None:
+    logits = torch.tensor([[1.0, 1.0, 0.0]])
+    members = torch.tensor([[1.0, 2.0, 0.0]])  # class 1 is the primary
+    p = torch.softmax(logits, 1)[0]
+    pure = set_label_loss(logits, members)
+    assert float(pure) == pytest.approx(-math.log(float(p[0] + p[1])))
+    leaning = set_label_loss(logits, members, primary_weight=0.5)
+    assert float(leaning) == pytest.approx(float(pure) - 0.5 * math.log(float(p[1])))
+    x = logits.clone().requires_grad_(True)
+    set_label_loss(x, members, primary_weight=0.5).backward()
+    assert x.grad is not None
+    assert float(x.grad[0, 1]) < float(x.grad[0, 0]) and float(x.grad[0, 2]) > 0
+    # A sure label (set of one) is unchanged by the weight.
+    one = torch.tensor([[0.0, 2.0, 0.0]])
+    assert float(set_label_loss(logits, one, primary_weight=0.5)) == pytest.approx(
+        float(set_label_loss(logits, one)))
+
+
 def test_unknown_rows_are_masked() -> None:
     logits = torch.randn(3, 4)
     members = torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
@@ -178,7 +196,13 @@ def test_sources_are_tagged_weighted_and_masked(two_sources: Path, tmp_path: Pat
     t = task.targets(members)
     assert t["body_part"].shape == (len(task), len(EXTENDED_BODY_PARTS))
     sets = [i for i in members if len(task.images[i].body_parts) == 2]
-    assert sets and all(float(t["body_part"][i].sum()) == 2 for i in sets)
+    assert sets and all(int((t["body_part"][i] > 0).sum()) == 2 for i in sets)
+    # The primary label (first member) is marked 2, the other candidates 1.
+    labels = EXTENDED_BODY_PARTS
+    for i in sets:
+        primary, other = task.images[i].body_parts
+        assert float(t["body_part"][i, labels.index(primary)]) == 2.0
+        assert float(t["body_part"][i, labels.index(other)]) == 1.0
     # Phantoms carry no fracture label outside hip pairs: masked, not "no fracture".
     ph = [i for i in members if task.images[i].source == "ph"]
     assert all(int(t["fracture"][i]) == -100 for i in ph)

@@ -95,6 +95,7 @@ class TrainConfig:
     max_epochs: int = 100
     patience: int = 10  # epochs without a better validation loss before stopping
     label_smoothing: float = 0.1  # body part head only
+    primary_weight: float = 0.0  # set labels: extra -log p(first member), 0 = pure set loss
     weighted_sampling: bool = True  # balance the instrument classes in each epoch
     balance_power: float = 1.0  # 1: classes drawn equally; 0.5: by sqrt of their counts
     samples_per_epoch: int = 0  # 0: one draw per training item
@@ -134,6 +135,7 @@ class TrainConfig:
         for key, lo, hi in (("dropout", 0.0, 0.99), ("label_smoothing", 0.0, 0.99),
                             ("gamma", 1e-6, 1.0), ("min_confidence", 0.0, 1.0),
                             ("balance_power", 0.0, 1.0), ("rotate", 0.0, 45.0),
+                            ("primary_weight", 0.0, 10.0),
                             ("scale", 0.0, 0.5), ("shift", 0.0, 0.5),
                             ("intensity", 0.0, 1.0)):
             value = getattr(self, key)

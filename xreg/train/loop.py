@@ -163,24 +163,31 @@ def _batches(order: torch.Tensor, size: int) -> list[torch.Tensor]:
 
 
 def set_label_loss(logits: torch.Tensor, members: torch.Tensor,
-                   smoothing: float = 0.0) -> torch.Tensor:
+                   smoothing: float = 0.0, primary_weight: float = 0.0) -> torch.Tensor:
     """Mean over labelled rows of ``-log(sum of the set's probabilities)``.
 
-    ``members`` is (B, C) with 1 for each candidate class; all-zero rows are
+    ``members`` is (B, C) with a value > 0 for each candidate class (2 marks
+    the primary label, the reviewer's first choice); all-zero rows are
     unknown and contribute nothing. A set of one is ordinary cross-entropy
     and takes ``smoothing`` (the thesis's label smoothing); a larger set is
     left unsmoothed, so its loss never pulls probability towards classes
-    outside it.
+    outside it. ``primary_weight`` > 0 adds that much of ``-log p(primary)``
+    to a larger set's loss: a mild lean towards the first choice, still
+    entirely inside the set.
     """
     known = members.sum(1) > 0
     if not bool(known.any()):
         return logits.sum() * 0.0
     logp = torch.log_softmax(logits[known].float(), dim=1)
     m = members[known].to(logp.dtype)
-    in_set = torch.logsumexp(logp.masked_fill(m == 0, -math.inf), dim=1)
-    single = m.sum(1) == 1
+    in_set = torch.logsumexp(logp.masked_fill(m <= 0, -math.inf), dim=1)
+    single = (m > 0).sum(1) == 1
     eps = smoothing * single.to(logp.dtype)
-    return (-(1 - eps) * in_set - eps * logp.mean(1)).mean()
+    loss = -(1 - eps) * in_set - eps * logp.mean(1)
+    if primary_weight:
+        primary = logp.gather(1, m.argmax(1, keepdim=True))[:, 0]
+        loss = loss - primary_weight * (~single).to(logp.dtype) * primary
+    return loss.mean()
 
 
 def _in_set(pred: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,13 +200,13 @@ def _in_set(pred: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 
 
 def _losses(logits: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor],
-            smoothing: float) -> torch.Tensor:
+            smoothing: float, primary_weight: float = 0.0) -> torch.Tensor:
     loss = torch.zeros((), device=next(iter(logits.values())).device)
     for name, y in targets.items():
         # Label smoothing is the thesis's for the body part head only.
         eps = smoothing * (name == "body_part")
         if y.ndim == 2:
-            loss = loss + set_label_loss(logits[name], y, eps)
+            loss = loss + set_label_loss(logits[name], y, eps, primary_weight)
         elif bool((y != IGNORE).any()):
             loss = loss + F.cross_entropy(logits[name], y, ignore_index=IGNORE,
                                           label_smoothing=eps)
@@ -230,7 +237,7 @@ def _validate(model: MultiHeadNet, val: Tensors, mean: float, std: float,
         accuracy[f"val_{name}"] = math.nan
         if y.ndim == 2:  # a set label: the probability of the set
             known = y.sum(1) > 0
-            p_set = (probs[name] * y).sum(1)
+            p_set = (probs[name] * (y > 0)).sum(1)
             right = y[np.arange(len(y)), probs[name].argmax(1)] > 0
         else:
             known = y != IGNORE
@@ -300,7 +307,7 @@ def fit(
                               shift=config.shift, intensity=config.intensity)
             targets = {k: v[idx].to(device) for k, v in train.targets.items()}
             logits = model(_inputs(x, mean, std, device))
-            loss = _losses(logits, targets, config.label_smoothing)
+            loss = _losses(logits, targets, config.label_smoothing, config.primary_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()

@@ -106,8 +106,8 @@ class ImageTask(Task):
         head = self.heads[0]
         mask = torch.zeros((len(members), len(head.labels)), dtype=torch.float32)
         for row, i in enumerate(members):
-            for label in self.images[i].body_parts:
-                mask[row, head.labels.index(label)] = 1.0
+            for k, label in enumerate(self.images[i].body_parts):
+                mask[row, head.labels.index(label)] = 2.0 if k == 0 else 1.0  # 2: primary
         out["body_part"] = mask
         return out
 
