@@ -138,7 +138,9 @@ def train(
     if resume:
         state = torch.load(run_dir / STATE_FILE, map_location="cpu", weights_only=True)
         # Only the epoch budget may change on resume (to extend or cut a run short).
-        saved = {**state.get("config", {}), "max_epochs": config.max_epochs}
+        # Keys a newer xreg added are compared at their defaults (the old run had none).
+        saved = {**TrainConfig().to_dict(), **state.get("config", {}),
+                 "max_epochs": config.max_epochs}
         if saved != config.to_dict():
             changed = sorted(k for k, v in config.to_dict().items() if saved.get(k) != v)
             raise ConfigError(f"the config changed since the run started ({', '.join(changed)}); "
