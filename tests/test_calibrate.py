@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from xreg.calibrate import choose_min_confidence
@@ -98,3 +99,36 @@ def test_operating_point_on_label_sets_counts_a_folder_in_the_set_as_right() -> 
     lenient = choose_operating_point(labels, probs, truth, truth_sets=[("hand", "wrist")] * 4)
     assert lenient.met and lenient.threshold == 0.3 and lenient.scored_by == "label set"
     assert lenient.accuracy_among_sorted == 1.0
+
+
+def test_cli_operating_point_writes_the_threshold_into_the_card(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from xreg.checkpoint import load_checkpoint
+    from xreg.cli import app
+    from xreg.models import EXTENDED_BODY_PARTS
+
+    from .conftest import biased_checkpoint
+
+    rng = np.random.default_rng(0)
+    rows = ["path,body_part,instrument,split"]
+    for i in range(6):
+        Image.fromarray((rng.random((40, 40)) * 255).astype(np.uint8)).save(
+            tmp_path / f"f{i}.png")
+        rows.append(f"f{i}.png,{'hand|wrist' if i % 2 else 'wrist|hand'},0,val")
+    (tmp_path / "val.csv").write_text("\n".join(rows) + "\n")
+    weights = biased_checkpoint(tmp_path / "w.pt", EXTENDED_BODY_PARTS, "hand", margin=3.0)
+    result = CliRunner().invoke(app, ["weights", "operating-point", str(weights),
+                                      str(tmp_path / "val.csv"), "--split", "val", "--json"])
+    assert result.exit_code == 0, result.output
+    point = json.loads(result.stdout)
+    assert point["met"] and point["scored_by"] == "label set"
+    assert point["accuracy_among_sorted"] == 1.0
+    card = load_checkpoint(weights).card
+    assert card.thresholds["min_confidence"] == point["threshold"]
+    assert card.training["calibration"]["split"] == "val"
+    strict = CliRunner().invoke(app, ["weights", "operating-point", str(weights),
+                                      str(tmp_path / "val.csv"), "--by-primary", "--json"])
+    assert json.loads(strict.stdout)["met"] is False  # half the primaries say wrist

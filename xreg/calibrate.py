@@ -25,7 +25,7 @@ from xreg.io import find_images
 from xreg.predict import SourceFile, predict_files, resolve_device
 
 __all__ = ["Calibration", "OperatingPoint", "calibrate_checkpoint", "choose_min_confidence",
-           "choose_operating_point", "top_confidences"]
+           "choose_operating_point", "set_operating_point", "top_confidences"]
 
 
 @dataclass(frozen=True)
@@ -178,3 +178,46 @@ def calibrate_checkpoint(
     )
     save_checkpoint(out, loaded.model, card)
     return calibration
+
+
+def set_operating_point(
+    weights: Path,
+    labelled: Path,
+    out: Path,
+    *,
+    split: str | None = None,
+    target_accuracy: float = 0.97,
+    max_outside: float = 0.10,
+    by_set: bool = True,
+    device: str = "auto",
+) -> OperatingPoint:
+    """Choose ``min_confidence`` on labelled films and write the checkpoint to ``out``.
+
+    ``labelled`` is a manifest (``split`` keeps only those rows, e.g. ``val``
+    of a training run's split.csv) or a sort-layout folder; see
+    :func:`choose_operating_point`. ``by_set`` scores by each film's label set.
+    The choice is recorded in the card (``training.calibration``).
+    """
+    from xreg.datasets import load_labels
+    from xreg.evaluate import _display, evaluate_images, select_split
+
+    loaded = load_checkpoint(weights)
+    labels = loaded.card.head("body_part").labels
+    images = select_split(load_labels(labelled, labels), split, labelled)
+    root = Path(labelled) if Path(labelled).is_dir() else Path(labelled).parent
+    ev = evaluate_images(loaded, images, root=root, data=os.fspath(labelled),
+                         device=resolve_device(device), n_resamples=1, min_confidence=0.0)
+    sets = {im.path: im.body_parts for im in images}
+    by_shown = {_display(path, root): s for path, s in sets.items()}
+    point = choose_operating_point(
+        labels, ev.body_part_probs, ev.body_part_true,
+        truth_sets=[by_shown[p] for p in ev.paths] if by_set else None,
+        target_accuracy=target_accuracy, max_outside=max_outside)
+    card = dataclasses.replace(
+        loaded.card,
+        thresholds={**loaded.card.thresholds, "min_confidence": point.threshold},
+        training={**loaded.card.training, "calibration": {
+            **point.to_dict(), "data": os.fspath(labelled), "split": split or "all"}})
+    save_checkpoint(out, loaded.model, card)
+    return point
+

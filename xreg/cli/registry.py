@@ -120,6 +120,50 @@ def weights_random(
     err.print(f"wrote {path} (random weights: predictions are meaningless) sha256={sha}")
 
 
+@weights_app.command("operating-point")
+def weights_operating_point(
+    path: Annotated[Path, typer.Argument(help="The checkpoint to set min_confidence on.")],
+    labelled: Annotated[Path, typer.Argument(
+        help="Labelled films: a manifest CSV (e.g. a training run's split.csv) or a "
+             "sort-layout folder. Never the films you will report on.")],
+    split: Annotated[str | None, typer.Option(
+        help="Only the manifest rows of this split (e.g. val).")] = None,
+    target_accuracy: Annotated[float, typer.Option(
+        help="Accuracy among sorted nine-class films to reach.", min=0.5, max=1.0)] = 0.97,
+    max_outside: Annotated[float, typer.Option(
+        help="Most films outside the nine that may land in a nine-class folder.",
+        min=0.0, max=1.0)] = 0.10,
+    by_set: Annotated[bool, typer.Option(
+        "--by-set/--by-primary",
+        help="Count a folder within a film's label set (hand|wrist) as right, or only "
+             "its first label.")] = True,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Write the checkpoint here (default: replace PATH "
+                               "atomically).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Set min_confidence on your own labelled films: the lowest threshold (most films
+    sorted) whose accuracy among sorted reaches --target-accuracy while at most
+    --max-outside of the films outside the nine land in a nine-class folder.
+
+    `xreg evaluate --report` shows the whole risk-coverage table to pick from.
+    """
+    from xreg.calibrate import set_operating_point
+
+    with handle_errors():
+        point = set_operating_point(path, labelled, output or path, split=split,
+                                    target_accuracy=target_accuracy,
+                                    max_outside=max_outside, by_set=by_set)
+    if as_json:
+        sys.stdout.write(json.dumps(point.to_dict(), indent=2) + "\n")
+        return
+    verdict = "met" if point.met else "NOT met; took the most accurate threshold"
+    out.print(f"min_confidence {point.threshold:.3f} ({verdict}): coverage "
+              f"{point.coverage:.3f}, accuracy among sorted {point.accuracy_among_sorted:.3f}, "
+              f"outside the nine into the nine {point.outside_nine_into_nine:.3f} "
+              f"(scored by {point.scored_by}); wrote {output or path}", highlight=False)
+
+
 @weights_app.command("calibrate")
 def weights_calibrate(
     path: Annotated[Path, typer.Argument(help="The checkpoint to calibrate.")],
