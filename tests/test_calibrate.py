@@ -97,7 +97,7 @@ def test_operating_point_on_label_sets_counts_a_folder_in_the_set_as_right() -> 
     strict = choose_operating_point(labels, probs, truth)
     assert not strict.met and strict.scored_by == "primary label"
     lenient = choose_operating_point(labels, probs, truth, truth_sets=[("hand", "wrist")] * 4)
-    assert lenient.met and lenient.threshold == 0.3 and lenient.scored_by == "label set"
+    assert lenient.met and lenient.threshold == 0.3 and lenient.scored_by == "label set (accuracy)"
     assert lenient.accuracy_among_sorted == 1.0
 
 
@@ -124,7 +124,7 @@ def test_cli_operating_point_writes_the_threshold_into_the_card(tmp_path: Path) 
                                       str(tmp_path / "val.csv"), "--split", "val", "--json"])
     assert result.exit_code == 0, result.output
     point = json.loads(result.stdout)
-    assert point["met"] and point["scored_by"] == "label set"
+    assert point["met"] and point["scored_by"] == "label set (accuracy)"
     assert point["accuracy_among_sorted"] == 1.0
     card = load_checkpoint(weights).card
     assert card.thresholds["min_confidence"] == point["threshold"]

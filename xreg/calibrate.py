@@ -96,8 +96,11 @@ def choose_operating_point(labels: Sequence[str], probs: ArrayLike, truth: Array
     class indices ``truth``): accuracy among the nine-class films that would
     be sorted at least ``target_accuracy``, and at most ``max_outside`` of the
     films outside the nine sorted into a nine-class folder. With
-    ``truth_sets`` both count a folder within the film's label set as right
-    (labels with measured border noise). When no threshold of ``grid``
+    ``truth_sets`` the accuracy counts a folder within the film's label set
+    as right (labels with measured border noise); the outside-nine share is
+    always counted by the primary label, the stricter reading, so a
+    long-bone film in a joint's folder counts against the threshold even
+    when the joint was the reviewer's second guess. When no threshold of ``grid``
     (default 0.30 to 0.995) meets both, the one with the highest accuracy
     among sorted is taken and ``met`` is False.
     """
@@ -106,9 +109,8 @@ def choose_operating_point(labels: Sequence[str], probs: ArrayLike, truth: Array
     grid = grid if grid is not None else [round(0.30 + 0.005 * i, 3) for i in range(140)]
     full = risk_coverage(labels, probs, truth, grid, truth_sets=truth_sets)
     lenient = truth_sets is not None
-    rows = [dataclasses.replace(
-        r, accuracy_among_sorted=r.accuracy_among_sorted_in_set,
-        outside_nine_into_nine=r.outside_nine_into_nine_in_set) if lenient else r for r in full]
+    rows = [dataclasses.replace(r, accuracy_among_sorted=r.accuracy_among_sorted_in_set)
+            if lenient else r for r in full]
 
     def within(value: float, limit: float, low: bool) -> bool:
         return bool(np.isnan(value)) or (value <= limit if low else value >= limit)
@@ -126,7 +128,7 @@ def choose_operating_point(labels: Sequence[str], probs: ArrayLike, truth: Array
         met = False
     return OperatingPoint(best.threshold, target_accuracy, max_outside, met, best.coverage,
                           best.accuracy_among_sorted, best.outside_nine_into_nine,
-                          "label set" if lenient else "primary label")
+                          "label set (accuracy)" if lenient else "primary label")
 
 
 def top_confidences(loaded: LoadedModel, paths: Sequence[Path],
