@@ -146,7 +146,8 @@ def main() -> int:
     blocks = {s: sorted({im.patient_id.split(":", 1)[1] for im in
                          _split_rows(run_dir, s, "fracatlas", labels) if im.patient_id})
               for s in ("val", "test")}
-    card = dataclasses.replace(card, training={**card.training, "fracatlas_blocks": blocks})
+    card = dataclasses.replace(card, training=_no_local_paths(
+        {**card.training, "fracatlas_blocks": blocks}))
     final = work / f"{NAME}.pt"
     save_checkpoint(final, loaded.model, card)
     loaded = load_checkpoint(final)
@@ -192,6 +193,16 @@ def main() -> int:
         shutil.copyfile(work / f"{NAME}.md", ROOT / "weights" / f"{NAME}.md")
         print(f"shipped to {ROOT / 'weights'}")
     return 0
+
+
+def _no_local_paths(training: dict[str, Any]) -> dict[str, Any]:
+    """Dataset paths of this machine become their file names in the shipped card."""
+    def plain(sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{**d, "path": Path(d["path"]).name} if d.get("path") else d for d in sources]
+
+    data = {**training["data"], "datasets": plain(training["data"].get("datasets", []))}
+    recipe = {**training["recipe"], "datasets": plain(training["recipe"].get("datasets", []))}
+    return {**training, "data": data, "recipe": recipe}
 
 
 def _spine(*evaluations: Evaluation) -> dict[str, Any]:

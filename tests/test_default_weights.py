@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from xreg.checkpoint import DEFAULT_WEIGHTS, default_weights, file_sha256, load_checkpoint
 from xreg.cli import app
+from xreg.models import EXTENDED_BODY_PARTS
 from xreg.evaluate import evaluate
 from xreg.synth.generate import generate_dataset
 
@@ -20,14 +21,26 @@ def test_shipped_weights_are_small_and_say_what_they_are() -> None:
     assert default_weights() == WEIGHTS
     assert WEIGHTS.stat().st_size <= 25 * 1024 * 1024
     card = load_checkpoint(WEIGHTS).card
-    assert card.name == "bodypart_instrument_phantom" and card.arch == "mobilenet_v2"
+    assert card.name == "bodypart_real" and card.arch == "mobilenet_v2"
     assert card.training["init"] == "imagenet"
-    assert card.notes.startswith("Trained on synthetic phantoms")
-    assert card.training["split"]["counts"]["train"]["images"] >= 5000
+    assert card.notes.startswith("Trained on real radiographs from FracAtlas")
+    assert card.head("body_part").labels == EXTENDED_BODY_PARTS
+    assert [h.name for h in card.heads] == ["body_part", "instrument", "fracture", "view"]
+    counts = card.training["split"]["counts"]["train"]["source"]
+    assert counts["fracatlas"] >= 2000 and counts["phantoms"] >= 500
     assert 0 < card.thresholds["min_confidence"] < 1
-    assert "calibration" in card.training
+    assert {"instrument", "fracture"} <= set(card.thresholds)
+    assert card.training["calibration"]["split"] == "fracatlas validation"
+    assert "CC BY 4.0" in card.training["data"]["citation"]
+    # Real-film metrics with CIs on the grouped test split, as the card promises.
+    real = card.metrics["test_fracatlas"]
+    for key in ("correct_folder", "accuracy_among_sorted", "review_rate",
+                "outside_nine_into_nine"):
+        value, low, high = real["sorting"][key]
+        assert low <= value <= high
+    assert real["instrument"]["auc"][0] > 0.9 and real["fracture"]["auc"][0] > 0.7
     first = WEIGHTS.with_suffix(".md").read_text().splitlines()[0]
-    assert "synthetic phantoms" in first and "not validated on real radiographs" in first
+    assert "FracAtlas" in first and "CC BY 4.0" in first and "Not for clinical use" in first
 
 
 def test_shipped_weights_classify_fresh_phantoms(tmp_path: Path) -> None:
@@ -50,6 +63,7 @@ def test_sort_uses_the_shipped_weights_without_weights_option(
 
 def test_shipped_hip_weights_are_a_two_view_model_that_says_what_it_is() -> None:
     path = WEIGHTS.with_name("hip_fracture_phantom.pt")
+    assert path.is_file() and WEIGHTS.with_name("bodypart_instrument_phantom.pt").is_file()
     assert path.stat().st_size <= 25 * 1024 * 1024
     card = load_checkpoint(path).card
     assert card.views == 2 and [h.name for h in card.heads] == ["fracture"]

@@ -147,5 +147,7 @@ def test_cli_explain_sort_and_hip_heatmaps(tmp_path: Path) -> None:
                         for _, h in rows)
     # Never inside the class folders.
     assert not [p for p in out.rglob("*_body_part.png") if "_heatmaps" not in p.parts]
-    hips = db.execute("SELECT heatmap_path FROM hip_studies WHERE decision IS NOT NULL")
-    assert all(h and (out / h).is_file() for (h,) in hips.fetchall())
+    # Joined-pair overlays for scored pairs (a single_view study's film has its own).
+    hips = db.execute("SELECT heatmap_path FROM hip_studies WHERE decision IS NOT NULL "
+                      "AND status = 'paired'").fetchall()
+    assert hips and all(h and (out / h).is_file() for (h,) in hips)

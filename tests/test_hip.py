@@ -120,8 +120,10 @@ def test_cli_hip_pairs_scores_records_and_places(hip_folder: Path, hip_weights: 
     # DICOM pair whose view came from the classifier's view head.
     assert len(paired) == 7
     assert all(s["decision"] in ("fracture", "no_fracture") for s in paired)
-    lone = [s for s in studies.values() if s["status"] == "missing_lateral"]
+    # The shipped classifier has a single-film fracture head: the lone AP is scored.
+    lone = [s for s in studies.values() if s["status"] in ("missing_lateral", "single_view")]
     assert [Path(s["ap"]).name for s in lone] == ["LONE1_AP.png"]
+    assert lone[0]["status"] == "single_view" and lone[0]["decision"] is not None
     with Registry(out / "registry.sqlite") as reg:
         rows = reg.hip_studies()
     assert len(rows) == len(studies)
@@ -138,7 +140,9 @@ def test_cli_hip_pairs_scores_records_and_places(hip_folder: Path, hip_weights: 
             assert joined.exists()
     noview = json.loads(next(r["view_sources"] for r in rows if r["study"] == "1.2.3.4.5"))
     assert set(noview.values()) == {"model"}
-    assert (out / "hip" / "unpaired").is_dir()
+    single = next(r for r in rows if r["status"] == "single_view")
+    assert single["dest"].startswith(f"hip/{single['decision']}/")
+    assert [p.name for p in (out / single["dest"]).iterdir()] == ["LONE1_AP.png"]
 
 
 def test_cli_hip_with_a_pairs_csv(hip_folder: Path, hip_weights: Path) -> None:

@@ -49,8 +49,9 @@ __all__ = [
 CHECKPOINT_FORMAT = "xreg-checkpoint"
 CARD_FORMAT_VERSION = 1
 #: The checkpoint ``xreg sort`` uses when no --weights is given, shipped in the
-#: repository's ``weights/`` folder (trained on phantoms; see its model card).
-DEFAULT_WEIGHTS = "bodypart_instrument_phantom.pt"
+#: repository's ``weights/`` folder (trained on real FracAtlas films and phantoms;
+#: see its model card).
+DEFAULT_WEIGHTS = "bodypart_real.pt"
 RANDOM_WEIGHTS_NOTE = (
     "RANDOM WEIGHTS, for tests and the placeholder demo only; "
     "predictions are meaningless."
@@ -217,7 +218,7 @@ class ModelCard:
 
 
 def default_weights() -> Path:
-    """The shipped default checkpoint, ``weights/bodypart_instrument_phantom.pt``.
+    """The shipped default checkpoint, ``weights/bodypart_real.pt``.
 
     It lives beside the package in a source checkout (the quick start's
     setup). Raises ``ConfigError`` saying what to pass when it is absent.

@@ -65,7 +65,7 @@ def sort_cmd(
     out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="Sorted output folder.")],
     weights: Annotated[Path | None, typer.Option(
         help="Model checkpoint (.pt) to classify with.  [default: XREG_WEIGHTS, else "
-             "the shipped weights/bodypart_instrument_phantom.pt]",
+             "the shipped weights/bodypart_real.pt]",
         envvar="XREG_WEIGHTS")] = None,
     mode: Annotated[Mode | None, typer.Option(
         help="copy: leave IN as it is; move: delete each source once its copy is verified "
