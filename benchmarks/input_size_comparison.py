@@ -41,7 +41,6 @@ def figures(run: Path) -> dict[str, Any]:
         "input_size": card["input_size"],
         "body_part_accuracy": val["body_part"]["accuracy"],
         "body_part_mcc": val["body_part"]["mcc"],
-        "min_confidence": summary["min_confidence"]["threshold"],
         "instrument_auc": (val.get("instrument") or {}).get("auc"),
         "fracture_auc": (val.get("fracture") or {}).get("auc"),
         "epochs": card["training"]["epochs_run"],
@@ -58,17 +57,17 @@ def main() -> int:
     args = parser.parse_args()
     rows = [figures(run) for run in args.runs]
     print("Real FracAtlas validation split (95% bootstrap CIs):")
-    print("| input | body part accuracy | MCC | instrument AUC | fracture AUC | "
-          "min_confidence | epochs (best) | train min |")
+    print("| run | input | body part accuracy | MCC | instrument AUC | fracture AUC | "
+          "epochs (best) | train min |")
     print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['input_size']} | {_ci(r['body_part_accuracy'])} | {_ci(r['body_part_mcc'])}"
-              f" | {_ci(r['instrument_auc'])} | {_ci(r['fracture_auc'])} | "
-              f"{r['min_confidence']:.3f} | {r['epochs']} ({r['best_epoch']}) | "
+    for run, r in zip(args.runs, rows):
+        print(f"| {run.name} | {r['input_size']} | {_ci(r['body_part_accuracy'])} | "
+              f"{_ci(r['body_part_mcc'])} | {_ci(r['instrument_auc'])} | "
+              f"{_ci(r['fracture_auc'])} | {r['epochs']} ({r['best_epoch']}) | "
               f"{r['minutes']:.0f} |", flush=True)
     if args.no_speed:
         return 0
-    models = ",".join(f"mobilenet_v2:{r['input_size']}" for r in rows)
+    models = ",".join(sorted({f"mobilenet_v2:{r['input_size']}" for r in rows}))
     print(f"\nSort speed, JPEG 2500x2000, {args.n} files (benchmarks/sort_throughput.py):",
           flush=True)
     return subprocess.run([sys.executable, str(HERE / "sort_throughput.py"), "--n",
