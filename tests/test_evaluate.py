@@ -170,8 +170,10 @@ def test_evaluate_random_checkpoint_metrics_match_the_probabilities(
                            "instrument_labelled": 27}
     assert d["checkpoint"]["sha256"] == load_checkpoint(tiny_weights).sha256
     assert d["checkpoint"]["note"].startswith("RANDOM WEIGHTS")
-    assert set(d["instrument"]) == {"threshold", "auc", "sensitivity", "specificity",
-                                    "youden", "f1", "accuracy", "ppv", "npv"}
+    assert set(d["instrument"]) == {"threshold", "labelled", "positive", "auc", "sensitivity",
+                                    "specificity", "youden", "f1", "accuracy", "ppv", "npv"}
+    assert d["instrument"]["labelled"] == 27
+    assert d["instrument"]["positive"] == int(ev.instrument_true.sum())
     assert len(d["misclassified"]) == wrong
 
 
