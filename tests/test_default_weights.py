@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from xreg.checkpoint import DEFAULT_WEIGHTS, default_weights, file_sha256, load_checkpoint
 from xreg.cli import app
-from xreg.evaluate import evaluate
+from xreg.evaluation.evaluate import evaluate
 from xreg.models import EXTENDED_BODY_PARTS
 from xreg.synth.generate import generate_dataset
 

@@ -14,17 +14,17 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-import xreg.evaluate as evaluate_module
+import xreg.evaluation.evaluate as evaluate_module
 from xreg.checkpoint import ModelCard, load_checkpoint, save_checkpoint
 from xreg.cli import app
 from xreg.datasets import LabelledImage, load_labels
 from xreg.errors import ConfigError
-from xreg.evaluate import evaluate, evaluate_images, score
-from xreg.evaluate_sorting import RISK_COVERAGE_THRESHOLDS, risk_coverage, score_sorting
-from xreg.metrics import roc_auc
+from xreg.evaluation.evaluate import evaluate, evaluate_images, score
+from xreg.evaluation.metrics import roc_auc
+from xreg.evaluation.report import write_report
+from xreg.evaluation.sorting import RISK_COVERAGE_THRESHOLDS, risk_coverage, score_sorting
 from xreg.models import BODY_PARTS, EXTENDED_BODY_PARTS, INSTRUMENT_HEAD, HeadSpec, build_model
 from xreg.predict import Prediction, SourceFile
-from xreg.report import write_report
 from xreg.synth.generate import generate_dataset
 
 RESAMPLES = 200

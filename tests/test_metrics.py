@@ -16,7 +16,7 @@ from sklearn.metrics import (
 )
 
 from xreg.errors import MetricsInputError, XregError
-from xreg.metrics import (
+from xreg.evaluation.metrics import (
     Estimate,
     binary_metrics,
     bootstrap,

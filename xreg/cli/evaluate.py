@@ -72,7 +72,7 @@ def evaluate_cmd(
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
 ) -> None:
     from xreg.checkpoint import load_checkpoint
-    from xreg.evaluate import evaluate
+    from xreg.evaluation.evaluate import evaluate
 
     with handle_errors():
         loaded = load_checkpoint(weights)  # once: both paths below take it as it is
@@ -88,7 +88,7 @@ def evaluate_cmd(
                               on_decoded=lambda: reporter.advance(None))
         written = []
         if report is not None:
-            from xreg.report import write_report
+            from xreg.evaluation.report import write_report
 
             written = write_report(evaluation, report)
     if as_json:
@@ -104,7 +104,7 @@ def evaluate_cmd(
 
 
 def _binary_table(title: str, metrics: Any) -> Table:
-    from xreg.report import BINARY_METRICS, format_estimate
+    from xreg.evaluation.report import BINARY_METRICS, format_estimate
 
     table = Table(title=title)
     table.add_column("metric")
@@ -115,7 +115,7 @@ def _binary_table(title: str, metrics: Any) -> Table:
 
 
 def _sorting_tables(ev: Any) -> list[Table]:
-    from xreg.report import SORTING_METRICS, format_estimate
+    from xreg.evaluation.report import SORTING_METRICS, format_estimate
 
     sr = ev.sorting
     tables = []
@@ -151,7 +151,7 @@ def _fmt(value: float) -> str:
 
 
 def _print_tables(ev: Any) -> None:
-    from xreg.report import MULTICLASS_METRICS, format_estimate
+    from xreg.evaluation.report import MULTICLASS_METRICS, format_estimate
 
     out.print(f"{ev.checkpoint}  sha256 {ev.sha256[:12]}  {ev.note}", highlight=False)
     body = Table(title=f"Body part ({len(ev.paths)} images)")
@@ -183,8 +183,8 @@ def _print_tables(ev: Any) -> None:
 def _evaluate_hip(weights: Any, data: Path, split: str | None, report: Path | None,
                   as_json: bool, batch_size: int, device: str, resamples: int,
                   seed: int) -> None:
-    from xreg.evaluate_pairs import evaluate_pairs, write_pair_report
-    from xreg.report import BINARY_METRICS, format_estimate
+    from xreg.evaluation.pairs import evaluate_pairs, write_pair_report
+    from xreg.evaluation.report import BINARY_METRICS, format_estimate
 
     with handle_errors():
         ev = evaluate_pairs(weights, data, split=split, batch_size=batch_size, device=device,

@@ -148,7 +148,7 @@ def weights_operating_point(
 
     `xreg evaluate --report` shows the whole risk-coverage table to pick from.
     """
-    from xreg.calibrate import set_operating_point
+    from xreg.evaluation.calibrate import set_operating_point
 
     with handle_errors():
         point = set_operating_point(path, labelled, output or path, split=split,
@@ -188,7 +188,7 @@ def weights_calibrate(
     out-of-scope images it sends to _review. The result is recorded in the
     card (training.calibration).
     """
-    from xreg.calibrate import calibrate_checkpoint
+    from xreg.evaluation.calibrate import calibrate_checkpoint
 
     with handle_errors():
         result = calibrate_checkpoint(path, in_scope, out_of_scope, output or path, keep=keep)

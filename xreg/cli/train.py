@@ -162,7 +162,7 @@ def _epoch_line(e: Any) -> str:
 
 
 def _print_summary(result: Any) -> None:
-    from xreg.report import format_estimate
+    from xreg.evaluation.report import format_estimate
 
     training = result.card.training
     out.print(f"wrote {result.checkpoint} (sha256 {result.sha256[:12]}); "

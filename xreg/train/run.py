@@ -20,9 +20,9 @@ import torch
 
 from xreg.checkpoint import LoadedModel, ModelCard, save_checkpoint
 from xreg.errors import CheckpointError, ConfigError, MetricsInputError
-from xreg.evaluate import Evaluation
-from xreg.evaluate_pairs import PairEvaluation
-from xreg.metrics import youden_threshold
+from xreg.evaluation.evaluate import Evaluation
+from xreg.evaluation.metrics import youden_threshold
+from xreg.evaluation.pairs import PairEvaluation
 from xreg.models import build_model, load_imagenet_backbone
 from xreg.predict import resolve_device
 from xreg.train.config import TrainConfig

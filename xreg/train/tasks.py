@@ -183,7 +183,7 @@ class ImageTask(Task):
 
     def score_test(self, loaded: LoadedModel, test: Sequence[int], device: torch.device,
                    workers: int, config: TrainConfig) -> tuple[Any, dict[str, Any]]:
-        from xreg.evaluate import evaluate_images
+        from xreg.evaluation.evaluate import evaluate_images
 
         root = self.data if self.data.is_dir() else self.data.parent
         keys = ("counts", "body_part", "instrument", "fracture", "sorting", "risk_coverage")
@@ -261,7 +261,7 @@ class PairTask(Task):
 
     def score_test(self, loaded: LoadedModel, test: Sequence[int], device: torch.device,
                    workers: int, config: TrainConfig) -> tuple[Any, dict[str, Any]]:
-        from xreg.evaluate_pairs import evaluate_pair_list
+        from xreg.evaluation.pairs import evaluate_pair_list
 
         evaluation = evaluate_pair_list(
             loaded, [self.pairs[i] for i in test], data=os.fspath(self.data), device=device,

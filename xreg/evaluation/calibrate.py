@@ -104,7 +104,7 @@ def choose_operating_point(labels: Sequence[str], probs: ArrayLike, truth: Array
     (default 0.30 to 0.995) meets both, the one with the highest accuracy
     among sorted is taken and ``met`` is False.
     """
-    from xreg.evaluate_sorting import risk_coverage
+    from xreg.evaluation.sorting import risk_coverage
 
     grid = grid if grid is not None else [round(0.30 + 0.005 * i, 3) for i in range(140)]
     full = risk_coverage(labels, probs, truth, grid, truth_sets=truth_sets)
@@ -201,7 +201,7 @@ def set_operating_point(
     The choice is recorded in the card (``training.calibration``).
     """
     from xreg.datasets import load_labels
-    from xreg.evaluate import _display, evaluate_images, select_split
+    from xreg.evaluation.evaluate import _display, evaluate_images, select_split
 
     loaded = load_checkpoint(weights)
     labels = loaded.card.head("body_part").labels

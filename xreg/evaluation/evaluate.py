@@ -4,7 +4,7 @@ The model's probabilities are collected per head, then scored in one pure
 step (:func:`score`): body part as a multiclass head (log loss, MCC, kappa,
 accuracy, per-class AUC, confusion), instrument and fracture as binary heads
 at the card's thresholds, and the folders ``xreg sort`` would choose (see
-:mod:`xreg.evaluate_sorting`). Files that cannot be decoded are listed, never
+:mod:`xreg.evaluation.sorting`). Files that cannot be decoded are listed, never
 dropped silently.
 """
 
@@ -24,14 +24,14 @@ from numpy.typing import NDArray
 from xreg.checkpoint import LoadedModel, ModelCard, load_checkpoint
 from xreg.datasets import LabelledImage, load_labels
 from xreg.errors import ConfigError
-from xreg.evaluate_sorting import (
+from xreg.evaluation.metrics import Estimate, MulticlassReport, binary_metrics, multiclass_metrics
+from xreg.evaluation.sorting import (
     RISK_COVERAGE_THRESHOLDS,
     CoverageRow,
     SortingReport,
     risk_coverage,
     score_sorting,
 )
-from xreg.metrics import Estimate, MulticlassReport, binary_metrics, multiclass_metrics
 from xreg.predict import SourceFile, predict_files, resolve_device
 
 __all__ = ["Evaluation", "Misclassified", "Skipped", "evaluate", "evaluate_images", "score"]

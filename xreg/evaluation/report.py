@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 
 from xreg.errors import ConfigError
-from xreg.evaluate import Evaluation
-from xreg.evaluate_sorting import CoverageRow, SortingReport
-from xreg.metrics import Estimate
+from xreg.evaluation.evaluate import Evaluation
+from xreg.evaluation.metrics import Estimate
+from xreg.evaluation.sorting import CoverageRow, SortingReport
 
 __all__ = ["BINARY_METRICS", "MULTICLASS_METRICS", "SORTING_METRICS", "format_estimate",
            "make_report_dir", "plot_risk_coverage", "plot_roc", "write_report"]

@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from xreg.errors import ConfigError
-from xreg.metrics import Estimate, share_metrics
+from xreg.evaluation.metrics import Estimate, share_metrics
 from xreg.models import BODY_PARTS, LONG_BONES
 from xreg.scope import decide_placement
 

@@ -21,8 +21,8 @@ from numpy.typing import NDArray
 from xreg.checkpoint import LoadedModel, ModelCard, load_checkpoint
 from xreg.datasets import HipPair, load_pairs
 from xreg.errors import ConfigError
-from xreg.evaluate import Misclassified, Skipped, select_split
-from xreg.metrics import Estimate, binary_metrics
+from xreg.evaluation.evaluate import Misclassified, Skipped, select_split
+from xreg.evaluation.metrics import Estimate, binary_metrics
 from xreg.predict import resolve_device
 from xreg.predict_pairs import predict_pairs
 
@@ -141,7 +141,7 @@ def evaluate_pairs(
 
 def write_pair_report(ev: PairEvaluation, out_dir: Path) -> list[Path]:
     """``report.md`` plus ``roc_fracture.png`` (when both classes occur) in ``out_dir``."""
-    from xreg.report import BINARY_METRICS, format_estimate, make_report_dir, plot_roc
+    from xreg.evaluation.report import BINARY_METRICS, format_estimate, make_report_dir, plot_roc
 
     out_dir = make_report_dir(out_dir)
     written: list[Path] = []
