@@ -115,7 +115,7 @@ def generate(root: Path, n: int, seed: int = 0) -> dict[str, Path]:
 def child_sort(folder: Path, out: Path, weights: Path, batch: int, workers: int) -> dict:
 
     from xreg.config import SortOptions
-    from xreg.runner import run_sort
+    from xreg.sort.runner import run_sort
 
     class Clock:
         """Starts when the run has loaded its model and listed its files."""

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from tests.conftest import make_old, sha256_of
 from xreg.cli import app
 from xreg.registry import ImageRecord, Registry
-from xreg.sorting import TEMP_PREFIX, temp_path
+from xreg.sort.placement import TEMP_PREFIX, temp_path
 
 runner = CliRunner()
 

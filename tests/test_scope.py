@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from xreg.cli import app
 from xreg.models import BODY_PARTS, EXTENDED_BODY_PARTS
-from xreg.scope import body_part_scope, decide_placement
-from xreg.sorting import REVIEW_DIR
+from xreg.sort.placement import REVIEW_DIR
+from xreg.sort.scope import body_part_scope, decide_placement
 
 from .conftest import biased_checkpoint, make_old, sha256_of
 

@@ -7,7 +7,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from xreg.errors import ConfigError
-from xreg.sorting import (
+from xreg.sort.placement import (
     PlanItem,
     plan_moves,
     render_layout,
@@ -89,7 +89,7 @@ def test_apply_move_refuses_a_source_that_changed(tmp_path):
     import os
 
     from xreg.errors import PlacementError
-    from xreg.sorting import Move, apply_move
+    from xreg.sort.placement import Move, apply_move
 
     src = tmp_path / "a.png"
     src.write_bytes(b"original")
@@ -109,7 +109,7 @@ def test_apply_move_refuses_a_source_that_changed(tmp_path):
 def test_apply_move_adopts_identical_and_suffixes_different(tmp_path):
     import hashlib
 
-    from xreg.sorting import Move, apply_move
+    from xreg.sort.placement import Move, apply_move
 
     src = tmp_path / "a.png"
     src.write_bytes(b"content")

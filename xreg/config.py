@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from xreg.errors import ConfigError
-from xreg.sorting import DEFAULT_LAYOUT, MODES, validate_layout
+from xreg.sort.placement import DEFAULT_LAYOUT, MODES, validate_layout
 
 
 @dataclass(frozen=True)

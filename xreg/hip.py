@@ -39,8 +39,8 @@ from xreg.predict import Prediction, predict_files, resolve_device
 from xreg.predict_pairs import predict_pairs
 from xreg.pseudonym import Pseudonymiser
 from xreg.registry import Registry
-from xreg.runner import REGISTRY_NAME, check_folders, output_lock, scan_inputs
-from xreg.sorting import Move, apply_move, sanitise
+from xreg.sort.placement import Move, apply_move, sanitise
+from xreg.sort.runner import REGISTRY_NAME, check_folders, output_lock, scan_inputs
 
 __all__ = ["HIP_WEIGHTS", "HipOptions", "HipResult", "ScoredStudy", "run_hip"]
 

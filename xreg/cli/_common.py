@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import Enum
 from typing import Annotated, Any
 
 import typer
@@ -15,6 +16,15 @@ from xreg import __version__
 from xreg.errors import ConfigError, LockedError, XregError
 
 EXIT_OK, EXIT_ATTENTION, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 3
+
+
+class Device(str, Enum):
+    """Where a model runs; ``auto`` picks CUDA when present."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
 
 app = typer.Typer(
     help="Sort folders of musculoskeletal radiographs into a patient registry.",

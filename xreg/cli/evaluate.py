@@ -13,13 +13,13 @@ from rich.table import Table
 from xreg.cli._common import (
     EXIT_ATTENTION,
     EXIT_OK,
+    Device,
     app,
     err,
     handle_errors,
     out,
     progress_reporter,
 )
-from xreg.cli.sort import Device
 
 EVALUATE_HELP = """Score the checkpoint WEIGHTS on the labelled images in DATA.
 

@@ -52,7 +52,7 @@ def explain_cmd(
     from xreg.checkpoint import default_weights, load_checkpoint
     from xreg.errors import ConfigError
     from xreg.heatmaps import explain_files, explain_pairs
-    from xreg.sorting import sanitise
+    from xreg.sort.placement import sanitise
 
     with handle_errors():
         loaded = load_checkpoint(weights or default_weights())

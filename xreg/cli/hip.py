@@ -10,8 +10,15 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from xreg.cli._common import EXIT_ATTENTION, EXIT_OK, app, err, handle_errors, out
-from xreg.cli.sort import Device
+from xreg.cli._common import (
+    EXIT_ATTENTION,
+    EXIT_OK,
+    Device,
+    app,
+    err,
+    handle_errors,
+    out,
+)
 
 HIP_HELP = """Find the hip films under IN, pair each study's AP with its lateral, score fracture.
 

@@ -14,6 +14,7 @@ from rich.table import Table
 from xreg.cli._common import (
     EXIT_ATTENTION,
     EXIT_OK,
+    Device,
     app,
     err,
     handle_errors,
@@ -27,12 +28,6 @@ class Mode(str, Enum):
     move = "move"
     link = "link"
     hardlink = "hardlink"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 SORT_HELP = """Sort every radiograph under IN into OUT.
@@ -115,7 +110,7 @@ def sort_cmd(
         "--quiet", "-q", help="No progress and no summary; just the exit code.")] = False,
 ) -> None:
     from xreg.config import load_sort_options
-    from xreg.runner import run_sort
+    from xreg.sort.runner import run_sort
 
     with handle_errors():
         options = load_sort_options(config, {

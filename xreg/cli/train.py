@@ -21,8 +21,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from xreg.cli._common import app, err, handle_errors, out
-from xreg.cli.sort import Device
+from xreg.cli._common import Device, app, err, handle_errors, out
 
 TRAIN_HELP = """Train on labelled radiographs: body part + instrument (+ view), or hip fracture.
 

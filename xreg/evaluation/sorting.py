@@ -1,7 +1,7 @@
 """What ``xreg sort`` would have done with evaluated films: folders, review, risk-coverage.
 
 Pure functions over collected body-part probabilities. Each film's top label
-and its probability go through :func:`xreg.scope.decide_placement`, the very
+and its probability go through :func:`xreg.sort.scope.decide_placement`, the very
 rule ``xreg sort`` applies, so the figures here describe the folders a user
 would find: how many films land in the right one, how many wait in
 ``_review``, and how many films that are none of the nine classes slip into
@@ -21,7 +21,7 @@ from numpy.typing import ArrayLike, NDArray
 from xreg.errors import ConfigError
 from xreg.evaluation.metrics import Estimate, share_metrics
 from xreg.models import BODY_PARTS, LONG_BONES
-from xreg.scope import decide_placement
+from xreg.sort.scope import decide_placement
 
 __all__ = ["REVIEW_FOLDER", "RISK_COVERAGE_THRESHOLDS", "CoverageRow", "SortingReport",
            "place", "risk_coverage", "score_sorting"]

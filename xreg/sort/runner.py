@@ -26,10 +26,8 @@ from xreg.config import SortOptions
 from xreg.errors import ConfigError, LockedError, XregError
 from xreg.io import find_images
 from xreg.predict import Prediction, SourceFile, predict_files, resolve_device
-from xreg.record import image_fields, layout_fields, placement
 from xreg.registry import ImageRecord, Pseudonymiser, Registry
-from xreg.scope import Placement
-from xreg.sorting import (
+from xreg.sort.placement import (
     Move,
     PlanItem,
     apply_move,
@@ -38,6 +36,8 @@ from xreg.sorting import (
     plan_moves,
     remove_source,
 )
+from xreg.sort.record import image_fields, layout_fields, placement
+from xreg.sort.scope import Placement
 
 LOCK_NAME = ".xreg.lock"
 REGISTRY_NAME = "registry.sqlite"

@@ -12,13 +12,13 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from xreg.predict import Prediction
-from xreg.scope import Placement, decide_placement
+from xreg.sort.scope import Placement, decide_placement
 
 _EXTENSIONS = {"dicom": ".dcm", "png": ".png", "jpeg": ".jpg", "tiff": ".tif", "jp2": ".jp2"}
 
 
 def placement(pred: Prediction, min_confidence: float) -> Placement:
-    """Where a prediction goes; see :func:`xreg.scope.decide_placement`.
+    """Where a prediction goes; see :func:`xreg.sort.scope.decide_placement`.
 
     ``unreadable`` when nothing could be decoded; otherwise ``review`` (not
     one of the known body parts, or below ``min_confidence``, with the
