@@ -286,3 +286,20 @@ def test_affine_and_intensity_augmentation_is_seeded_bounded_and_pair_aware() ->
     moved = augment_batch(dot, torch.Generator().manual_seed(0), hflip=False, rot90=False,
                           shift=0.25)
     assert moved.sum() > 0 and int(moved[0].flatten().argmax()) != 16 * 32 + 16
+
+
+def test_balance_power_applies_to_a_single_manifest_too(two_sources: Path,
+                                                       tmp_path: Path) -> None:
+    cfg = TrainConfig(**{**TINY, "balance_power": 0.5,
+                         "heads": ("body_part", "instrument")}, body_parts="extended")
+    task = ImageTask(cfg, two_sources / "real.csv", tmp_path / "run")
+    members = list(range(len(task)))
+    weights = task.sample_weights(members, cfg)
+    assert weights is not None and float(weights.sum()) == pytest.approx(1.0)
+    counts = Counter(task.images[i].instrument for i in members)
+    share = {c: float(sum(weights[i] for i in members if task.images[i].instrument == c))
+             for c in counts}
+    total = sum(n ** 0.5 for n in counts.values())
+    for c, n in counts.items():  # each class's share goes with the sqrt of its count
+        assert share[c] == pytest.approx(n ** 0.5 / total)
+    assert task.sample_weights(members, TrainConfig(**TINY)) is None  # classic sampler

@@ -114,10 +114,12 @@ class ImageTask(Task):
     def sample_weights(self, members: Sequence[int], config: TrainConfig
                        ) -> torch.Tensor | None:
         """Each source gets its weight's share of draws; within a source the
-        instrument classes are balanced to the power ``balance_power``."""
-        if not self.sources:
+        instrument classes are balanced to the power ``balance_power``.
+
+        One source with full balancing is the classic sampler (None)."""
+        if not self.sources and (config.balance_power == 1.0 or not config.weighted_sampling):
             return None
-        share = {s.name: s.weight for s in self.sources}
+        share = {s.name: s.weight for s in self.sources} or {"": 1.0}
         by_source: dict[str, list[int]] = {}
         for row, i in enumerate(members):
             by_source.setdefault(self.images[i].source, []).append(row)
