@@ -336,6 +336,9 @@ def model_card(loaded: Any, summary: dict[str, Any]) -> str:
         "## Limits",
         "- One public dataset of three hospitals; other hospitals' films, adults, other "
         "equipment and positioning will differ. The thresholds were set on this data.",
+        f"- The real test split holds {len(t.get('fracatlas_blocks', {}).get('test', []))} "
+        "study blocks; the intervals resample films, not blocks, so they are if anything "
+        "too narrow.",
         "- Body-part labels are a non-physician's visual review with measured border noise.",
         "- No real spine films (2 in FracAtlas): spine comes from phantoms only.",
         "- Fracture: a single-film head on FracAtlas's labels; not a diagnosis.",
