@@ -10,7 +10,7 @@ scikit-learn.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,27 +23,17 @@ from sklearn.metrics import (
 )
 
 from xreg.errors import MetricsInputError
-
-FloatArray = NDArray[np.float64]
-IntArray = NDArray[np.int64]
-Metric = Callable[[np.ndarray, np.ndarray], float]
-# Resampled-index matrices are generated in chunks of about this many cells,
-# so memory stays bounded; the chunking depends only on len(data), keeping
-# results reproducible for a given seed.
-_CHUNK_CELLS = 1 << 21
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A point estimate with its (by default 95%) bootstrap confidence interval."""
-
-    value: float
-    low: float
-    high: float
-
-    def to_list(self) -> list[float]:
-        """Return ``[value, low, high]`` (handy for JSON output)."""
-        return [self.value, self.low, self.high]
+from xreg.evaluation.bootstrap import (
+    Estimate,
+    FloatArray,
+    IntArray,
+    bootstrap,
+    check_bootstrap_args,
+    index_batches,
+    interval,
+    ratio,
+    share_metrics,
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,89 +53,6 @@ class MulticlassReport:
     auc_per_class: dict[str, float]
     confusion: IntArray
     misclassified: list[int]
-
-
-# --------------------------------------------------------------------- resampling
-
-
-def _index_batches(n: int, n_resamples: int, seed: int) -> Iterator[IntArray]:
-    """Yield (rows, n) matrices of bootstrap indices, n_resamples rows in total."""
-    rng = np.random.default_rng(seed)
-    rows = max(1, _CHUNK_CELLS // max(n, 1))
-    done = 0
-    while done < n_resamples:
-        b = min(rows, n_resamples - done)
-        yield rng.integers(0, n, size=(b, n), dtype=np.int64)
-        done += b
-
-
-def _interval(values: FloatArray, alpha: float) -> tuple[float, float]:
-    """Percentile interval of the finite values (nan, nan when there are none)."""
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return float("nan"), float("nan")
-    low, high = np.percentile(finite, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return float(low), float(high)
-
-
-def _check_bootstrap_args(n: int, n_resamples: int, alpha: float) -> None:
-    if n < 1:
-        raise MetricsInputError("cannot evaluate metrics on zero samples")
-    if n_resamples < 1:
-        raise MetricsInputError(f"n_resamples must be >= 1, got {n_resamples}")
-    if not 0 < alpha < 1:
-        raise MetricsInputError(f"alpha must lie in (0, 1), got {alpha}")
-
-
-def _safe_metric(metric: Metric, y_true: np.ndarray, y_score: np.ndarray) -> float:
-    """The metric's value, or nan where it is undefined (it raised ValueError)."""
-    try:
-        return float(metric(y_true, y_score))
-    except (ValueError, ZeroDivisionError):
-        return float("nan")
-
-
-def bootstrap(
-    metric: Metric,
-    y_true: ArrayLike,
-    y_score: ArrayLike,
-    *,
-    n_resamples: int = 5000,
-    seed: int = 0,
-    alpha: float = 0.05,
-) -> Estimate:
-    """Percentile-bootstrap ``metric(y_true, y_score)`` over samples.
-
-    Indices are resampled with replacement from ``np.random.default_rng(seed)``.
-    Resamples where the metric is undefined (it returns nan or raises
-    ``ValueError``, e.g. AUC with one class) are skipped. The point estimate is
-    the metric on the full data. Calls ``metric`` once per resample, so pass a
-    fast one (e.g. :func:`roc_auc` rather than sklearn's ``roc_auc_score``).
-    """
-    yt, ys = np.asarray(y_true), np.asarray(y_score)
-    if len(yt) != len(ys):
-        raise MetricsInputError(f"y_true has {len(yt)} samples but y_score has {len(ys)}")
-    _check_bootstrap_args(len(yt), n_resamples, alpha)
-    values = np.array([
-        _safe_metric(metric, yt[idx], ys[idx])
-        for batch in _index_batches(len(yt), n_resamples, seed)
-        for idx in batch
-    ])
-    return Estimate(_safe_metric(metric, yt, ys), *_interval(values, alpha))
-
-
-def _bootstrap_rows(
-    point: float,
-    rows_metric: Callable[[IntArray], FloatArray],
-    n: int,
-    n_resamples: int,
-    seed: int,
-    alpha: float = 0.05,
-) -> Estimate:
-    """Like :func:`bootstrap`, for a metric evaluated on a whole batch of index rows."""
-    _check_bootstrap_args(n, n_resamples, alpha)
-    values = np.concatenate([rows_metric(b) for b in _index_batches(n, n_resamples, seed)])
-    return Estimate(point, *_interval(values, alpha))
 
 
 # ------------------------------------------------------------------------- binary
@@ -182,27 +89,21 @@ def roc_auc(y_true: ArrayLike, y_score: ArrayLike) -> float:
     return float(_auc_rows(y, s)[0])
 
 
-def _ratio(num: FloatArray, den: FloatArray) -> FloatArray:
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out: FloatArray = np.where(den > 0, num / den, np.nan)
-    return out
-
-
 def _binary_rows(y: NDArray[np.bool_], pred: NDArray[np.bool_]) -> dict[str, FloatArray]:
     """Threshold metrics of each row of (labels, predictions); nan where undefined."""
     tp = (y & pred).sum(axis=1).astype(np.float64)
     fp = (~y & pred).sum(axis=1).astype(np.float64)
     fn = (y & ~pred).sum(axis=1).astype(np.float64)
     tn = (~y & ~pred).sum(axis=1).astype(np.float64)
-    sens, spec = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
+    sens, spec = ratio(tp, tp + fn), ratio(tn, tn + fp)
     return {
         "sensitivity": sens,
         "specificity": spec,
         "youden": sens + spec - 1,
-        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
-        "accuracy": _ratio(tp + tn, tp + tn + fp + fn),
-        "ppv": _ratio(tp, tp + fp),
-        "npv": _ratio(tn, tn + fn),
+        "f1": ratio(2 * tp, 2 * tp + fp + fn),
+        "accuracy": ratio(tp + tn, tp + tn + fp + fn),
+        "ppv": ratio(tp, tp + fp),
+        "npv": ratio(tn, tn + fn),
     }
 
 
@@ -236,15 +137,15 @@ def binary_metrics(
     n = len(y)
     pred = p >= threshold
     points = {k: float(v[0]) for k, v in _binary_rows(y[None], pred[None]).items()}
-    _check_bootstrap_args(n, n_resamples, 0.05)
+    check_bootstrap_args(n, n_resamples, 0.05)
     collected: dict[str, list[FloatArray]] = {k: [] for k in ("auc", *points)}
-    for idx in _index_batches(n, n_resamples, seed):
+    for idx in index_batches(n, n_resamples, seed):
         collected["auc"].append(_auc_rows(y[idx], p[idx]))
         for key, values in _binary_rows(y[idx], pred[idx]).items():
             collected[key].append(values)
     points["auc"] = float(_auc_rows(y[None], p[None])[0])
     return {
-        key: Estimate(points[key], *_interval(np.concatenate(chunks), 0.05))
+        key: Estimate(points[key], *interval(np.concatenate(chunks), 0.05))
         for key, chunks in collected.items()
     }
 
@@ -269,36 +170,6 @@ def youden_threshold(y_true: ArrayLike, prob: ArrayLike) -> float:
     below = p[p < thresholds[best]]
     lower = float(below.max()) if below.size else 0.0
     return (float(thresholds[best]) + lower) / 2
-
-
-# ------------------------------------------------------------------------- shares
-
-
-def share_metrics(
-    shares: Mapping[str, tuple[ArrayLike, ArrayLike]], *, n_resamples: int = 5000, seed: int = 0
-) -> dict[str, Estimate]:
-    """Shares ``sum(hit & among) / sum(among)``, each with a 95% bootstrap CI.
-
-    Each value is a pair of boolean arrays over the same samples: the hits and
-    the denominator. All shares use the same resamples of the whole sample
-    (the rows :func:`bootstrap` draws for the seed), so shares of different
-    subsets keep their joint variation. An empty denominator gives nan.
-    """
-    masks = {k: (np.asarray(h, dtype=bool).ravel(), np.asarray(a, dtype=bool).ravel())
-             for k, (h, a) in shares.items()}
-    sizes = {m.size for pair in masks.values() for m in pair}
-    if len(sizes) > 1:
-        raise MetricsInputError(f"share masks differ in length: {sorted(sizes)}")
-    n = sizes.pop() if sizes else 0
-    _check_bootstrap_args(n, n_resamples, 0.05)
-    pairs = {k: ((h & a).astype(np.float64), a.astype(np.float64)) for k, (h, a) in masks.items()}
-    collected: dict[str, list[FloatArray]] = {k: [] for k in pairs}
-    for idx in _index_batches(n, n_resamples, seed):
-        for key, (h, a) in pairs.items():
-            collected[key].append(_ratio(h[idx].sum(axis=1), a[idx].sum(axis=1)))
-    return {key: Estimate(float(_ratio(h.sum(keepdims=True), a.sum(keepdims=True))[0]),
-                          *_interval(np.concatenate(collected[key]), 0.05))
-            for key, (h, a) in pairs.items()}
 
 
 # --------------------------------------------------------------------- multiclass
@@ -331,8 +202,8 @@ def _kappa_rows(c: FloatArray) -> FloatArray:
     t_sum, p_sum = c.sum(axis=2), c.sum(axis=1)
     n = t_sum.sum(axis=1)
     observed_off = n - np.trace(c, axis1=1, axis2=2)
-    expected_off = _ratio(n**2 - (t_sum * p_sum).sum(axis=1), n)
-    return 1 - _ratio(observed_off, expected_off)
+    expected_off = ratio(n**2 - (t_sum * p_sum).sum(axis=1), n)
+    return 1 - ratio(observed_off, expected_off)
 
 
 def _per_sample_log_loss(y: IntArray, probs: FloatArray) -> FloatArray:
@@ -377,16 +248,16 @@ def multiclass_metrics(
     y, p = _multiclass_inputs(y_true, probs, labels)
     k, n = len(labels), len(y)
     pred = p.argmax(axis=1)
-    _check_bootstrap_args(n, n_resamples, 0.05)
+    check_bootstrap_args(n, n_resamples, 0.05)
     losses = _per_sample_log_loss(y, p)
     collected: dict[str, list[FloatArray]] = {"ll": [], "mcc": [], "kappa": [], "acc": []}
-    for idx in _index_batches(n, n_resamples, seed):
+    for idx in index_batches(n, n_resamples, seed):
         c = _confusion_rows(y[idx], pred[idx], k)
         collected["ll"].append(losses[idx].mean(axis=1))
         collected["mcc"].append(_mcc_rows(c))
         collected["kappa"].append(_kappa_rows(c))
         collected["acc"].append((y[idx] == pred[idx]).mean(axis=1))
-    ci = {key: _interval(np.concatenate(v), 0.05) for key, v in collected.items()}
+    ci = {key: interval(np.concatenate(v), 0.05) for key, v in collected.items()}
     full = _confusion_rows(y[None], pred[None], k)
     return MulticlassReport(
         labels=tuple(labels),
