@@ -115,7 +115,7 @@ def _binary_table(title: str, metrics: Any) -> Table:
 
 
 def _sorting_tables(ev: Any) -> list[Table]:
-    from xreg.evaluation.report import SORTING_METRICS, format_estimate
+    from xreg.evaluation.report import SORTING_METRICS, format_estimate, format_number
 
     sr = ev.sorting
     tables = []
@@ -138,16 +138,12 @@ def _sorting_tables(ev: Any) -> list[Table]:
             rc.add_column(col, justify="right")
         for r in ev.risk_coverage:
             rc.add_row(f"{r.threshold:g}{' *' if r.operating else ''}",
-                       *(_fmt(v) for v in (r.coverage, r.accuracy_among_sorted,
+                       *(format_number(v) for v in (r.coverage, r.accuracy_among_sorted,
                                            r.accuracy_among_sorted_in_set,
                                            r.outside_nine_into_nine,
                                            r.outside_nine_into_nine_in_set)))
         tables.append(rc)
     return tables
-
-
-def _fmt(value: float) -> str:
-    return "n/a" if value != value else f"{value:.3f}"
 
 
 def _print_tables(ev: Any) -> None:

@@ -7,6 +7,7 @@ resamples at once and the same seed always gives the same rows.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from xreg.errors import MetricsInputError
 
-__all__ = ["Estimate", "bootstrap", "share_metrics"]
+__all__ = ["Estimate", "bootstrap", "json_number", "share_metrics"]
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -37,6 +38,15 @@ class Estimate:
     def to_list(self) -> list[float]:
         """Return ``[value, low, high]`` (handy for JSON output)."""
         return [self.value, self.low, self.high]
+
+    def to_json(self) -> list[float | None]:
+        """``[value, low, high]`` with undefined (nan) parts as None; JSON has no NaN."""
+        return [json_number(v) for v in self.to_list()]
+
+
+def json_number(value: float) -> float | None:
+    """``value`` as a float, None where it is nan."""
+    return None if math.isnan(value) else float(value)
 
 
 def ratio(num: FloatArray, den: FloatArray) -> FloatArray:

@@ -10,7 +10,6 @@ dropped silently.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from numpy.typing import NDArray
 from xreg.checkpoint import LoadedModel, ModelCard, load_checkpoint
 from xreg.datasets import LabelledImage, load_labels
 from xreg.errors import ConfigError
+from xreg.evaluation.bootstrap import json_number
 from xreg.evaluation.metrics import Estimate, MulticlassReport, binary_metrics, multiclass_metrics
 from xreg.evaluation.sorting import (
     RISK_COVERAGE_THRESHOLDS,
@@ -110,36 +110,28 @@ class Evaluation:
                        "instrument_labelled": int(self.instrument_true.size)},
             "body_part": {
                 "labels": list(bp.labels),
-                "log_loss": _est(bp.log_loss), "mcc": _est(bp.mcc),
-                "cohen_kappa": _est(bp.cohen_kappa), "accuracy": _est(bp.accuracy),
-                "auc_per_class": {k: _num(v) for k, v in bp.auc_per_class.items()},
+                "log_loss": bp.log_loss.to_json(), "mcc": bp.mcc.to_json(),
+                "cohen_kappa": bp.cohen_kappa.to_json(), "accuracy": bp.accuracy.to_json(),
+                "auc_per_class": {k: json_number(v) for k, v in bp.auc_per_class.items()},
                 "confusion": bp.confusion.tolist(),
             },
             "instrument": None if self.instrument is None else {
                 "threshold": self.instrument_threshold,
                 "labelled": int(self.instrument_true.size),
                 "positive": int(self.instrument_true.sum()),
-                **{k: _est(v) for k, v in self.instrument.items()},
+                **{k: v.to_json() for k, v in self.instrument.items()},
             },
             "fracture": None if self.fracture is None else {
                 "threshold": self.fracture_threshold,
                 "labelled": int(self.fracture_true.size),
                 "positive": int(self.fracture_true.sum()),
-                **{k: _est(v) for k, v in self.fracture.items()},
+                **{k: v.to_json() for k, v in self.fracture.items()},
             },
             "sorting": None if self.sorting is None else self.sorting.to_dict(),
             "risk_coverage": [row.to_dict() for row in self.risk_coverage],
             "misclassified": [vars(m) for m in self.misclassified],
             "skipped": [vars(s) for s in self.skipped],
         }
-
-
-def _num(value: float) -> float | None:
-    return None if math.isnan(value) else float(value)
-
-
-def _est(e: Estimate) -> list[float | None]:
-    return [_num(v) for v in e.to_list()]
 
 
 def _score_binary(

@@ -7,7 +7,6 @@ bootstrap CI) at the card's fracture threshold, per study.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -54,9 +53,6 @@ class PairEvaluation:
 
     def to_dict(self) -> dict[str, Any]:
         """Stable JSON-able summary; undefined metrics (nan) become null."""
-        def num(v: float) -> float | None:
-            return None if math.isnan(v) else float(v)
-
         return {
             "checkpoint": {"name": self.checkpoint, "sha256": self.sha256, "note": self.note},
             "data": self.data,
@@ -64,7 +60,7 @@ class PairEvaluation:
                        "evaluated": len(self.studies), "skipped": len(self.skipped),
                        "fracture": int(self.y_true.sum())},
             "fracture": {"threshold": self.threshold,
-                         **{k: [num(x) for x in v.to_list()] for k, v in self.metrics.items()}},
+                         **{k: v.to_json() for k, v in self.metrics.items()}},
             "misclassified": [vars(m) for m in self.misclassified],
             "skipped": [vars(s) for s in self.skipped],
         }

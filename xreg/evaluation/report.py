@@ -19,7 +19,7 @@ from xreg.evaluation.metrics import Estimate
 from xreg.evaluation.sorting import CoverageRow, SortingReport
 
 __all__ = ["BINARY_METRICS", "MULTICLASS_METRICS", "SORTING_METRICS", "format_estimate",
-           "make_report_dir", "plot_risk_coverage", "plot_roc", "write_report"]
+           "format_number", "make_report_dir", "plot_risk_coverage", "plot_roc", "write_report"]
 
 REPORT_NAME = "report.md"
 ROC_NAME = "roc_instrument.png"
@@ -54,15 +54,16 @@ def _pyplot() -> Any:
     return plt
 
 
-def _fmt(value: float) -> str:
+def format_number(value: float) -> str:
+    """``0.912``, or ``n/a`` where the figure is undefined (nan)."""
     return "n/a" if math.isnan(value) else f"{value:.3f}"
 
 
 def format_estimate(e: Estimate) -> str:
     """``0.912 (0.870-0.950)``; ``n/a`` parts where undefined."""
     if math.isnan(e.low) or math.isnan(e.high):
-        return _fmt(e.value)
-    return f"{_fmt(e.value)} ({_fmt(e.low)}-{_fmt(e.high)})"
+        return format_number(e.value)
+    return f"{format_number(e.value)} ({format_number(e.low)}-{format_number(e.high)})"
 
 
 def _md_cell(text: str) -> str:
@@ -83,7 +84,8 @@ def _markdown(ev: Evaluation, figures: dict[str, str]) -> str:
     lines += ["", "| Class | AUC (one vs rest) | Images |", "|---|---|---|"]
     support = ev.body_part.confusion.sum(axis=1)
     for i, label in enumerate(ev.body_part.labels):
-        lines.append(f"| {label} | {_fmt(ev.body_part.auc_per_class[label])} | {support[i]} |")
+        auc = format_number(ev.body_part.auc_per_class[label])
+        lines.append(f"| {label} | {auc} | {support[i]} |")
     if CONFUSION_NAME in figures:
         lines += ["", f"![Body part confusion matrix]({CONFUSION_NAME})"]
     lines += _binary_markdown(
@@ -142,10 +144,11 @@ def _risk_coverage_markdown(rows: list[CoverageRow], figures: dict[str, str]) ->
              "label set counts as right.", "",
              "| min_confidence | Coverage | Accuracy among sorted | (in set) | "
              "Not of the nine, into the nine | (in set) |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r.threshold:g}{' *' if r.operating else ''} | {_fmt(r.coverage)} | "
-              f"{_fmt(r.accuracy_among_sorted)} | {_fmt(r.accuracy_among_sorted_in_set)} | "
-              f"{_fmt(r.outside_nine_into_nine)} | {_fmt(r.outside_nine_into_nine_in_set)} |"
-              for r in rows]
+    for r in rows:
+        figures_of_row = (r.coverage, r.accuracy_among_sorted, r.accuracy_among_sorted_in_set,
+                          r.outside_nine_into_nine, r.outside_nine_into_nine_in_set)
+        lines.append(f"| {r.threshold:g}{' *' if r.operating else ''} | "
+                     + " | ".join(format_number(v) for v in figures_of_row) + " |")
     if RISK_COVERAGE_NAME in figures:
         lines += ["", f"![Risk-coverage]({RISK_COVERAGE_NAME})"]
     return lines
@@ -190,7 +193,7 @@ def plot_roc(y: np.ndarray, prob: np.ndarray, auc: float, title: str, path: Path
     fpr, tpr, _ = roc_curve(y, prob)
     fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
     try:
-        ax.plot(fpr, tpr, lw=2, label=f"AUC {_fmt(auc)}")
+        ax.plot(fpr, tpr, lw=2, label=f"AUC {format_number(auc)}")
         ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
         ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity",
                ylabel="Sensitivity", title=title)

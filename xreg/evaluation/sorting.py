@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from xreg.errors import ConfigError
-from xreg.evaluation.metrics import Estimate, share_metrics
+from xreg.evaluation.bootstrap import Estimate, json_number, share_metrics
 from xreg.models import BODY_PARTS, LONG_BONES
 from xreg.sort.scope import decide_placement
 
@@ -32,12 +32,8 @@ RISK_COVERAGE_THRESHOLDS: tuple[float, ...] = (
     0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99)
 
 
-def _num(value: float) -> float | None:
-    return None if math.isnan(value) else float(value)
-
-
 def _est(e: Estimate | None) -> list[float | None] | None:
-    return None if e is None else [_num(v) for v in e.to_list()]
+    return None if e is None else e.to_json()
 
 
 @dataclass(frozen=True, eq=False)
@@ -121,7 +117,7 @@ class CoverageRow:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able, nan as null."""
-        return {k: (_num(v) if isinstance(v, float) else v) for k, v in vars(self).items()}
+        return {k: (json_number(v) if isinstance(v, float) else v) for k, v in vars(self).items()}
 
 
 def _inputs(labels: Sequence[str], probs: ArrayLike,

@@ -67,7 +67,7 @@ def image_fields(
         "format": meta.format if meta else None,
         "error": pred.error,
         "model_sha256": model_sha256 if pred.labels else None,
-        "warning": getattr(meta, "warning", None) if meta is not None else None,
+        "warning": meta.warning if meta is not None else None,
     }
     if where is not None and pred.labels:
         fields.update(scope=where.scope,

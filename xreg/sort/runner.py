@@ -338,11 +338,11 @@ def _outcome(pred: Prediction, status: str, dest: str | None,
         str(pred.source.path), status, dest, body_part,
         round(pred.confidence("body_part"), 4) if body_part else None,
         pred.labels.get("instrument"), pred.error,
-        scope=where.scope or None if where is not None else None,
+        scope=(where.scope or None) if where is not None else None,
         reason=where.reason if where is not None and status == "review" else None,
         fracture=pred.labels.get("fracture"),
         fracture_prob=None if fracture is None else round(fracture, 4),
-        warning=getattr(pred.meta, "warning", None) if pred.meta is not None else None,
+        warning=pred.meta.warning if pred.meta is not None else None,
     )
 
 
