@@ -18,7 +18,8 @@ from xreg.checkpoint import load_checkpoint, make_random_checkpoint
 from xreg.cli import app
 from xreg.errors import ConfigError
 from xreg.predict_pairs import predict_pairs
-from xreg.registry import _MIGRATIONS, SCHEMA_VERSION, Registry
+from xreg.registry import SCHEMA_VERSION, Registry
+from xreg.registry._schema import _MIGRATIONS
 from xreg.synth.generate import generate_dataset
 from xreg.transforms import Preprocessor
 
@@ -85,7 +86,7 @@ def test_registry_v1_migrates_to_hip_studies_and_heatmaps(tmp_path: Path) -> Non
         with pytest.raises(Exception, match="unknown hip_studies column"):
             reg.add_hip_study(None, {"study": "S2", "status": "paired", "name": "x"})
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] \
-        == SCHEMA_VERSION == 4
+        == SCHEMA_VERSION == 5
 
 
 @pytest.fixture(scope="module")

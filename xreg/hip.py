@@ -37,12 +37,12 @@ from xreg.pairing import (
 )
 from xreg.predict import Prediction, predict_files, resolve_device
 from xreg.predict_pairs import predict_pairs
-from xreg.pseudonym import Pseudonymiser
+from xreg.registry.pseudonym import Pseudonymiser
 from xreg.registry import Registry
 from xreg.sort.placement import Move, apply_move, sanitise
 from xreg.sort.runner import REGISTRY_NAME, check_folders, output_lock, scan_inputs
 
-__all__ = ["HIP_WEIGHTS", "HipOptions", "HipResult", "ScoredStudy", "run_hip"]
+__all__ = ["HIP_WEIGHTS", "HipOptions", "HipResult", "ScoredStudy", "hip_weights", "run_hip"]
 
 HIP_WEIGHTS = "hip_fracture_phantom.pt"
 _HIP_HEADERS = {"HIP", "PELVIS", "HIP JOINT", "FEMUR"}
@@ -111,7 +111,8 @@ class HipResult:
                 "studies": [s.to_dict() for s in self.studies]}
 
 
-def _hip_weights(path: Path | None) -> Path:
+def hip_weights(path: Path | None) -> Path:
+    """The two-view hip checkpoint: ``path``, else the shipped one."""
     if path is not None:
         return path
     shipped = default_weights().with_name(HIP_WEIGHTS)
@@ -166,7 +167,7 @@ def run_hip(in_root: Path, options: HipOptions,
     if options.heatmaps and (options.heatmap_root or out) is None:
         raise ConfigError("--heatmaps needs an output folder (OUT) to write them into")
     pattern = compile_pattern(options.pattern)
-    hip_model = load_checkpoint(_hip_weights(options.weights))
+    hip_model = load_checkpoint(hip_weights(options.weights))
     if hip_model.card.views != 2:
         raise ConfigError(f"{hip_model.path} is not a two-view hip fracture checkpoint")
     device = resolve_device(options.device)

@@ -81,7 +81,7 @@ def registry_export(
     registry: Annotated[Path | None, typer.Option(help="Registry file if not in OUT.")] = None,
 ) -> None:
     """Every image row with its source paths, as CSV or JSON."""
-    from xreg.export import write_export
+    from xreg.registry.export import write_export
     from xreg.registry import Registry
 
     with handle_errors(), Registry(registry or out_dir / "registry.sqlite", readonly=True) as reg:

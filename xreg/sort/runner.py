@@ -13,7 +13,7 @@ import fcntl
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -170,12 +170,40 @@ def run_sort(
             if registry is not None:
                 registry.close()
         return result
+    return _sort_locked(out_root, options, loaded, weights, str(in_root.absolute()),
+                        lambda: scan_inputs(in_root, exclude, options.min_age), reporter)
+
+
+def sort_sources(
+    files: list[SourceFile], out_root: Path, options: SortOptions, *, input_root: str,
+    reporter: Reporter | None = None, loaded: LoadedModel | None = None,
+) -> SortResult:
+    """Place an explicit list of files (e.g. a web upload) exactly as ``run_sort`` does.
+
+    Same lock, journal, placement and registry rows; ``input_root`` is what
+    the run row records as where the files came from. ``loaded`` is the
+    model of ``options.weights`` when the caller has it already.
+    """
+    weights = options.weights if options.weights is not None else default_weights()
+    loaded = loaded or load_checkpoint(weights, device="cpu")
+    return _sort_locked(out_root, options, loaded, weights, input_root,
+                        lambda: (files, 0), reporter or _Silent())
+
+
+def _sort_locked(
+    out_root: Path, options: SortOptions, loaded: LoadedModel, weights: Path,
+    input_root: str, get_files: Callable[[], tuple[list[SourceFile], int]],
+    reporter: Reporter,
+) -> SortResult:
+    """Lock OUT, recover a killed run, then sort what ``get_files`` finds."""
+    device = resolve_device(options.device)
+    registry_path = options.registry or out_root / REGISTRY_NAME
     with output_lock(out_root), Registry(registry_path) as registry:
         result = SortResult(None, False, loaded.sha256)
         result.recovered = _recover(registry, out_root)
-        files, result.counts["too_new"] = scan_inputs(in_root, exclude, options.min_age)
+        files, result.counts["too_new"] = get_files()
         run_id = registry.start_run(
-            xreg_version=__version__, input_root=str(in_root.absolute()),
+            xreg_version=__version__, input_root=input_root,
             output_root=str(out_root.absolute()), model_path=str(weights),
             model_name=loaded.card.name, model_sha256=loaded.sha256,
             options=asdict(options),
@@ -192,7 +220,10 @@ def run_sort(
 
 
 def _recover(registry: Registry, out_root: Path) -> int:
-    """Resolve placements a killed run journalled but did not finish."""
+    """Resolve placements a killed run (or review apply) journalled but did not finish."""
+    from xreg.sort.relocate import recover_applies
+
+    recovered = recover_applies(registry, out_root)
     pending = registry.pending_images()
     clean_temps(out_root, [img.dest_path for img, _ in pending], [img.sha256 for img, _ in pending])
     for img, sources in pending:
@@ -202,7 +233,7 @@ def _recover(registry: Registry, out_root: Path) -> int:
             registry.complete_image(img.sha256, placed)
         else:
             registry.discard_pending(img.sha256)
-    return len(pending)
+    return recovered + len(pending)
 
 
 def _sort_files(

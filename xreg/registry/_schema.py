@@ -104,6 +104,31 @@ _MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE images ADD COLUMN fracture_prob REAL;
     ALTER TABLE images ADD COLUMN warning TEXT;        -- decoded despite a defect, e.g. truncated
     """,
+    """
+    CREATE TABLE reviews (
+        id                INTEGER PRIMARY KEY,
+        sha256            TEXT NOT NULL REFERENCES images(sha256),
+        reviewer          TEXT NOT NULL,
+        created           TEXT NOT NULL,
+        model_sha256      TEXT,               -- the model whose labels were reviewed
+        model_body_part   TEXT,               -- what that model said, copied at review time
+        model_body_part_prob REAL,
+        model_instrument  INTEGER,
+        model_fracture    INTEGER,
+        body_part         TEXT NOT NULL,      -- the reviewer's; 'not_msk' for not an MSK film
+        instrument        INTEGER,            -- 1, 0 or NULL (not judged)
+        fracture          INTEGER,
+        note              TEXT,
+        apply_state       TEXT,               -- NULL (not applied) | pending | placed | done
+        from_path         TEXT,               -- relative to OUT, while applying
+        to_path           TEXT,
+        applied           TEXT,
+        apply_error       TEXT
+    );
+    CREATE INDEX reviews_sha ON reviews(sha256, id);
+    CREATE INDEX reviews_apply ON reviews(apply_state);
+    CREATE INDEX images_confidence ON images(state, body_part_prob);
+    """,
 )
 
 #: Columns of ``hip_studies`` a caller sets through :meth:`Registry.add_hip_study`.

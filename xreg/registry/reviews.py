@@ -1,0 +1,153 @@
+"""Human decisions about films, kept beside what the model said (never over it).
+
+A review is one row: who, when, the model (sha256) and its labels copied at
+review time, and the reviewer's labels. Applying a review (moving the file
+to the folder the reviewer's body part earns) is journalled in the same row
+(``apply_state``: pending, placed, done) so a killed apply is finished or
+undone by the next run; :mod:`xreg.sort.relocate` does the moving.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from xreg.errors import ConfigError, RegistryError
+from xreg.registry.core import Registry, _now
+
+__all__ = ["NOT_MSK", "Review", "add_review", "latest_reviews", "review_queue"]
+
+#: The reviewer's body part for a film that is not a musculoskeletal radiograph.
+NOT_MSK = "not_msk"
+_MAX_NOTE = 2000
+_MAX_NAME = 80
+
+
+@dataclass(frozen=True)
+class Review:
+    """What a reviewer decided about one film; ``None`` means not judged."""
+
+    sha256: str
+    reviewer: str
+    body_part: str
+    instrument: int | None = None
+    fracture: int | None = None
+    note: str | None = None
+
+    def check(self, body_parts: tuple[str, ...]) -> None:
+        if not self.reviewer.strip() or len(self.reviewer) > _MAX_NAME:
+            raise ConfigError(f"a review needs a reviewer name of 1 to {_MAX_NAME} characters")
+        if self.body_part != NOT_MSK and self.body_part not in body_parts:
+            raise ConfigError(f"unknown body part {self.body_part!r}; choose one of "
+                              f"{', '.join(body_parts)} or {NOT_MSK}")
+        for name in ("instrument", "fracture"):
+            if getattr(self, name) not in (None, 0, 1):
+                raise ConfigError(f"{name} must be 1, 0 or not given")
+        if self.note is not None and len(self.note) > _MAX_NOTE:
+            raise ConfigError(f"a note is at most {_MAX_NOTE} characters")
+
+
+def add_review(registry: Registry, review: Review, body_parts: tuple[str, ...]) -> int:
+    """Record ``review`` with the model's labels as they are now; return its id."""
+    review.check(body_parts)
+    with registry._transaction() as db:
+        row = db.execute("SELECT body_part, body_part_prob, instrument, fracture, model_sha256"
+                         " FROM images WHERE sha256 = ? AND state = 'done'",
+                         (review.sha256,)).fetchone()
+        if row is None:
+            raise RegistryError("no placed image with that content hash")
+        cur = db.execute(
+            "INSERT INTO reviews (sha256, reviewer, created, model_sha256, model_body_part,"
+            " model_body_part_prob, model_instrument, model_fracture, body_part, instrument,"
+            " fracture, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (review.sha256, review.reviewer.strip(), _now(), row["model_sha256"],
+             row["body_part"], row["body_part_prob"], row["instrument"], row["fracture"],
+             review.body_part, review.instrument, review.fracture,
+             (review.note or "").strip() or None))
+    return int(cur.lastrowid or 0)
+
+
+def review_queue(registry: Registry, *, page: int = 1, per_page: int = 24,
+                 include_reviewed: bool = False) -> tuple[list[dict[str, Any]], int]:
+    """Films to review, least confident first, and how many there are.
+
+    ``_review`` films and sorted ones alike, ordered by the model's body-part
+    confidence (the order that teaches a retrained model most); unreadable
+    files have nothing to review. Reviewed films leave the queue.
+    """
+    clause = ("i.state = 'done' AND i.status IN ('review', 'sorted')"
+              " AND i.body_part IS NOT NULL")
+    if not include_reviewed:
+        clause += " AND NOT EXISTS (SELECT 1 FROM reviews r WHERE r.sha256 = i.sha256)"
+    db = registry._db
+    total = int(db.execute(f"SELECT COUNT(*) FROM images i WHERE {clause}").fetchone()[0])
+    rows = db.execute(
+        "SELECT i.sha256, i.status, i.dest_path, i.body_part, i.body_part_prob, i.instrument,"
+        " i.instrument_prob, i.fracture, i.fracture_prob, i.scope, i.review_reason"
+        f" FROM images i WHERE {clause}"
+        " ORDER BY i.body_part_prob ASC, i.sha256 LIMIT ? OFFSET ?",
+        (per_page, (max(1, page) - 1) * per_page)).fetchall()
+    return [dict(r) for r in rows], total
+
+
+def latest_reviews(registry: Registry) -> dict[str, dict[str, Any]]:
+    """The most recent review of each reviewed content hash."""
+    rows = registry._db.execute(
+        "SELECT r.* FROM reviews r WHERE r.id = (SELECT MAX(id) FROM reviews x"
+        " WHERE x.sha256 = r.sha256)").fetchall()
+    return {r["sha256"]: dict(r) for r in rows}
+
+
+def get_review(registry: Registry, review_id: int) -> dict[str, Any] | None:
+    row = registry._db.execute("SELECT * FROM reviews WHERE id = ?", (review_id,)).fetchone()
+    return dict(row) if row else None
+
+
+def unapplied_reviews(registry: Registry) -> list[dict[str, Any]]:
+    """Latest reviews not yet applied (or whose apply was undone)."""
+    return [r for r in latest_reviews(registry).values() if r["apply_state"] != "done"]
+
+
+def interrupted_applies(registry: Registry) -> list[dict[str, Any]]:
+    """Reviews whose apply was journalled but not finished (a killed process)."""
+    return [dict(r) for r in registry._db.execute(
+        "SELECT r.*, i.mode, i.dest_path AS image_dest FROM reviews r JOIN images i"
+        " USING (sha256) WHERE r.apply_state IN ('pending', 'placed') ORDER BY r.id")]
+
+
+def journal_apply(registry: Registry, review_id: int, from_path: str, to_path: str) -> None:
+    """Step 1 of an apply: record where the file is and where it is going."""
+    with registry._transaction() as db:
+        db.execute("UPDATE reviews SET apply_state = 'pending', from_path = ?, to_path = ?,"
+                   " apply_error = NULL WHERE id = ?", (from_path, to_path, review_id))
+
+
+def commit_apply(registry: Registry, review_id: int, sha256: str, dest: str,
+                 status: str) -> None:
+    """Step 2, one transaction: the image's new place and the review's ``placed``."""
+    with registry._transaction() as db:
+        db.execute("UPDATE images SET dest_path = ?, status = ?, updated = ? WHERE sha256 = ?",
+                   (dest, status, _now(), sha256))
+        db.execute("UPDATE reviews SET apply_state = 'placed', to_path = ?, applied = ?"
+                   " WHERE id = ?", (dest, _now(), review_id))
+
+
+def finish_apply(registry: Registry, review_id: int) -> None:
+    """Step 3: the old copy is gone."""
+    with registry._transaction() as db:
+        db.execute("UPDATE reviews SET apply_state = 'done' WHERE id = ?", (review_id,))
+
+
+def undo_apply(registry: Registry, review_id: int, why: str) -> None:
+    """An apply that never placed its file: the review stands, unapplied, with why."""
+    with registry._transaction() as db:
+        db.execute("UPDATE reviews SET apply_state = NULL, to_path = NULL, apply_error = ?"
+                   " WHERE id = ?", (why, review_id))
+
+
+def image_row(registry: Registry, sha256: str) -> dict[str, Any] | None:
+    """The placed image's row and the layout of the run that placed it."""
+    row = registry._db.execute(
+        "SELECT i.*, r.options AS run_options FROM images i LEFT JOIN runs r"
+        " ON r.id = i.run_id WHERE i.sha256 = ? AND i.state = 'done'", (sha256,)).fetchone()
+    return dict(row) if row else None

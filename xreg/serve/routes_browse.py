@@ -1,0 +1,116 @@
+"""The registry browser: counts and a chart, the gallery, one image's page and pictures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import FileResponse, RedirectResponse, Response
+
+from xreg.registry.browse import counts, gallery, image_detail, parse_filter
+from xreg.serve.app import out_path, render, state, valid_sha
+from xreg.serve.thumbs import thumbnail
+
+router = APIRouter()
+
+_IMAGE_CACHE = {"Cache-Control": "private, max-age=3600"}
+_SIZES = {"thumb": 256, "preview": 768}
+
+
+def bars(groups: dict[str, int]) -> list[dict[str, Any]]:
+    """Rows of a horizontal bar chart: label, count, bar length in [0, 100]."""
+    top = max(groups.values(), default=0) or 1
+    return [{"label": k, "count": v, "length": round(100 * v / top, 1)}
+            for k, v in sorted(groups.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
+@router.get("/")
+def overview(request: Request) -> Response:
+    current = state(request)
+    if not current.config.registry_path.exists():
+        return render(request, "overview.html", {"counts": {}, "charts": {}, "total": 0})
+    with current.registry() as reg:
+        groups = counts(reg)
+        runs = reg.runs()[-5:]
+    total = sum(groups.get("status", {}).values())
+    charts = {name: bars(values) for name, values in groups.items()}
+    recent = [{"id": r["id"], "started": r["started"], "status": r["status"],
+               "model_name": r["model_name"], "model_sha256": r["model_sha256"],
+               "input_root": r["input_root"]} for r in reversed(runs)]
+    return render(request, "overview.html",
+                  {"counts": groups, "charts": charts, "total": total, "runs": recent})
+
+
+@router.get("/gallery")
+def gallery_page(request: Request, page: int = 1) -> Response:
+    query = dict(request.query_params)
+    where = parse_filter(query)
+    with state(request).registry() as reg:
+        found = gallery(reg, where, page=page)
+        groups = counts(reg)
+    keep = {k: v for k, v in query.items() if k in ("status", "body_part", "instrument",
+                                                      "fracture", "scope", "reviewed") and v}
+    return render(request, "gallery.html", {
+        "items": found.items, "total": found.total, "page": found.page,
+        "pages": found.pages, "filters": keep, "choices": {
+            "status": sorted(groups["status"]), "body_part": sorted(groups["body_part"]),
+            "scope": sorted(groups["scope"])}})
+
+
+@router.get("/image/{sha}")
+def image_page(request: Request, sha: str) -> Response:
+    with state(request).registry() as reg:
+        detail = image_detail(reg, valid_sha(sha))
+    if detail is None:
+        raise HTTPException(404, "no such image")
+    return render(request, "image.html", {"image": detail,
+                                          "body_parts": state(request).body_parts})
+
+
+def _placed_file(request: Request, sha: str) -> tuple[Path, dict[str, Any]]:
+    current = state(request)
+    with current.registry() as reg:
+        detail = image_detail(reg, valid_sha(sha))
+    if detail is None:
+        raise HTTPException(404, "no such image")
+    film = out_path(current.config, detail["dest_path"])
+    if not film.exists():
+        raise HTTPException(404, "the film is not at its recorded place")
+    return film, detail
+
+
+@router.get("/image/{sha}/{kind}.jpg")
+def image_picture(request: Request, sha: str, kind: str) -> Response:
+    if kind not in _SIZES:
+        raise HTTPException(404, "no such picture")
+    film, _ = _placed_file(request, sha)
+    made = thumbnail(state(request).config.out_root, film, sha, _SIZES[kind])
+    if isinstance(made, str):
+        raise HTTPException(404, f"no picture: {made}")
+    return FileResponse(made, media_type="image/jpeg", headers=_IMAGE_CACHE)
+
+
+@router.get("/image/{sha}/heatmap.png")
+def image_heatmap(request: Request, sha: str) -> Response:
+    """The body-part overlay: the one recorded, else drawn now and kept in ``_heatmaps``."""
+    from xreg.heatmaps import HEATMAP_DIR, explain_files
+
+    current = state(request)
+    film, detail = _placed_file(request, sha)
+    rel = detail["heatmap_path"] or f"{HEATMAP_DIR}/{sha[:2]}/{sha[:16]}_body_part.png"
+    target = out_path(current.config, rel)
+    if not target.is_file():
+        with current.analyser._lock:
+            done = explain_files([film], current.loaded, [target], head="body_part")[0]
+        if done.overlay is None:
+            raise HTTPException(404, f"no heatmap: {done.error}")
+        if not current.config.read_only and detail["heatmap_path"] is None:
+            with current.writable_registry() as reg:
+                reg.set_heatmap(sha, rel)
+    return FileResponse(target, media_type="image/png", headers=_IMAGE_CACHE)
+
+
+@router.get("/favicon.ico")
+def favicon() -> Response:
+    return RedirectResponse("/static/favicon.svg", status_code=308)
