@@ -10,7 +10,10 @@ primary label that single-label metrics use. Relative
 paths resolve against the manifest's folder (``xreg synth`` writes one). A
 folder in xreg's sort layout, ``<body_part>/<instrument|no_instrument>/...``,
 is labelled by where each file lies; ``_review`` and ``_unreadable`` are
-skipped because nobody has labelled what is in them.
+skipped because nobody has labelled what is in them (nor ``_thumbs`` and
+the other ``_`` folders, which hold no films). A sorted folder with its
+``registry.sqlite`` is labelled from the registry instead, where a person's
+review (``xreg serve``) wins over the model's label.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ __all__ = ["PAIR_COLUMNS", "REQUIRED_COLUMNS", "HipPair", "LabelledImage", "load
 
 REQUIRED_COLUMNS = ("path", "body_part", "instrument")
 PAIR_COLUMNS = ("study", "ap_path", "lateral_path")
-_IGNORED_FOLDERS = frozenset({"_review", "_unreadable"})
+REGISTRY_FILE = "registry.sqlite"
 _INSTRUMENT_VALUES = {"0": 0, "1": 1, "": None}
 
 
@@ -69,15 +72,25 @@ def parse_body_parts(value: str, known: Sequence[str]) -> tuple[str, ...]:
     return members
 
 
-def load_labels(data: Path, body_parts: Sequence[str] = BODY_PARTS) -> list[LabelledImage]:
+def load_labels(data: Path, body_parts: Sequence[str] = BODY_PARTS, *,
+                reviewed_only: bool = False) -> list[LabelledImage]:
     """Read the labelled images of a manifest CSV or a sort-layout folder, sorted by path.
 
     ``body_parts`` are the labels a body part may take (a model card's head).
-    An unreadable manifest, a missing column, an unknown body part or a bad
-    instrument value raises ``ConfigError`` naming the row and column.
+    A sorted folder with a registry is labelled from the registry: a
+    person's review wins over the model, and ``reviewed_only`` keeps only
+    reviewed films. An unreadable manifest, a missing column, an unknown
+    body part or a bad instrument value raises ``ConfigError`` naming the
+    row and column.
     """
     data = Path(data)
-    if data.is_dir():
+    registry = _registry_rows(data, body_parts, reviewed_only)
+    if registry is not None:
+        images = registry
+    elif reviewed_only:
+        raise ConfigError(f"--reviewed-only needs a sorted folder with a registry; {data} "
+                          f"has no {REGISTRY_FILE}")
+    elif data.is_dir():
         images = _from_folder(data, body_parts)
     elif data.is_file():
         images = _from_manifest(data, body_parts)
@@ -136,11 +149,45 @@ def _from_manifest(path: Path, body_parts: Sequence[str]) -> list[LabelledImage]
     return images
 
 
+def _registry_rows(root: Path, body_parts: Sequence[str],
+                   reviewed_only: bool) -> list[LabelledImage] | None:
+    """A sorted folder's films labelled by its registry (reviews first, then the model).
+
+    None when ``root`` has no registry xreg can read: then its folders label it.
+    """
+    from xreg.errors import RegistryError
+    from xreg.models import OTHER
+    from xreg.registry import Registry
+    from xreg.registry.export import manifest_rows
+
+    if not (root.is_dir() and (root / REGISTRY_FILE).is_file()):
+        return None
+    images = []
+    try:
+        with Registry(root / REGISTRY_FILE, readonly=True) as registry:
+            rows = list(manifest_rows(registry, root, reviewed_only=reviewed_only,
+                                      other=OTHER if OTHER in body_parts else None))
+    except RegistryError:
+        return None
+    for row in rows:
+        if row["body_part"] not in body_parts:
+            raise ConfigError(f"{row['path']}: body part {row['body_part']!r} is not one of "
+                              f"{', '.join(body_parts)}")
+        path = Path(row["path"])
+        if not path.exists():
+            continue  # removed from OUT by hand since it was placed
+        images.append(LabelledImage(
+            path, row["body_part"], _INSTRUMENT_VALUES[row["instrument"]],
+            row["patient_id"] or None, None, fracture=_INSTRUMENT_VALUES[row["fracture"]]))
+    return images
+
+
 def _from_folder(root: Path, body_parts: Sequence[str]) -> list[LabelledImage]:
     images = []
     for path in find_images(root):
         parts = path.relative_to(root).parts
-        if parts[0] in _IGNORED_FOLDERS:
+        # _review, _unreadable: nobody labelled them; _thumbs, _heatmaps: not films.
+        if parts[0].startswith("_"):
             continue
         if len(parts) < 3:
             raise ConfigError(f"{path} is not under <body_part>/<instrument|no_instrument>/ "

@@ -37,8 +37,8 @@ from xreg.pairing import (
 )
 from xreg.predict import Prediction, predict_files, resolve_device
 from xreg.predict_pairs import predict_pairs
-from xreg.registry.pseudonym import Pseudonymiser
 from xreg.registry import Registry
+from xreg.registry.pseudonym import Pseudonymiser
 from xreg.sort.placement import Move, apply_move, sanitise
 from xreg.sort.runner import REGISTRY_NAME, check_folders, output_lock, scan_inputs
 

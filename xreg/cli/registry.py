@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TextIO
 
 import typer
 from rich.table import Table
 
 from xreg.cli._common import (
+    EXIT_USAGE,
     err,
     handle_errors,
     out,
@@ -23,6 +26,7 @@ from xreg.cli._common import (
 class ExportFormat(str, Enum):
     csv = "csv"
     json = "json"
+    manifest = "manifest"
 
 
 @registry_app.command("stats")
@@ -75,21 +79,43 @@ def registry_runs(
 def registry_export(
     out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="A sorted folder.")],
     fmt: Annotated[ExportFormat, typer.Option(
-        "--format", help="Output format.")] = ExportFormat.csv,
+        "--format", help="csv or json: every image row with its source paths; manifest: "
+                         "a training manifest `xreg train --data` reads.")] = ExportFormat.csv,
+    reviewed: Annotated[bool, typer.Option(
+        "--reviewed", help="Manifest: only the films a person reviewed in `xreg serve` "
+                           "(else also the model's sorted films).")] = False,
     output: Annotated[Path | None, typer.Option(
         "--output", "-o", help="Write here instead of standard output.")] = None,
     registry: Annotated[Path | None, typer.Option(help="Registry file if not in OUT.")] = None,
 ) -> None:
-    """Every image row with its source paths, as CSV or JSON."""
-    from xreg.registry.export import write_export
+    """Every image row with its source paths, as CSV or JSON; or, with --format
+    manifest, training rows (path, body_part, instrument, fracture, patient_id as the
+    registry's keyed hash, label_source review|model, reviewer): the latest review's
+    labels where there is one, else the model's for sorted films."""
     from xreg.registry import Registry
+    from xreg.registry.export import manifest_rows, write_export, write_manifest
 
+    if reviewed and fmt is not ExportFormat.manifest:
+        err.print("[bold red]error:[/] --reviewed goes with --format manifest")
+        raise typer.Exit(EXIT_USAGE)
     with handle_errors(), Registry(registry or out_dir / "registry.sqlite", readonly=True) as reg:
-        if output is None:
-            write_export(reg.iter_images(), fmt.value, sys.stdout)
-        else:
-            with open(output, "w", newline="", encoding="utf-8") as fh:
-                write_export(reg.iter_images(), fmt.value, fh)
+        with _open_output(output) as stream:
+            if fmt is ExportFormat.manifest:
+                count = write_manifest(manifest_rows(reg, out_dir, reviewed_only=reviewed),
+                                       stream)
+            else:
+                count = write_export(reg.iter_images(), fmt.value, stream)
+    if output is not None:
+        err.print(f"wrote {count} row(s) to {output}", highlight=False)
+
+
+@contextmanager
+def _open_output(output: Path | None) -> Iterator[TextIO]:
+    if output is None:
+        yield sys.stdout
+        return
+    with open(output, "w", newline="", encoding="utf-8") as fh:
+        yield fh
 
 
 @weights_app.command("info")

@@ -31,10 +31,14 @@ label smoothing 0.1, weighted sampling for instrument, flips and 90-degree
 rotations, early stopping on validation loss).
 
 DATA is a CSV manifest (path, body_part, instrument, optional patient_id,
-split and view; `xreg synth` writes one) or a reviewed folder in sort layout,
-<body_part>/<instrument|no_instrument>/... . For configs/hip_fracture.yaml
-(task: hip_fracture) DATA is a pairs CSV (study, ap_path, lateral_path,
-fracture, optional patient_id, split), e.g. the hip_pairs.csv of
+split and view; `xreg synth` writes one) or a folder in sort layout,
+<body_part>/<instrument|no_instrument>/... . A folder `xreg sort` wrote is
+labelled from its registry: a review made in `xreg serve` wins over the
+model's label, films still in _review count only once reviewed, and
+--reviewed-only keeps the reviewed films alone
+(`xreg registry export OUT --reviewed --format manifest` writes the same rows).
+For configs/hip_fracture.yaml (task: hip_fracture) DATA is a pairs CSV
+(study, ap_path, lateral_path, fracture, optional patient_id, split), e.g. the hip_pairs.csv of
 `xreg synth --hip-pairs`: AP and lateral joined side by side, as in the thesis.
 
 Several sources at once: instead of --data, the config lists `datasets:`,
@@ -79,13 +83,17 @@ def train_cmd(
         help="Override the config's max_epochs (also on --resume, to extend or cut a "
              "run short).", min=1)] = None,
     workers: Annotated[int, typer.Option(help="Decoding threads.", min=1)] = 2,
+    reviewed_only: Annotated[bool, typer.Option(
+        "--reviewed-only", help="With --data OUT (a sorted folder): train only on the films "
+                                "a person reviewed in `xreg serve`.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
     from xreg.train import load_train_config, train
 
     with handle_errors():
-        recipe = load_train_config(config, {"max_epochs": epochs})
+        recipe = load_train_config(config, {"max_epochs": epochs,
+                                            "reviewed_only": reviewed_only or None})
         if out_path == Path():
             out_path = Path("weights") / f"{recipe.name or config.stem}.pt"
         try:

@@ -128,6 +128,7 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX reviews_sha ON reviews(sha256, id);
     CREATE INDEX reviews_apply ON reviews(apply_state);
     CREATE INDEX images_confidence ON images(state, body_part_prob);
+    CREATE INDEX images_dest ON images(state, dest_path);
     """,
 )
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xreg.registry._schema import _MIGRATIONS, HIP_FIELDS
 from xreg.errors import RegistryError
+from xreg.registry._schema import _MIGRATIONS, HIP_FIELDS
 from xreg.registry.pseudonym import Pseudonymiser as Pseudonymiser  # re-exported for callers
 
 SCHEMA_VERSION = len(_MIGRATIONS)

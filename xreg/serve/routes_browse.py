@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
-from xreg.registry.browse import counts, gallery, image_detail, parse_filter
+from xreg.registry.browse import choices, counts, gallery, image_detail, parse_filter, placed_path
 from xreg.serve.app import out_path, render, state, valid_sha
 from xreg.serve.thumbs import thumbnail
 
@@ -48,14 +48,12 @@ def gallery_page(request: Request, page: int = 1) -> Response:
     where = parse_filter(query)
     with state(request).registry() as reg:
         found = gallery(reg, where, page=page)
-        groups = counts(reg)
+        values = choices(reg)
     keep = {k: v for k, v in query.items() if k in ("status", "body_part", "instrument",
                                                       "fracture", "scope", "reviewed") and v}
     return render(request, "gallery.html", {
         "items": found.items, "total": found.total, "page": found.page,
-        "pages": found.pages, "filters": keep, "choices": {
-            "status": sorted(groups["status"]), "body_part": sorted(groups["body_part"]),
-            "scope": sorted(groups["scope"])}})
+        "pages": found.pages, "filters": keep, "choices": values})
 
 
 @router.get("/image/{sha}")
@@ -68,27 +66,36 @@ def image_page(request: Request, sha: str) -> Response:
                                           "body_parts": state(request).body_parts})
 
 
-def _placed_file(request: Request, sha: str) -> tuple[Path, dict[str, Any]]:
+def _placed_file(request: Request, sha: str) -> Path:
     current = state(request)
     with current.registry() as reg:
-        detail = image_detail(reg, valid_sha(sha))
-    if detail is None:
+        dest = placed_path(reg, valid_sha(sha))
+    if dest is None:
         raise HTTPException(404, "no such image")
-    film = out_path(current.config, detail["dest_path"])
+    film = out_path(current.config, dest)
     if not film.exists():
         raise HTTPException(404, "the film is not at its recorded place")
-    return film, detail
+    return film
+
+
+def _cached(request: Request, path: Path, media_type: str) -> Response:
+    """The file, or 304 when the browser's copy (by ETag) is current."""
+    st = path.stat()
+    headers = {**_IMAGE_CACHE, "ETag": f'"{st.st_mtime_ns:x}-{st.st_size:x}"'}
+    if request.headers.get("if-none-match") == headers["ETag"]:
+        return Response(status_code=304, headers=headers)
+    return FileResponse(path, media_type=media_type, headers=headers)
 
 
 @router.get("/image/{sha}/{kind}.jpg")
 def image_picture(request: Request, sha: str, kind: str) -> Response:
     if kind not in _SIZES:
         raise HTTPException(404, "no such picture")
-    film, _ = _placed_file(request, sha)
+    film = _placed_file(request, sha)
     made = thumbnail(state(request).config.out_root, film, sha, _SIZES[kind])
     if isinstance(made, str):
         raise HTTPException(404, f"no picture: {made}")
-    return FileResponse(made, media_type="image/jpeg", headers=_IMAGE_CACHE)
+    return _cached(request, made, "image/jpeg")
 
 
 @router.get("/image/{sha}/heatmap.png")
@@ -97,7 +104,10 @@ def image_heatmap(request: Request, sha: str) -> Response:
     from xreg.heatmaps import HEATMAP_DIR, explain_files
 
     current = state(request)
-    film, detail = _placed_file(request, sha)
+    film = _placed_file(request, sha)
+    with current.registry() as reg:
+        detail = image_detail(reg, sha)
+    assert detail is not None
     rel = detail["heatmap_path"] or f"{HEATMAP_DIR}/{sha[:2]}/{sha[:16]}_body_part.png"
     target = out_path(current.config, rel)
     if not target.is_file():
@@ -108,7 +118,7 @@ def image_heatmap(request: Request, sha: str) -> Response:
         if not current.config.read_only and detail["heatmap_path"] is None:
             with current.writable_registry() as reg:
                 reg.set_heatmap(sha, rel)
-    return FileResponse(target, media_type="image/png", headers=_IMAGE_CACHE)
+    return _cached(request, target, "image/png")
 
 
 @router.get("/favicon.ico")

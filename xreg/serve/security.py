@@ -105,7 +105,7 @@ class Gate:
         auth = headers.get("authorization", "")
         if auth.lower().startswith("bearer "):
             return auth[7:].strip()
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        query: dict[str, list[str]] = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         if query.get("token"):
             return query["token"][0]
         return cookies.get(TOKEN_COOKIE)

@@ -36,8 +36,8 @@ from xreg.registry.reviews import (
     image_row,
     interrupted_applies,
     journal_apply,
-    undo_apply,
     unapplied_reviews,
+    undo_apply,
 )
 from xreg.sort.placement import (
     DEFAULT_LAYOUT,

@@ -99,6 +99,7 @@ class TrainConfig:
     weighted_sampling: bool = True  # balance the instrument classes in each epoch
     balance_power: float = 1.0  # 1: classes drawn equally; 0.5: by sqrt of their counts
     samples_per_epoch: int = 0  # 0: one draw per training item
+    reviewed_only: bool = False  # --data OUT: only the films a person reviewed
     hflip: bool = True
     rot90: bool = True
     rotate: float = 0.0  # beyond the thesis: random rotation up to this many degrees

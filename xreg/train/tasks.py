@@ -92,7 +92,8 @@ class ImageTask(Task):
         if data is not None:
             self.data = Path(data)
             self.sources = ()
-            self.images: list[LabelledImage] = load_labels(data, labels)
+            self.images: list[LabelledImage] = load_labels(
+                data, labels, reviewed_only=config.reviewed_only)
         elif config.datasets:
             self.data = run_dir / "split.csv"
             self.images = sorted(load_sources(config.datasets, labels, run_dir),
