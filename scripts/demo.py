@@ -13,6 +13,7 @@
    model says "instrument".
 5. `xreg hip`: pair the hip studies' AP and lateral films (DICOM headers,
    file names) and score fracture with the shipped two-view model.
+6. Print how to open the sorted folder in the web app (`xreg serve`).
 
 The shipped default was trained on real FracAtlas films plus phantoms, the hip
 model on phantoms only; see weights/*.md.
@@ -78,6 +79,8 @@ def main() -> None:
     run("hip", str(DEMO / "in"), str(DEMO / "hip"), "--min-age", "0")
     print(f"\nSorted folder: {DEMO / 'out'}  (registry: {DEMO / 'out' / 'registry.sqlite'})")
     print(f"Report: {DEMO / 'report' / 'report.md'}; hip studies: {DEMO / 'hip' / 'hip'}")
+    print(f"Browse and review it: {Path(sys.executable).parent / 'xreg'} serve {DEMO / 'out'}"
+          "  (then http://localhost:8000/)")
 
 
 if __name__ == "__main__":

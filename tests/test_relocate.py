@@ -21,8 +21,9 @@ from xreg.registry import Registry
 from xreg.registry.export import manifest_rows
 from xreg.registry.reviews import Review, add_review, review_queue
 from xreg.sort import relocate
+from xreg.sort.folders import output_lock
 from xreg.sort.placement import TEMP_PREFIX, temp_path
-from xreg.sort.runner import output_lock, run_sort
+from xreg.sort.runner import run_sort
 
 
 class Killed(BaseException):
@@ -157,10 +158,10 @@ def test_sigkill_during_apply_loses_nothing(tmp_path: Path, knee_model: Path) ->
         from pathlib import Path
         from xreg.registry import Registry
         from xreg.sort import relocate
-        from xreg.sort.runner import output_lock
+        from xreg.sort.folders import output_lock
         slow = relocate._remove_old
         def remove(*a):
-            time.sleep(0.02)
+            time.sleep(0.1)
             slow(*a)
         relocate._remove_old = remove
         out = Path({str(out)!r})
@@ -168,12 +169,12 @@ def test_sigkill_during_apply_loses_nothing(tmp_path: Path, knee_model: Path) ->
             relocate.apply_reviews(reg, out)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180
     while proc.poll() is None and time.monotonic() < deadline:
         with sqlite3.connect(f"file:{out / 'registry.sqlite'}?mode=ro", uri=True) as db:
             done = db.execute("SELECT COUNT(*) FROM reviews WHERE apply_state IS NOT NULL"
                               ).fetchone()[0]
-        if done >= 8:
+        if done >= 5:
             break
         time.sleep(0.005)
     assert proc.poll() is None, f"apply finished before the kill: {proc.stderr.read()!r}"

@@ -20,7 +20,8 @@ from xreg.config import SortOptions  # noqa: E402
 from xreg.models import BODY_PARTS  # noqa: E402
 from xreg.serve.app import create_app  # noqa: E402
 from xreg.serve.config import ServeConfig  # noqa: E402
-from xreg.sort.runner import output_lock, run_sort  # noqa: E402
+from xreg.sort.folders import output_lock  # noqa: E402
+from xreg.sort.runner import run_sort  # noqa: E402
 
 
 @pytest.fixture(scope="module")

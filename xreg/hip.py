@@ -39,8 +39,9 @@ from xreg.predict import Prediction, predict_files, resolve_device
 from xreg.predict_pairs import predict_pairs
 from xreg.registry import Registry
 from xreg.registry.pseudonym import Pseudonymiser
+from xreg.sort.folders import check_folders, output_lock, scan_inputs
 from xreg.sort.placement import Move, apply_move, sanitise
-from xreg.sort.runner import REGISTRY_NAME, check_folders, output_lock, scan_inputs
+from xreg.sort.runner import REGISTRY_NAME
 
 __all__ = ["HIP_WEIGHTS", "HipOptions", "HipResult", "ScoredStudy", "hip_weights", "run_hip"]
 

@@ -11,8 +11,8 @@ from fastapi.responses import RedirectResponse, Response
 from xreg.errors import ConfigError, LockedError, RegistryError
 from xreg.registry.reviews import NOT_MSK, Review, add_review, latest_reviews, review_queue
 from xreg.serve.app import render, require_csrf, reviewer_of, state, valid_sha
+from xreg.sort.folders import output_lock
 from xreg.sort.relocate import apply_reviews
-from xreg.sort.runner import output_lock
 
 router = APIRouter()
 

@@ -9,13 +9,9 @@ and resolves any journalled placement against the disk.
 
 from __future__ import annotations
 
-import fcntl
-import os
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
@@ -23,10 +19,10 @@ from typing import Any, Protocol
 from xreg import __version__
 from xreg.checkpoint import LoadedModel, default_weights, load_checkpoint
 from xreg.config import SortOptions
-from xreg.errors import ConfigError, LockedError, XregError
-from xreg.io import find_images
+from xreg.errors import XregError
 from xreg.predict import Prediction, SourceFile, predict_files, resolve_device
 from xreg.registry import ImageRecord, Pseudonymiser, Registry
+from xreg.sort.folders import check_folders, output_lock, scan_inputs
 from xreg.sort.placement import (
     Move,
     PlanItem,
@@ -39,7 +35,6 @@ from xreg.sort.placement import (
 from xreg.sort.record import image_fields, layout_fields, placement
 from xreg.sort.scope import Placement
 
-LOCK_NAME = ".xreg.lock"
 REGISTRY_NAME = "registry.sqlite"
 STATUSES = ("sorted", "review", "unreadable", "duplicate", "already_done", "too_new", "failed")
 
@@ -102,50 +97,6 @@ class SortResult:
             "recovered": self.recovered,
             "files": [asdict(o) for o in self.outcomes],
         }
-
-
-@contextmanager
-def output_lock(out_root: Path) -> Iterator[None]:
-    """Hold an exclusive lock on OUT; the kernel drops it if the process dies."""
-    out_root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out_root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LockedError(
-                f"another xreg run is sorting into {out_root}; try again when it has finished"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        yield
-    finally:
-        os.close(fd)
-
-
-def check_folders(in_root: Path, out_root: Path) -> list[Path]:
-    if not in_root.is_dir():
-        raise ConfigError(f"input folder {in_root} does not exist or is not a folder")
-    if out_root.exists() and not out_root.is_dir():
-        raise ConfigError(f"output {out_root} exists and is not a folder")
-    if out_root.resolve() == in_root.resolve():
-        raise ConfigError("the output folder must differ from the input folder")
-    return [out_root.resolve()] if out_root.resolve().is_relative_to(in_root.resolve()) else []
-
-
-def scan_inputs(in_root: Path, exclude: list[Path], min_age: float) -> tuple[list[SourceFile], int]:
-    now = time.time()
-    files, young = [], 0
-    for path in find_images(in_root, exclude=exclude):
-        try:
-            st = path.stat()
-        except OSError:
-            continue  # vanished between the walk and now
-        if now - st.st_mtime < min_age:
-            young += 1
-            continue
-        files.append(SourceFile(path.absolute(), st.st_size, st.st_mtime_ns))
-    return files, young
 
 
 def run_sort(
