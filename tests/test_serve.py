@@ -300,3 +300,86 @@ def test_cli_serve_refuses_a_public_host_without_the_extra_or_token(
 
     result = CliRunner().invoke(app, ["serve", str(tmp_path), "--token", "short"])
     assert result.exit_code == 2 and "at least 16" in result.output
+
+
+def test_no_page_shows_a_patient_name_id_or_birth_date(web: TestClient, out: Path,
+                                                       tmp_path: Path) -> None:
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = "Doe^Jane", "PID-734215", "19610704"
+    path = tmp_path / "named.dcm"
+    ds.save_as(path)
+    analysed = web.post("/upload", data={"csrf": csrf(web)},
+                        files={"files": ("named.dcm", path.read_bytes(), "application/dicom")})
+    keep = re.findall(r'name="sha" value="([0-9a-f]{64})"', analysed.text)
+    web.post("/upload/add", data={"csrf": csrf(web), "sha": keep})
+    sha = keep[0]
+    pages = [analysed.text, web.get(f"/image/{sha}").text,
+             web.get(f"/image/{sha}?format=json").text, web.get("/gallery").text,
+             web.get("/review?format=json").text, web.get("/?format=json").text]
+    image = web.get(f"/image/{sha}?format=json").json()["image"]
+    assert image["header"]["patient_key"]  # the keyed hash stands in for the ID
+    for page in pages:
+        for secret in ("Doe", "Jane", "PID-734215", "19610704"):
+            assert secret not in page
+
+
+def test_a_decompression_bomb_upload_is_refused_before_decoding(web: TestClient) -> None:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    # A 60000 x 60000 PNG header (3.6 gigapixels) over a few bytes of data.
+    bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 60000, 60000, 8,
+                                                               0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + chunk(b"IEND", b""))
+    result = web.post("/upload?format=json", data={"csrf": csrf(web)},
+                      files={"files": ("bomb.png", bomb, "image/png")}).json()["results"][0]
+    assert result["status"] == "unreadable" and result["reason"] == "image too large"
+
+
+def test_cli_serve_prints_a_generated_token_beyond_loopback(out: Path,
+                                                            knee_model: Path) -> None:
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xreg", "serve", str(out), "--host", "0.0.0.0", "--port",
+         str(port), "--weights", str(knee_model), "--read-only"],
+        stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()  # printed before the server starts
+        token = re.search(r"\?token=([\w-]+)", line)
+        assert token and "token generated" in line and "read-only" in line, line
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/static/style.css", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.2)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{base}/?format=json", timeout=5)
+        assert refused.value.code == 401
+        with urllib.request.urlopen(f"{base}/?format=json&token={token.group(1)}",
+                                    timeout=5) as page:
+            assert json.load(page)["total"] > 0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
