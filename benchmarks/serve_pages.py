@@ -37,10 +37,8 @@ import io
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import tempfile
-import threading
 import time
 import urllib.request
 from collections import Counter
@@ -159,48 +157,21 @@ def time_pages(client: Any, urls: dict[str, str], repeats: int) -> dict[str, lis
     return times
 
 
-class Served:
-    """uvicorn on a free loopback port in a background thread."""
-
-    def __init__(self, app: Any) -> None:
-        import uvicorn
-
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       daemon=True)
-
-    def __enter__(self) -> Served:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
-
-    def get(self, path: str) -> int:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=30) as r:
-            r.read()
-            return int(r.status)
+def http_get(base: str, path: str) -> int:
+    with urllib.request.urlopen(f"{base}{path}", timeout=30) as r:
+        r.read()
+        return int(r.status)
 
 
-def time_http(served: Served, paths: tuple[str, ...], repeats: int) -> dict[str, list[float]]:
+def time_http(base: str, paths: tuple[str, ...], repeats: int) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {}
     for path in paths:
         for _ in range(2):
-            served.get(path)
+            http_get(base, path)
         samples = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            assert served.get(path) == 200, path
+            assert http_get(base, path) == 200, path
             samples.append(time.perf_counter() - t0)
         times[path] = samples
     return times
@@ -377,7 +348,9 @@ def main() -> None:
         for label, samples in times.items():
             med, p95 = _stats(samples)
             print(f"{label:<34} {med:>10.2f} {p95:>8.2f} {sizes[label] / 1024:>7.1f}")
-        with Served(make_app(out, weights)) as served:
+        from xreg.serve.background import serve_in_background
+
+        with serve_in_background(make_app(out, weights)) as served:
             http = time_http(served, HTTP_PAGES, args.repeats)
         print("real HTTP (uvicorn thread + urllib, new connection each): "
               + ", ".join(f"{p} median {_stats(s)[0]:.2f} ms (TestClient "
