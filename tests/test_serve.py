@@ -162,6 +162,18 @@ def test_oversized_and_overfull_uploads_get_413(out: Path, knee_model: Path) -> 
         big = {"files": ("big.png", b"\x89PNG\r\n\x1a\n" + b"0" * 100_000, "image/png")}
         response = c.post("/upload", data={"csrf": csrf(c)}, files=big)
         assert response.status_code == 413 and "limit" in response.text
+        # Streamed without a length (chunked): counted as it arrives.
+        boundary = b"xregboundary"
+        body = (b"--" + boundary + b'\r\nContent-Disposition: form-data; name="csrf"\r\n\r\n'
+                + csrf(c).encode() + b"\r\n--" + boundary
+                + b'\r\nContent-Disposition: form-data; name="files"; filename="a.png"'
+                + b"\r\n\r\n" + b"0" * 200_000 + b"\r\n--" + boundary + b"--\r\n")
+        streamed = c.post("/upload", content=(body[i:i + 8192]
+                                              for i in range(0, len(body), 8192)),
+                          headers={"content-type": "multipart/form-data; boundary="
+                                                   + boundary.decode()})
+        assert "content-length" not in streamed.request.headers
+        assert streamed.status_code == 413 and "limit" in streamed.text
         png = (out / "_review").glob("*.png").__next__().read_bytes()
         many = [("files", (f"f{i}.png", png, "image/png")) for i in range(3)]
         response = c.post("/upload", data={"csrf": csrf(c)}, files=many)

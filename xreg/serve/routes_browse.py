@@ -101,7 +101,7 @@ def image_picture(request: Request, sha: str, kind: str) -> Response:
 @router.get("/image/{sha}/heatmap.png")
 def image_heatmap(request: Request, sha: str) -> Response:
     """The body-part overlay: the one recorded, else drawn now and kept in ``_heatmaps``."""
-    from xreg.heatmaps import HEATMAP_DIR, explain_files
+    from xreg.heatmaps import HEATMAP_DIR
 
     current = state(request)
     film = _placed_file(request, sha)
@@ -111,10 +111,9 @@ def image_heatmap(request: Request, sha: str) -> Response:
     rel = detail["heatmap_path"] or f"{HEATMAP_DIR}/{sha[:2]}/{sha[:16]}_body_part.png"
     target = out_path(current.config, rel)
     if not target.is_file():
-        with current.analyser._lock:
-            done = explain_files([film], current.loaded, [target], head="body_part")[0]
-        if done.overlay is None:
-            raise HTTPException(404, f"no heatmap: {done.error}")
+        why = current.analyser.explain_placed(film, target)
+        if why is not None:
+            raise HTTPException(404, f"no heatmap: {why}")
         if not current.config.read_only and detail["heatmap_path"] is None:
             with current.writable_registry() as reg:
                 reg.set_heatmap(sha, rel)

@@ -34,7 +34,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-class _TooLarge(Exception):
+class _TooLarge(BaseException):  # not Exception: FastAPI would turn it into a 400
     pass
 
 

@@ -11,6 +11,8 @@ placement.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import shutil
 import tempfile
 import threading
@@ -109,8 +111,6 @@ class UploadStore:
 
 
 def _sha256(data: bytes) -> str:
-    import hashlib
-
     return hashlib.sha256(data).hexdigest()
 
 
@@ -170,7 +170,7 @@ class Analyser:
                              [self.store.overlay(r.sha256) for _, r, _ in ready])
         for (i, r, _), explained in zip(ready, done):
             if explained.overlay is not None:
-                results[i] = UploadResult(**{**r.to_dict(), "overlay": True})
+                results[i] = dataclasses.replace(r, overlay=True)
 
     def analyse_pair(self, ap: tuple[str, bytes], lateral: tuple[str, bytes]) -> PairResult:
         """Score an AP + lateral hip pair with the two-view model, with the joined overlay."""
@@ -199,6 +199,14 @@ class Analyser:
         return PairResult(key, *names, "ok", pred.probabilities[head.name][positive],
                           pred.labels[head.name], model.card.thresholds.get(head.name),
                           model.sha256, overlay=bool(drawn and drawn[0].overlay))
+
+    def explain_placed(self, film: Path, target: Path) -> str | None:
+        """Draw the body-part overlay of a placed film at ``target``; None, or why not."""
+        from xreg.heatmaps import explain_files
+
+        with self._lock:
+            done = explain_files([film], self.loaded, [target], head="body_part")[0]
+        return None if done.overlay is not None else done.error or "no overlay"
 
     def _hip_model(self) -> LoadedModel:
         if self._hip is None:
