@@ -151,3 +151,30 @@ def test_cli_explain_sort_and_hip_heatmaps(tmp_path: Path) -> None:
     hips = db.execute("SELECT heatmap_path FROM hip_studies WHERE decision IS NOT NULL "
                       "AND status = 'paired'").fetchall()
     assert hips and all(h and (out / h).is_file() for (h,) in hips)
+
+
+def test_an_overlay_explains_the_probability_the_sort_records(tmp_path: Path,
+                                                             inputs: tuple[Path, dict]) -> None:
+    # The attribution's input is decoded as the sort decodes it (not at display size),
+    # so the caption's probability is the registry's.
+    from xreg.checkpoint import default_weights, load_checkpoint
+    from xreg.heatmaps import explain_files
+    from xreg.predict import SourceFile, predict_files
+
+    loaded = load_checkpoint(default_weights().with_name("bodypart_instrument_phantom.pt"))
+    _, files = inputs
+    # Larger than the display size, so drawing and sorting decode differently.
+    big = tmp_path / "big.jpg"
+    rng = np.random.default_rng(3)
+    field = ndimage.gaussian_filter(rng.random((1400, 1100)), 25)
+    Image.fromarray((255 * (field - field.min()) / np.ptp(field)).astype(np.uint8)).save(big)
+    paths = [big, files["photo_1.jpg"], files["CT_small.dcm"]]
+    sources = [SourceFile(p, p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
+    preds = [p for batch in predict_files(sources, loaded) for p in batch]
+    done = explain_files(paths, loaded, [tmp_path / f"{i}.png" for i in range(3)],
+                         head="body_part", method="saliency")
+    for pred, explained in zip(preds, done):
+        assert explained.attribution is not None
+        assert explained.attribution.label == pred.labels["body_part"]
+        assert explained.attribution.probability == pytest.approx(
+            pred.confidence("body_part"), abs=1e-4)

@@ -43,6 +43,19 @@ def _display(path: Path) -> np.ndarray | str:
     return image if isinstance(image, str) else image.pixels
 
 
+def _views(path: Path, size: int) -> tuple[np.ndarray, np.ndarray] | str:
+    """The film as drawn (display size) and as the model sees it when sorting.
+
+    The model's copy is decoded exactly as ``xreg sort`` decodes it, so the
+    attribution explains the very probability the sort recorded.
+    """
+    shown = _display(path)
+    if isinstance(shown, str):
+        return shown
+    model = try_load_image(path, target_size=size)
+    return model if isinstance(model, str) else (shown, model.pixels)
+
+
 def explain_files(
     paths: Sequence[Path],
     loaded: LoadedModel,
@@ -61,17 +74,18 @@ def explain_files(
         for start in range(0, len(paths), batch_size):
             chunk = list(zip(paths[start:start + batch_size],
                              targets[start:start + batch_size]))
-            images = list(pool.map(_display, [p for p, _ in chunk]))
-            ready = [i for i, im in enumerate(images) if not isinstance(im, str)]
+            images = list(pool.map(lambda p: _views(p, pre.size), [p for p, _ in chunk]))
+            views = {i: im for i, im in enumerate(images) if not isinstance(im, str)}
             atts: dict[int, Attribution] = {}
-            if ready:
-                x = torch.stack([pre(images[i]) for i in ready])  # type: ignore[arg-type]
-                atts = dict(zip(ready, attribute(loaded, x, head=head, method=method)))
+            if views:
+                x = torch.stack([pre(model) for _, model in views.values()])
+                atts = dict(zip(views, attribute(loaded, x, head=head, method=method)))
             for i, ((p, t), im) in enumerate(zip(chunk, images)):  # in input order
                 if isinstance(im, str):
                     results.append(Explained(str(p), None, None, im))
                 else:
-                    results.append(Explained(str(p), write_overlay(t, im, atts[i]), atts[i]))
+                    results.append(Explained(str(p), write_overlay(t, im[0], atts[i]),
+                                             atts[i]))
             if on_done is not None:
                 for _ in chunk:
                     on_done()

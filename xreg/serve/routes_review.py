@@ -9,6 +9,7 @@ from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 
 from xreg.errors import ConfigError, LockedError, RegistryError
+from xreg.registry.browse import counts
 from xreg.registry.reviews import NOT_MSK, Review, add_review, latest_reviews, review_queue
 from xreg.serve.app import render, require_csrf, reviewer_of, state, valid_sha
 from xreg.sort.folders import output_lock
@@ -28,8 +29,9 @@ def queue_page(request: Request, page: int = 1) -> Response:
     current = state(request)
     with current.registry() as reg:
         items, total = review_queue(reg, page=page)
+        waiting = counts(reg)["status"].get("review", 0)
     return render(request, "review.html", {
-        "items": items, "total": total, "page": max(1, page),
+        "items": items, "total": total, "in_review": waiting, "page": max(1, page),
         "pages": max(1, -(-total // 24)), "choices": _choices(current.body_parts)})
 
 
