@@ -16,7 +16,7 @@
 6. Print how to open the sorted folder in the web app (`xreg serve`).
 
 The shipped default was trained on real FracAtlas films plus phantoms, the hip
-model on phantoms only; see weights/*.md.
+model on phantoms only; see xreg/weights/*.md.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def main() -> None:
     shutil.rmtree(DEMO, ignore_errors=True)
     make_inputs(DEMO / "in")
     print("\nNOTE: the default weights were trained on real FracAtlas films and phantoms; "
-          "the hip model on phantoms only. Not for clinical use (weights/*.md).\n")
+          "the hip model on phantoms only. Not for clinical use (xreg/weights/*.md).\n")
     run("sort", str(DEMO / "in"), str(DEMO / "out"), "--min-age", "0")
     run("sort", str(DEMO / "in"), str(DEMO / "out"), "--min-age", "0")
     run("registry", "stats", str(DEMO / "out"))

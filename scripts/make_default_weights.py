@@ -12,7 +12,7 @@ Steps (each skipped when its output already exists in --work):
     calibration out-of-scope set: min_confidence keeping 99% in scope.
  4. `xreg evaluate` on the other held-out half; out-of-scope fractions to
     _review on the reporting set and on pydicom's real non-MSK DICOM files.
- 5. Copy the checkpoint to weights/ and write weights/<name>.md.
+ 5. Copy the checkpoint to xreg/weights/ and write xreg/weights/<name>.md.
 """
 
 from __future__ import annotations
@@ -206,7 +206,7 @@ def main() -> int:
                                        "top_probability": max(
                                            p.probabilities["body_part"].values())}
     (work / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    target = ROOT / "weights" / DEFAULT_WEIGHTS
+    target = ROOT / "xreg" / "weights" / DEFAULT_WEIGHTS
     ship_card(final, target, "xreg synth --count 7200 --seed 1000 --size 384 "
               "--instrument-rate 0.2 (its labels.csv)")
     card_md = target.with_suffix(".md")

@@ -8,7 +8,7 @@ Steps (each skipped when its output already exists in --work):
     `--hip-pairs 400 --seed 6000`: held-out pairs from another seed.
  2. `xreg train configs/hip_fracture.yaml` on the training pairs' hip_pairs.csv.
  3. `xreg evaluate` on the held-out pairs (thesis Table 5 metrics with 95% CIs).
- 4. Copy the checkpoint to weights/ and write weights/hip_fracture_phantom.md.
+ 4. Copy the checkpoint to xreg/weights/ and write xreg/weights/hip_fracture_phantom.md.
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def main() -> int:
               work / "train" / "hip_pairs.csv", trained)
     held = evaluate_pairs(trained, work / "heldout" / "hip_pairs.csv").to_dict()
     (work / "heldout.json").write_text(json.dumps(held, indent=2) + "\n")
-    target = ROOT / "weights" / HIP_WEIGHTS
+    target = ROOT / "xreg" / "weights" / HIP_WEIGHTS
     ship_card(trained, target, "xreg synth --count 0 --hip-pairs 1500 --seed 5000 "
               "--size 384 (its hip_pairs.csv)")
     target.with_suffix(".md").write_text(model_card(load_checkpoint(target), held),

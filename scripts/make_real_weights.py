@@ -14,7 +14,7 @@ Steps (each skipped when its output already exists in --work; training resumes):
  4. The real *test* split (never used for a decision), the phantom test split,
     1,800 held-out phantoms of another seed, 200 out-of-scope phantoms and
     pydicom's real non-musculoskeletal DICOM files are scored with the final card.
- 5. The checkpoint goes to weights/bodypart_real.pt with weights/bodypart_real.md;
+ 5. The checkpoint goes to xreg/weights/bodypart_real.pt with xreg/weights/bodypart_real.md;
     every figure is also in <work>/summary.json.
 """
 
@@ -99,7 +99,7 @@ def main() -> int:
     parser.add_argument("--max-outside", type=float, default=0.10,
                         help="min_confidence: most films outside the nine let into the nine")
     parser.add_argument("--ship", action="store_true",
-                        help="copy the result into weights/ with its model card")
+                        help="copy the result into xreg/weights/ with its model card")
     args = parser.parse_args()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -189,9 +189,9 @@ def main() -> int:
     (work / f"{NAME}.md").write_text(model_card(load_checkpoint(final), summary))
     print(f"wrote {final} (sha256 {sha[:12]}) and {work / f'{NAME}.md'}")
     if args.ship:
-        shutil.copyfile(final, ROOT / "weights" / f"{NAME}.pt")
-        shutil.copyfile(work / f"{NAME}.md", ROOT / "weights" / f"{NAME}.md")
-        print(f"shipped to {ROOT / 'weights'}")
+        shutil.copyfile(final, ROOT / "xreg" / "weights" / f"{NAME}.pt")
+        shutil.copyfile(work / f"{NAME}.md", ROOT / "xreg" / "weights" / f"{NAME}.md")
+        print(f"shipped to {ROOT / 'xreg' / 'weights'}")
     return 0
 
 

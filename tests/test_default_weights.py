@@ -14,7 +14,7 @@ from xreg.evaluation.evaluate import evaluate
 from xreg.models import EXTENDED_BODY_PARTS
 from xreg.synth.generate import generate_dataset
 
-WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / DEFAULT_WEIGHTS
+WEIGHTS = Path(__file__).resolve().parents[1] / "xreg" / "weights" / DEFAULT_WEIGHTS
 
 
 def test_shipped_weights_are_small_and_say_what_they_are() -> None:

@@ -22,7 +22,7 @@ from xreg.synth.hardware import compatible_instruments
 from xreg.synth.spec import BODY_PARTS, PhantomSpec
 from xreg.transforms import Preprocessor
 
-WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+WEIGHTS = Path(__file__).resolve().parents[1] / "xreg" / "weights"
 
 
 def random_model(arch: str, size: int) -> LoadedModel:

@@ -230,3 +230,18 @@ def test_inference_model_keeps_the_logits(arch):
         assert torch.allclose(expected[head], got[head], atol=2e-3, rtol=1e-3)
     # Outputs differ between inputs, so the comparison above is not vacuous.
     assert (expected["body_part"][0] - expected["body_part"][1]).abs().max() > 1e-3
+
+
+def test_the_torch_free_lists_agree_with_torch() -> None:
+    # xreg.labels names archs and reserved head names without importing torch; a
+    # new arch or a torch release with new nn.Module attributes must update them.
+    import re
+
+    from torch import nn
+
+    from xreg.labels import ARCH_NAMES, TORCH_RESERVED
+    from xreg.models import ARCHS
+
+    assert ARCH_NAMES == tuple(ARCHS)
+    torch_names = {n for n in dir(nn.ModuleDict()) if re.match(r"^[a-z][a-z0-9_]*$", n)}
+    assert torch_names <= TORCH_RESERVED

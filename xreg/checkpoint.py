@@ -10,26 +10,28 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import os
 import pickle
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from xreg import __version__
+from xreg.card import (
+    CARD_FORMAT_VERSION,
+    DEFAULT_WEIGHTS,
+    ModelCard,
+    default_weights,
+    shipped_weights,
+)
 from xreg.errors import CheckpointError, ConfigError
 from xreg.hashing import file_sha256
 from xreg.models import (
-    ARCHS,
     FRACTURE_HEAD,
     STANDARD_HEADS,
-    HeadSpec,
     MultiHeadNet,
     build_model,
 )
@@ -44,190 +46,15 @@ __all__ = [
     "default_weights",
     "make_random_checkpoint",
     "save_checkpoint",
+    "shipped_weights",
+    "DEFAULT_WEIGHTS",
 ]
 
 CHECKPOINT_FORMAT = "xreg-checkpoint"
-CARD_FORMAT_VERSION = 1
-#: The checkpoint ``xreg sort`` uses when no --weights is given, shipped in the
-#: repository's ``weights/`` folder (trained on real FracAtlas films and phantoms;
-#: see its model card).
-DEFAULT_WEIGHTS = "bodypart_real.pt"
 RANDOM_WEIGHTS_NOTE = (
     "RANDOM WEIGHTS, for tests and the placeholder demo only; "
     "predictions are meaningless."
 )
-
-
-# Card keys added after format version 1 was first written; older cards lack them.
-_OPTIONAL_KEYS = frozenset({"views"})
-
-
-def _today() -> str:
-    return datetime.now(timezone.utc).date().isoformat()
-
-
-def _plain_json(value: Any, key: str) -> Any:
-    """Return ``value`` as it reads back from JSON (tuples become lists)."""
-    try:
-        return json.loads(json.dumps(value))
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"card key {key!r} is not JSON-serialisable: {exc}") from None
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    """What a checkpoint is: arch, heads, preprocessing, thresholds, provenance.
-
-    ``mean``/``std`` are single-channel grey statistics: the network input is
-    the grey image normalised, then repeated to 3 channels. ``thresholds``
-    maps a head name (or ``"min_confidence"``) to a probability in [0, 1].
-    ``training`` and ``metrics`` are free-form JSON-able summaries.
-    """
-
-    name: str
-    arch: str
-    heads: tuple[HeadSpec, ...]
-    input_size: int
-    mean: float
-    std: float
-    thresholds: Mapping[str, float] = field(default_factory=dict)
-    training: Mapping[str, Any] = field(default_factory=dict)
-    metrics: Mapping[str, Any] = field(default_factory=dict)
-    xreg_version: str = __version__
-    created: str = field(default_factory=_today)
-    notes: str = ""
-    format_version: int = CARD_FORMAT_VERSION
-    views: int = 1  # 2: an AP and a lateral film side by side (the hip fracture model)
-
-    def __post_init__(self) -> None:
-        def bad(key: str, why: str) -> CheckpointError:
-            return CheckpointError(f"model card key {key!r}: {why}")
-
-        if isinstance(self.format_version, bool) or self.format_version != CARD_FORMAT_VERSION:
-            raise bad("format_version", f"{self.format_version!r} is not supported "
-                      f"(this xreg reads version {CARD_FORMAT_VERSION})")
-        for key in ("name", "arch", "xreg_version", "created", "notes"):
-            if not isinstance(getattr(self, key), str):
-                raise bad(key, "must be a string")
-        if not self.name:
-            raise bad("name", "must not be empty")
-        if self.arch not in ARCHS:
-            raise bad("arch", f"unknown arch {self.arch!r}; known: {sorted(ARCHS)}")
-        try:
-            datetime.fromisoformat(self.created)
-        except ValueError:
-            raise bad("created", f"{self.created!r} is not an ISO date") from None
-        heads = tuple(self.heads) if isinstance(self.heads, (list, tuple)) else ()
-        if not heads or not all(isinstance(h, HeadSpec) for h in heads):
-            raise bad("heads", "must be a non-empty sequence of HeadSpec")
-        if len({h.name for h in heads}) != len(heads):
-            raise bad("heads", "duplicate head names")
-        object.__setattr__(self, "heads", heads)
-        if not isinstance(self.input_size, int) or isinstance(self.input_size, bool) \
-                or self.input_size < 32:
-            raise bad("input_size", f"must be an integer >= 32, got {self.input_size!r}")
-        for key in ("mean", "std"):
-            value = getattr(self, key)
-            if not _is_number(value) or not math.isfinite(value):
-                raise bad(key, f"must be a finite number, got {value!r}")
-            object.__setattr__(self, key, float(value))
-        if self.std <= 0:
-            raise bad("std", f"must be > 0, got {self.std!r}")
-        if self.views not in (1, 2) or isinstance(self.views, bool):
-            raise bad("views", f"must be 1 or 2, got {self.views!r}")
-        if not isinstance(self.thresholds, Mapping):
-            raise bad("thresholds", "must be a mapping")
-        for head, value in self.thresholds.items():
-            if not isinstance(head, str) or not _is_number(value) or not 0 <= value <= 1:
-                raise bad("thresholds", f"{head!r}: {value!r} is not a probability")
-        object.__setattr__(
-            self, "thresholds", {k: float(v) for k, v in self.thresholds.items()}
-        )
-        for key in ("training", "metrics"):
-            value = getattr(self, key)
-            if not isinstance(value, Mapping):
-                raise bad(key, "must be a mapping")
-            # Normalise now so that a card equals itself after a JSON round trip
-            # and the caller's later edits to its dict cannot leak in.
-            object.__setattr__(self, key, _plain_json(dict(value), key))
-
-    def head(self, name: str) -> HeadSpec:
-        """The head called ``name``; ``ConfigError`` if the card has none."""
-        for h in self.heads:
-            if h.name == name:
-                return h
-        raise ConfigError(f"model {self.name!r} has no head {name!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict; ``ModelCard.from_dict`` reverses it."""
-        return {
-            "format_version": self.format_version,
-            "name": self.name,
-            "arch": self.arch,
-            "heads": [{"name": h.name, "labels": list(h.labels)} for h in self.heads],
-            "input_size": self.input_size,
-            "mean": self.mean,
-            "std": self.std,
-            "thresholds": dict(self.thresholds),
-            "training": _plain_json(self.training, "training"),
-            "metrics": _plain_json(self.metrics, "metrics"),
-            "xreg_version": self.xreg_version,
-            "created": self.created,
-            "notes": self.notes,
-            "views": self.views,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ModelCard:
-        """Validate and build a card; ``CheckpointError`` names a missing or bad key."""
-        if not isinstance(data, Mapping):
-            raise CheckpointError("model card must be a JSON object")
-        version = data.get("format_version")
-        if version is not None and version != CARD_FORMAT_VERSION:
-            # A newer card may have other keys; say so rather than list them.
-            raise CheckpointError(
-                f"model card format_version {version!r} is not supported "
-                f"(this xreg reads version {CARD_FORMAT_VERSION}); upgrade xreg"
-            )
-        expected = {f.name for f in fields(cls)}
-        missing = [k for k in sorted(expected - _OPTIONAL_KEYS) if k not in data]
-        if missing:
-            raise CheckpointError(f"model card is missing key {missing[0]!r}")
-        extra = sorted(set(data) - expected)
-        if extra:
-            raise CheckpointError(f"model card has unknown key {extra[0]!r}")
-        raw_heads = data["heads"]
-        if not isinstance(raw_heads, list):
-            raise CheckpointError("model card key 'heads': must be a list")
-        heads = []
-        for h in raw_heads:
-            if not isinstance(h, Mapping) or set(h) != {"name", "labels"} \
-                    or not isinstance(h["labels"], list):
-                raise CheckpointError(
-                    "model card key 'heads': each head must be {name, labels: [...]}"
-                )
-            try:
-                heads.append(HeadSpec(h["name"], tuple(h["labels"])))
-            except ConfigError as exc:
-                raise CheckpointError(f"model card key 'heads': {exc}") from None
-        return cls(**{**dict(data), "heads": tuple(heads)})
-
-
-def default_weights() -> Path:
-    """The shipped default checkpoint, ``weights/bodypart_real.pt``.
-
-    It lives beside the package in a source checkout (the quick start's
-    setup). Raises ``ConfigError`` saying what to pass when it is absent.
-    """
-    path = Path(__file__).resolve().parent.parent / "weights" / DEFAULT_WEIGHTS
-    if not path.is_file():
-        raise ConfigError(f"no model weights: pass --weights FILE or set XREG_WEIGHTS "
-                          f"(the shipped default {path} is not there)")
-    return path
 
 
 @dataclass

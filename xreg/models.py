@@ -7,7 +7,6 @@ in a second, explicit step (``xreg.checkpoint.load_checkpoint`` or
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -16,6 +15,21 @@ import torchvision.models as tvm
 from torch import Tensor, nn
 
 from xreg.errors import CheckpointError, ConfigError
+from xreg.labels import (
+    BODY_PART_HEAD,
+    BODY_PARTS,
+    EXTENDED_BODY_PARTS,
+    FRACTURE_HEAD,
+    INSTRUMENT_HEAD,
+    INSTRUMENT_LABELS,
+    KNOWN_HEADS,
+    LONG_BONES,
+    OTHER,
+    STANDARD_HEADS,
+    VIEW_HEAD,
+    VIEW_LABELS,
+    HeadSpec,
+)
 
 __all__ = [
     "ARCHS",
@@ -38,64 +52,6 @@ __all__ = [
     "build_model",
     "load_imagenet_backbone",
 ]
-
-BODY_PARTS: tuple[str, ...] = (
-    "ankle", "elbow", "foot", "hand", "hip", "knee", "shoulder", "spine", "wrist",
-)
-#: Long-bone exams (no single joint centred): their own folders, never one of the nine.
-LONG_BONES: tuple[str, ...] = ("forearm", "humerus", "lower_leg", "femur")
-#: Not a musculoskeletal film of any class above (chest, several regions, non-MSK).
-OTHER = "other"
-#: The body-part head of models that know what lies beyond the thesis's nine.
-EXTENDED_BODY_PARTS: tuple[str, ...] = (*BODY_PARTS, *LONG_BONES, OTHER)
-INSTRUMENT_LABELS: tuple[str, ...] = ("no_instrument", "instrument")
-VIEW_LABELS: tuple[str, ...] = ("AP", "LAT")  # frontal (AP/PA) or lateral projection
-
-# Head names become nn.ModuleDict keys and state-dict key parts, so they must
-# be plain identifiers (no dots) that do not shadow nn.Module attributes.
-_HEAD_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-
-
-@dataclass(frozen=True)
-class HeadSpec:
-    """One classification head: its name and its class labels, in logit order.
-
-    Every head outputs ``len(labels)`` logits, binary heads included, so the
-    prediction layer treats all heads alike (softmax over the last axis).
-    """
-
-    name: str
-    labels: tuple[str, ...]
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _HEAD_NAME.match(self.name):
-            raise ConfigError(
-                f"head name {self.name!r} must be lower-case letters, digits, '_'"
-            )
-        if hasattr(nn.ModuleDict(), self.name):
-            raise ConfigError(f"head name {self.name!r} is reserved by torch")
-        # Accept lists from callers but store a tuple so the spec stays hashable.
-        labels = tuple(self.labels)
-        object.__setattr__(self, "labels", labels)
-        if len(labels) < 2:
-            raise ConfigError(f"head {self.name!r} needs at least 2 labels")
-        if not all(isinstance(label, str) and label for label in labels):
-            raise ConfigError(f"head {self.name!r}: labels must be non-empty strings")
-        if len(set(labels)) != len(labels):
-            raise ConfigError(f"head {self.name!r}: duplicate labels in {labels}")
-
-
-BODY_PART_HEAD = HeadSpec("body_part", BODY_PARTS)
-INSTRUMENT_HEAD = HeadSpec("instrument", INSTRUMENT_LABELS)
-STANDARD_HEADS: tuple[HeadSpec, ...] = (BODY_PART_HEAD, INSTRUMENT_HEAD)
-#: Optional third head: the projection, which pairs hip views when headers are silent.
-VIEW_HEAD = HeadSpec("view", VIEW_LABELS)
-#: The hip model's one head (an AP and a lateral film joined side by side), and
-#: the single-film fracture head of body-part models.
-FRACTURE_HEAD = HeadSpec("fracture", ("no_fracture", "fracture"))
-KNOWN_HEADS: dict[str, HeadSpec] = {
-    h.name: h for h in (*STANDARD_HEADS, VIEW_HEAD, FRACTURE_HEAD)}
-
 
 def _strip_classifier_seq(model: nn.Module) -> None:
     """Drop the final Linear of ``model.classifier`` and the Dropout before it.

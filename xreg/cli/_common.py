@@ -38,8 +38,18 @@ app.add_typer(registry_app, name="registry")
 weights_app = typer.Typer(help="Inspect and create model checkpoints.", no_args_is_help=True)
 app.add_typer(weights_app, name="weights")
 
-out = Console()
-err = Console(stderr=True, soft_wrap=True)  # messages stay greppable in logs
+def _console(stderr: bool = False) -> Console:
+    """A terminal's console; to a log or pipe, one that never wraps tables at 80
+    columns (they print at their natural width, and lines stay greppable)."""
+    console = Console(stderr=stderr, soft_wrap=stderr)
+    if console.is_terminal:
+        return console
+    return Console(stderr=stderr, soft_wrap=True, width=_LOG_WIDTH)
+
+
+_LOG_WIDTH = 400
+out = _console()
+err = _console(stderr=True)
 
 
 @contextmanager

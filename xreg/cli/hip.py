@@ -32,7 +32,7 @@ ImageLaterality); the file name (--pattern, default names like 1234_AP.png,
 a missing or doubled view are listed with the reason, never guessed.
 
 Each pair goes to the two-view model (--weights, default the shipped
-weights/hip_fracture_phantom.pt): AP and lateral side by side, as in the
+xreg/weights/hip_fracture_phantom.pt): AP and lateral side by side, as in the
 thesis. With OUT, each study's films are copied (verified, never
 overwriting) to OUT/hip/<fracture|no_fracture|unpaired>/<study>/ and a
 hip_studies row per study goes to OUT/registry.sqlite (or --registry).

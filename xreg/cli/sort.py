@@ -60,7 +60,7 @@ def sort_cmd(
     out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="Sorted output folder.")],
     weights: Annotated[Path | None, typer.Option(
         help="Model checkpoint (.pt) to classify with.  [default: XREG_WEIGHTS, else "
-             "the shipped weights/bodypart_real.pt]",
+             "the shipped xreg/weights/bodypart_real.pt]",
         envvar="XREG_WEIGHTS")] = None,
     mode: Annotated[Mode | None, typer.Option(
         help="copy: leave IN as it is; move: delete each source once its copy is verified "
@@ -149,7 +149,7 @@ def sort_cmd(
             payload["heatmaps"] = {"written": drawn[0], "seconds": round(drawn[1], 2)}
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
     elif not quiet:
-        _print_sort_summary(result, out_dir)
+        _print_sort_summary(result, out_dir, options.min_age)
         if drawn is not None:
             per = f", {drawn[1] / drawn[0] * 1000:.0f} ms each" if drawn[0] else ""
             out.print(f"wrote {drawn[0]} heatmap(s) to {out_dir / '_heatmaps'}{per}",
@@ -169,7 +169,7 @@ def _sort_exit_code(counts: Any, strict: bool) -> int:
     return EXIT_OK
 
 
-def _print_sort_summary(result: Any, out_dir: Path) -> None:
+def _print_sort_summary(result: Any, out_dir: Path, min_age: float) -> None:
     if result.dry_run:
         plan = Table(title="Plan (dry run: nothing was changed)")
         for col in ("source", "would go to", "confidence"):
@@ -200,5 +200,10 @@ def _print_sort_summary(result: Any, out_dir: Path) -> None:
             err.print(f"[red]failed:[/] {o.source}: {o.error}", highlight=False)
     if result.recovered:
         out.print(f"finished {result.recovered} placement(s) left by an interrupted run")
+    young = result.counts.get("too_new", 0)
+    if young:
+        err.print(f"note: {young} file(s) changed less than --min-age {min_age:g} s ago and "
+                  "were left for the next run (they may still be being written); "
+                  "--min-age 0 takes them now", highlight=False)
 
 
