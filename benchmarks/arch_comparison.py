@@ -29,8 +29,8 @@ from xreg.checkpoint import load_checkpoint
 from xreg.datasets import load_labels
 from xreg.errors import CheckpointError
 from xreg.evaluation.evaluate import evaluate
+from xreg.inference.predict import SourceFile, predict_files
 from xreg.models import STANDARD_HEADS, build_model, load_imagenet_backbone
-from xreg.predict import SourceFile, predict_files
 from xreg.train import load_train_config, train
 
 

@@ -20,7 +20,7 @@ from xreg.checkpoint import default_weights, load_checkpoint
 from xreg.datasets import load_labels
 from xreg.explain import METHODS
 from xreg.heatmaps import explain_files
-from xreg.predict import SourceFile, predict_files
+from xreg.inference.predict import SourceFile, predict_files
 
 
 def main() -> int:

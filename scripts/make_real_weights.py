@@ -70,7 +70,7 @@ def _score(loaded: Any, images: list[Any], name: str, **kw: Any) -> Evaluation:
 
 def _review_share(loaded: Any, paths: list[Path], threshold: float) -> list[int]:
     """[sent to _review, scored]: top-probability below threshold or labelled other."""
-    from xreg.predict import SourceFile, predict_files
+    from xreg.inference.predict import SourceFile, predict_files
     from xreg.sort.scope import decide_placement
 
     sources = [SourceFile(p, p.stat().st_size, p.stat().st_mtime_ns) for p in paths]

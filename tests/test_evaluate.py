@@ -23,8 +23,8 @@ from xreg.evaluation.evaluate import evaluate, evaluate_images, score
 from xreg.evaluation.metrics import roc_auc
 from xreg.evaluation.report import write_report
 from xreg.evaluation.sorting import RISK_COVERAGE_THRESHOLDS, risk_coverage, score_sorting
+from xreg.inference.predict import Prediction, SourceFile
 from xreg.models import BODY_PARTS, EXTENDED_BODY_PARTS, INSTRUMENT_HEAD, HeadSpec, build_model
-from xreg.predict import Prediction, SourceFile
 from xreg.synth.generate import generate_dataset
 
 RESAMPLES = 200

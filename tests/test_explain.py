@@ -159,7 +159,7 @@ def test_an_overlay_explains_the_probability_the_sort_records(tmp_path: Path,
     # so the caption's probability is the registry's.
     from xreg.checkpoint import default_weights, load_checkpoint
     from xreg.heatmaps import explain_files
-    from xreg.predict import SourceFile, predict_files
+    from xreg.inference.predict import SourceFile, predict_files
 
     loaded = load_checkpoint(default_weights().with_name("bodypart_instrument_phantom.pt"))
     _, files = inputs

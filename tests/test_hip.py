@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from xreg.checkpoint import load_checkpoint, make_random_checkpoint
 from xreg.cli import app
 from xreg.errors import ConfigError
-from xreg.predict_pairs import predict_pairs
+from xreg.inference.pairs import predict_pairs
 from xreg.registry import SCHEMA_VERSION, Registry
 from xreg.registry._schema import _MIGRATIONS
 from xreg.synth.generate import generate_dataset

@@ -203,7 +203,7 @@ def test_load_imagenet_backbone_vit_needs_224() -> None:
 )
 def test_inference_model_keeps_the_logits(arch):
     """BN folding and channels_last must not change what the model says."""
-    from xreg.predict import inference_model
+    from xreg.inference.predict import inference_model
 
     torch.manual_seed(0)
     model = build_model(arch, STANDARD_HEADS, input_size=64)

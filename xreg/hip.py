@@ -26,6 +26,8 @@ from xreg.checkpoint import LoadedModel, default_weights, load_checkpoint
 from xreg.datasets import load_pairs
 from xreg.errors import ConfigError
 from xreg.hashing import file_sha256
+from xreg.inference.pairs import predict_pairs
+from xreg.inference.predict import Prediction, predict_files, resolve_device
 from xreg.pairing import (
     HipImage,
     HipStudy,
@@ -35,8 +37,6 @@ from xreg.pairing import (
     side_from_dicom,
     view_from_dicom,
 )
-from xreg.predict import Prediction, predict_files, resolve_device
-from xreg.predict_pairs import predict_pairs
 from xreg.registry import Registry
 from xreg.registry.pseudonym import Pseudonymiser
 from xreg.sort.folders import check_folders, output_lock, scan_inputs

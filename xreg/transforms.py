@@ -1,6 +1,7 @@
-"""Preprocessing derived from a model card, never re-typed at call sites.
+"""Preprocessing for training and attributions, as torch tensors.
 
-Grey pixels in [0, 1] -> antialiased square resize to ``card.input_size`` ->
+The same steps as :mod:`xreg.inference.preprocess` (whose resize it uses):
+grey pixels in [0, 1] -> antialiased square resize to ``card.input_size`` ->
 ``(x - card.mean) / card.std`` -> the single channel repeated to 3.
 Training caches the resized grey images (:func:`resize_grey`, the very step
 inference takes) and augments whole batches with :func:`augment_batch`.
@@ -12,8 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xreg.checkpoint import ModelCard
-from xreg.errors import UnreadableImageError
+from xreg.card import ModelCard
+from xreg.inference.preprocess import resize_grey as _resize
 
 __all__ = ["Preprocessor", "augment_batch", "join_views", "preprocess", "resize_grey"]
 
@@ -63,22 +64,12 @@ def preprocess(pixels: np.ndarray, card: ModelCard) -> torch.Tensor:
 def resize_grey(pixels: np.ndarray, size: int) -> torch.Tensor:
     """A 2-D grey image as a ``(size, size)`` float32 tensor (antialiased bilinear).
 
-    Without a resize the result shares memory with ``pixels``.
+    The very resize inference uses (:func:`xreg.inference.preprocess.resize_grey`),
+    so training caches what the sort will show the model. Without a resize
+    the result shares memory with ``pixels``.
     """
-    if not isinstance(pixels, np.ndarray) or pixels.ndim != 2 or 0 in pixels.shape:
-        shape = getattr(pixels, "shape", type(pixels).__name__)
-        raise UnreadableImageError("not a 2-D grey image", f"got {shape}")
-    # float32 is what load_image yields; anything else is converted once
-    # here. A read-only array is copied too: torch warns on those.
-    x = torch.from_numpy(np.require(pixels, np.float32, ["C", "W"]))
-    if x.shape != (size, size):
-        # torch's antialiased bilinear matches Pillow's BILINEAR resize to
-        # ~1e-5 and was as fast or faster for both small and 5 MP inputs.
-        x = F.interpolate(
-            x[None, None], size=(size, size),
-            mode="bilinear", antialias=True, align_corners=False,
-        )[0, 0]
-    return x
+    # Writable: torch warns on read-only arrays.
+    return torch.from_numpy(np.require(_resize(pixels, size), np.float32, ["C", "W"]))
 
 
 def augment_batch(

@@ -21,8 +21,8 @@ from numpy.typing import ArrayLike
 
 from xreg.checkpoint import LoadedModel, load_checkpoint, save_checkpoint
 from xreg.errors import ConfigError
+from xreg.inference.predict import SourceFile, predict_files, resolve_device
 from xreg.io import find_images
-from xreg.predict import SourceFile, predict_files, resolve_device
 
 __all__ = ["Calibration", "OperatingPoint", "calibrate_checkpoint", "choose_min_confidence",
            "choose_operating_point", "set_operating_point", "top_confidences"]

@@ -32,7 +32,7 @@ from xreg.evaluation.sorting import (
     risk_coverage,
     score_sorting,
 )
-from xreg.predict import SourceFile, predict_files, resolve_device
+from xreg.inference.predict import SourceFile, predict_files, resolve_device
 
 __all__ = ["Evaluation", "Misclassified", "Skipped", "evaluate", "evaluate_images", "score"]
 

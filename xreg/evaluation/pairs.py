@@ -22,8 +22,8 @@ from xreg.datasets import HipPair, load_pairs
 from xreg.errors import ConfigError
 from xreg.evaluation.evaluate import Misclassified, Skipped, select_split
 from xreg.evaluation.metrics import Estimate, binary_metrics
-from xreg.predict import resolve_device
-from xreg.predict_pairs import predict_pairs
+from xreg.inference.pairs import predict_pairs
+from xreg.inference.predict import resolve_device
 
 __all__ = ["PairEvaluation", "evaluate_pair_list", "evaluate_pairs", "write_pair_report"]
 

@@ -1,7 +1,7 @@
 """Films dropped on the upload page: analysed from a private temp folder, kept only on request.
 
 An upload is judged by its content, through the very path ``xreg sort`` uses
-(:func:`xreg.predict.predict_files`: sha256, format sniffing, the
+(:func:`xreg.inference.predict.predict_files`: sha256, format sniffing, the
 decompression-bomb guard, the model, the card's thresholds and
 :func:`xreg.sort.record.placement`). Nothing reaches OUT unless the user
 asks; then :func:`add_to_registry` hands the files to
@@ -23,8 +23,8 @@ from typing import Any
 
 from xreg.checkpoint import LoadedModel, load_checkpoint
 from xreg.config import SortOptions
+from xreg.inference.predict import SourceFile, predict_files
 from xreg.io.detect import SNIFF_BYTES, sniff_format
-from xreg.predict import SourceFile, predict_files
 from xreg.sort.placement import sanitise
 from xreg.sort.record import placement
 from xreg.sort.runner import SortResult, sort_sources
@@ -175,7 +175,7 @@ class Analyser:
     def analyse_pair(self, ap: tuple[str, bytes], lateral: tuple[str, bytes]) -> PairResult:
         """Score an AP + lateral hip pair with the two-view model, with the joined overlay."""
         from xreg.heatmaps import explain_pairs
-        from xreg.predict_pairs import predict_pairs
+        from xreg.inference.pairs import predict_pairs
 
         names = (sanitise(Path(ap[0]).name), sanitise(Path(lateral[0]).name))
         shas = (_sha256(ap[1]), _sha256(lateral[1]))

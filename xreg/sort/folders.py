@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from xreg.errors import ConfigError, LockedError
+from xreg.inference.predict import SourceFile
 from xreg.io import find_images
-from xreg.predict import SourceFile
 
 __all__ = ["LOCK_NAME", "check_folders", "output_lock", "scan_inputs"]
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import PurePosixPath
 from typing import Any
 
-from xreg.predict import Prediction
+from xreg.inference.predict import Prediction
 from xreg.sort.scope import Placement, decide_placement
 
 _EXTENSIONS = {"dicom": ".dcm", "png": ".png", "jpeg": ".jpg", "tiff": ".tif", "jp2": ".jp2"}

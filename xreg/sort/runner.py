@@ -20,7 +20,7 @@ from xreg import __version__
 from xreg.checkpoint import LoadedModel, default_weights, load_checkpoint
 from xreg.config import SortOptions
 from xreg.errors import XregError
-from xreg.predict import Prediction, SourceFile, predict_files, resolve_device
+from xreg.inference.predict import Prediction, SourceFile, predict_files, resolve_device
 from xreg.registry import ImageRecord, Pseudonymiser, Registry
 from xreg.sort.folders import check_folders, output_lock, scan_inputs
 from xreg.sort.placement import (

@@ -23,8 +23,8 @@ from xreg.errors import CheckpointError, ConfigError, MetricsInputError
 from xreg.evaluation.evaluate import Evaluation
 from xreg.evaluation.metrics import youden_threshold
 from xreg.evaluation.pairs import PairEvaluation
+from xreg.inference.predict import resolve_device
 from xreg.models import build_model, load_imagenet_backbone
-from xreg.predict import resolve_device
 from xreg.train.config import TrainConfig
 from xreg.train.data import decode_images
 from xreg.train.loop import (

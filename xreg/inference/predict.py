@@ -3,6 +3,8 @@
 Decoding (Pillow, pydicom's codecs, hashlib) releases the GIL, so a small
 in-process thread pool keeps the model fed without the start-up cost and
 thread oversubscription of DataLoader worker processes on a 2-core machine.
+The model is a :class:`~xreg.inference.runtime.Model` (ONNX Runtime or
+PyTorch); this module never imports PyTorch itself.
 """
 
 from __future__ import annotations
@@ -13,13 +15,21 @@ from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
-from xreg.checkpoint import LoadedModel, ModelCard
+from xreg.card import ModelCard
 from xreg.errors import ConfigError
+from xreg.inference.preprocess import Preprocessor
+from xreg.inference.runtime import Model, as_model, inference_model, resolve_device
 from xreg.io import ImageMeta, try_load_image
-from xreg.transforms import Preprocessor
+
+if TYPE_CHECKING:
+    from xreg.checkpoint import LoadedModel
+
+__all__ = ["Prediction", "SourceFile", "decide", "inference_model", "predict_files",
+           "resolve_device", "softmax"]
 
 
 @dataclass(frozen=True)
@@ -53,15 +63,12 @@ class Prediction:
         return self.probabilities[head][self.labels[head]]
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; asking for CUDA without one is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA device is available")
-    if name not in ("cpu", "cuda"):
-        raise ConfigError(f"--device must be auto, cpu or cuda, not {name!r}")
-    return torch.device(name)
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of ``(B, C)`` logits, in float64 for a stable sum."""
+    z = np.asarray(logits, np.float64)
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    out: np.ndarray = z / z.sum(axis=1, keepdims=True)
+    return out
 
 
 def decide(probabilities: Mapping[str, Mapping[str, float]], card: ModelCard) -> dict[str, str]:
@@ -85,7 +92,7 @@ class _Decoded:
     sha256: str = ""
     status: str = "ok"
     meta: ImageMeta | None = None
-    tensor: torch.Tensor | None = None
+    tensor: np.ndarray | None = None
     error: str | None = None
 
 
@@ -107,45 +114,27 @@ def _decode(source: SourceFile, preprocess: Preprocessor, known: Container[str])
     return out
 
 
-def inference_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """An eval-mode copy of ``model`` made faster for inference, same outputs.
-
-    Batch norms are folded into the convolutions before them (torch.fx), and
-    weights use channels_last: together about 1.5x (BN folding) times 1.5x
-    (oneDNN channels_last) on a 2-core CPU for MobileNets. A model that FX
-    cannot trace runs unfused.
-    """
-    from torch.fx.experimental.optimization import fuse
-
-    model = model.eval()
-    try:
-        model = fuse(model)
-    except Exception:  # noqa: BLE001 - tracing is an optimisation, never a requirement
-        pass
-    return model.to(device).to(memory_format=torch.channels_last).eval()
-
-
 def predict_files(
     files: Iterable[SourceFile],
-    loaded: LoadedModel,
+    loaded: Model | LoadedModel,
     *,
     batch_size: int = 16,
     workers: int = 2,
-    device: torch.device | None = None,
+    device: Any = None,
     known: Container[str] = frozenset(),
     on_decoded: Callable[[], None] | None = None,
 ) -> Iterator[list[Prediction]]:
     """Yield predictions in input order, one list per model batch.
 
-    Files whose content hash is in ``known`` are hashed but not decoded.
-    A file that fails to decode becomes an ``unreadable`` prediction; the
-    batch goes on.
+    ``loaded`` is a :class:`~xreg.inference.runtime.Model`, or a torch
+    checkpoint run on ``device``. Files whose content hash is in ``known``
+    are hashed but not decoded. A file that fails to decode becomes an
+    ``unreadable`` prediction; the batch goes on.
     """
     if batch_size < 1 or workers < 1:
         raise ConfigError("--batch-size and --workers must be at least 1")
-    device = device or torch.device("cpu")
-    preprocess = Preprocessor(loaded.card)
-    model = inference_model(loaded.model, device)
+    model = as_model(loaded, device)
+    preprocess = Preprocessor(model.card)
     lookahead = batch_size * 2
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xreg-decode") as pool:
         pending: deque[Future[_Decoded]] = deque()
@@ -167,26 +156,20 @@ def predict_files(
             ready = sum(d.tensor is not None for d in batch)
             # Undecoded entries (known, unreadable) also flush, so progress never stalls.
             if ready >= batch_size or len(batch) >= lookahead or (not pending and exhausted):
-                yield _run_batch(batch, model, loaded.card, device)
+                yield _run_batch(batch, model)
                 batch = []
         if batch:
-            yield _run_batch(batch, model, loaded.card, device)
+            yield _run_batch(batch, model)
 
 
-def _run_batch(
-    batch: list[_Decoded], model: torch.nn.Module, card: ModelCard, device: torch.device
-) -> list[Prediction]:
+def _run_batch(batch: list[_Decoded], model: Model) -> list[Prediction]:
+    card = model.card
     decoded = [d for d in batch if d.tensor is not None]
     probs_by_index: dict[int, dict[str, dict[str, float]]] = {}
     if decoded:
-        x = torch.stack([d.tensor for d in decoded if d.tensor is not None])
-        x = x.to(device, memory_format=torch.channels_last)
-        with torch.inference_mode():
-            logits = model(x)
-        per_head = {
-            head.name: torch.softmax(logits[head.name].float(), dim=1).cpu().tolist()
-            for head in card.heads
-        }
+        logits = model.runtime.run(np.stack([d.tensor for d in decoded
+                                             if d.tensor is not None]))
+        per_head = {head.name: softmax(logits[head.name]).tolist() for head in card.heads}
         for i, d in enumerate(decoded):
             probs_by_index[id(d)] = {
                 head.name: dict(zip(head.labels, per_head[head.name][i])) for head in card.heads

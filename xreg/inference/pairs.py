@@ -11,14 +11,18 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
-from xreg.checkpoint import LoadedModel
 from xreg.errors import ConfigError
+from xreg.inference.predict import decide, softmax
+from xreg.inference.preprocess import Preprocessor
+from xreg.inference.runtime import Model, as_model
 from xreg.io import try_load_image
-from xreg.predict import decide, inference_model
-from xreg.transforms import Preprocessor
+
+if TYPE_CHECKING:
+    from xreg.checkpoint import LoadedModel
 
 __all__ = ["PairPrediction", "decode_pair", "predict_pairs"]
 
@@ -35,7 +39,7 @@ class PairPrediction:
     error: str | None = None
 
 
-def decode_pair(ap: Path, lateral: Path, preprocess: Preprocessor) -> torch.Tensor | str:
+def decode_pair(ap: Path, lateral: Path, preprocess: Preprocessor) -> np.ndarray | str:
     """The joined ``(3, S, 2S)`` input, or the reason one film cannot be used."""
     images = []
     for role, path in (("AP", ap), ("lateral", lateral)):
@@ -48,20 +52,19 @@ def decode_pair(ap: Path, lateral: Path, preprocess: Preprocessor) -> torch.Tens
 
 def predict_pairs(
     pairs: Sequence[tuple[Path, Path]],
-    loaded: LoadedModel,
+    loaded: Model | LoadedModel,
     *,
     batch_size: int = 16,
     workers: int = 2,
-    device: torch.device | None = None,
+    device: Any = None,
     on_decoded: Callable[[], None] | None = None,
 ) -> list[PairPrediction]:
     """Score each (AP, lateral) pair with a two-view checkpoint, in input order."""
     if loaded.card.views != 2:
         raise ConfigError(f"model {loaded.card.name!r} takes one film, not an AP + lateral "
                           "pair; use a hip fracture checkpoint")
-    device = device or torch.device("cpu")
-    preprocess = Preprocessor(loaded.card)
-    model = inference_model(loaded.model, device)
+    model = as_model(loaded, device)
+    preprocess = Preprocessor(model.card)
     results: list[PairPrediction] = []
     with ThreadPoolExecutor(max_workers=max(1, workers),
                             thread_name_prefix="xreg-pair-decode") as pool:
@@ -71,20 +74,17 @@ def predict_pairs(
             if on_decoded is not None:
                 for _ in chunk:
                     on_decoded()
-            ready = [t for t in decoded if isinstance(t, torch.Tensor)]
+            ready = [t for t in decoded if isinstance(t, np.ndarray)]
             probs: dict[str, list[list[float]]] = {}
             if ready:
-                x = torch.stack(ready).to(device, memory_format=torch.channels_last)
-                with torch.inference_mode():
-                    logits = model(x)
-                probs = {h.name: torch.softmax(logits[h.name].float(), 1).cpu().tolist()
-                         for h in loaded.card.heads}
+                logits = model.runtime.run(np.stack(ready))
+                probs = {h.name: softmax(logits[h.name]).tolist() for h in model.card.heads}
             k = 0
             for (ap, lateral), item in zip(chunk, decoded):
                 if isinstance(item, str):
                     results.append(PairPrediction(ap, lateral, "unreadable", error=item))
                     continue
-                p = {h.name: dict(zip(h.labels, probs[h.name][k])) for h in loaded.card.heads}
+                p = {h.name: dict(zip(h.labels, probs[h.name][k])) for h in model.card.heads}
                 k += 1
-                results.append(PairPrediction(ap, lateral, "ok", p, decide(p, loaded.card)))
+                results.append(PairPrediction(ap, lateral, "ok", p, decide(p, model.card)))
     return results
