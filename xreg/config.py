@@ -24,6 +24,7 @@ class SortOptions:
     batch_size: int = 16
     workers: int = 2
     device: str = "auto"
+    runtime: str = "auto"  # auto: ONNX Runtime when the model has an export, else torch
     min_confidence: float | None = None  # None: the model card's threshold
     min_age: float = 10.0
     layout: str = DEFAULT_LAYOUT
@@ -39,6 +40,8 @@ class SortOptions:
             raise ConfigError("workers must be between 1 and 64")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, not {self.device!r}")
+        if self.runtime not in ("auto", "onnx", "torch"):
+            raise ConfigError(f"runtime must be auto, onnx or torch, not {self.runtime!r}")
         if self.min_confidence is not None and not 0.0 <= self.min_confidence <= 1.0:
             raise ConfigError("min_confidence must be between 0 and 1")
         if self.min_age < 0:

@@ -17,17 +17,18 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from xreg import __version__
-from xreg.checkpoint import LoadedModel, default_weights, load_checkpoint
+from xreg.card import default_weights
 from xreg.datasets import load_pairs
 from xreg.errors import ConfigError
 from xreg.hashing import file_sha256
 from xreg.inference.pairs import predict_pairs
-from xreg.inference.predict import Prediction, predict_files, resolve_device
+from xreg.inference.predict import Prediction, predict_files
+from xreg.inference.runtime import Model, load_model
 from xreg.pairing import (
     HipImage,
     HipStudy,
@@ -42,6 +43,9 @@ from xreg.registry.pseudonym import Pseudonymiser
 from xreg.sort.folders import check_folders, output_lock, scan_inputs
 from xreg.sort.placement import Move, apply_move, sanitise
 from xreg.sort.runner import REGISTRY_NAME
+
+if TYPE_CHECKING:
+    from xreg.checkpoint import LoadedModel
 
 __all__ = ["HIP_WEIGHTS", "HipOptions", "HipResult", "ScoredStudy", "hip_weights", "run_hip"]
 
@@ -63,6 +67,7 @@ class HipOptions:
     batch_size: int = 16
     workers: int = 2
     device: str = "auto"
+    runtime: str = "auto"  # auto | onnx | torch (see xreg.inference.runtime)
     min_age: float = 10.0
     from_registry: bool = False  # take the films a sort placed (OUT = heatmap_root)
     heatmaps: bool = False  # write overlays of the joined input to <root>/_heatmaps/hip/
@@ -168,10 +173,10 @@ def run_hip(in_root: Path, options: HipOptions,
     if options.heatmaps and (options.heatmap_root or out) is None:
         raise ConfigError("--heatmaps needs an output folder (OUT) to write them into")
     pattern = compile_pattern(options.pattern)
-    hip_model = load_checkpoint(hip_weights(options.weights))
+    hip_model = load_model(hip_weights(options.weights), runtime=options.runtime,
+                           device=options.device)
     if hip_model.card.views != 2:
         raise ConfigError(f"{hip_model.path} is not a two-view hip fracture checkpoint")
-    device = resolve_device(options.device)
     registry_path = options.registry or (out / REGISTRY_NAME if out is not None else None)
     pseudonymise = (Pseudonymiser.for_registry(registry_path) if registry_path is not None
                     else Pseudonymiser(os.urandom(32)))
@@ -184,13 +189,14 @@ def run_hip(in_root: Path, options: HipOptions,
     if options.from_registry and registry_path is not None and options.heatmap_root:
         images = _registry_images(registry_path, options.heatmap_root, pattern, single)
     else:
-        classifier = load_checkpoint(options.classifier or default_weights())
+        classifier = load_model(options.classifier or default_weights(),
+                                runtime=options.runtime, device=options.device)
         files, _young = scan_inputs(in_root, exclude, options.min_age)
         to_classify = [f for f in files if str(f.path) not in listed]
         say(f"classifying {len(to_classify)} film(s)")
         images = []
         for batch in predict_files(to_classify, classifier, batch_size=options.batch_size,
-                                   workers=options.workers, device=device):
+                                   workers=options.workers):
             for p in batch:
                 im = _describe(p, pattern, pseudonymise) if p.status == "ok" else None
                 if im is None:
@@ -205,8 +211,7 @@ def run_hip(in_root: Path, options: HipOptions,
     paired = [s for s in studies if s.paired]
     say(f"{len(images) + len(listed)} hip film(s), {len(paired)} pair(s) to score")
     scores = predict_pairs([(Path(s.ap or ""), Path(s.lateral or "")) for s in paired],
-                           hip_model, batch_size=options.batch_size, workers=options.workers,
-                           device=device)
+                           hip_model, batch_size=options.batch_size, workers=options.workers)
     threshold = hip_model.card.thresholds.get("fracture", 0.5)
     by_key = {(s.study, s.side): pred for s, pred in zip(paired, scores)}
     scored = []
@@ -230,8 +235,11 @@ def run_hip(in_root: Path, options: HipOptions,
         scored.append(ScoredStudy(s, prob, decision, error, view_sources=views))
     if options.joined is not None:
         scored = [_write_joined(s, options.joined, hip_model) for s in scored]
-    if options.heatmaps:
-        scored = _add_heatmaps(scored, options.heatmap_root or out, hip_model)
+    if options.heatmaps:  # attributions need the torch checkpoint itself
+        from xreg.checkpoint import load_checkpoint
+
+        scored = _add_heatmaps(scored, options.heatmap_root or out,
+                               load_checkpoint(hip_weights(options.weights)))
     result = HipResult(scored, hip_model.sha256, threshold, len(images) + len(listed))
     if registry_path is None:
         return result
@@ -304,19 +312,18 @@ def _place(s: ScoredStudy, out: Path, sha: Callable[[str], str]) -> ScoredStudy:
     return dataclasses.replace(s, dest=str(folder))
 
 
-def _write_joined(s: ScoredStudy, folder: Path, model: LoadedModel) -> ScoredStudy:
+def _write_joined(s: ScoredStudy, folder: Path, model: Model) -> ScoredStudy:
     if not s.study.paired or s.error:
         return s
-    import torch
     from PIL import Image
 
+    from xreg.inference.preprocess import join_views, resize_grey
     from xreg.io import load_image
-    from xreg.transforms import join_views, resize_grey
 
     size = model.card.input_size
     views = [resize_grey(load_image(Path(p), target_size=size).pixels, size)
              for p in (s.study.ap, s.study.lateral) if p]
-    joined = join_views(torch.stack(views)).numpy()
+    joined = join_views(np.stack(views))
     folder.mkdir(parents=True, exist_ok=True)
     name = sanitise(s.study.study) + (f"_{s.study.side}" if s.study.side else "") + ".png"
     target = folder / name
@@ -342,13 +349,13 @@ def _add_heatmaps(studies: list[ScoredStudy], root: Path | None,
 
 
 def _record(result: HipResult, registry_path: Path, in_root: Path, out: Path | None,
-            model: LoadedModel, options: HipOptions, sha: Callable[[str], str]) -> None:
+            model: Model, options: HipOptions, sha: Callable[[str], str]) -> None:
     with Registry(registry_path) as reg:
         run_id = reg.start_run(
             xreg_version=__version__, input_root=str(in_root.absolute()),
             output_root=str(out.absolute()) if out is not None else "",
             model_path=str(model.path), model_name=model.card.name,
-            model_sha256=model.sha256,
+            model_sha256=model.sha256, runtime=model.runtime_label,
             options={"command": "hip", "pairs": str(options.pairs or ""),
                      "pattern": options.pattern or "", "joined": str(options.joined or "")})
         counts: dict[str, int] = {}

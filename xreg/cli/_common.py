@@ -26,6 +26,19 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+class Runtime(str, Enum):
+    """What runs the model: ONNX Runtime, PyTorch, or ``auto`` (ONNX when exported)."""
+
+    auto = "auto"
+    onnx = "onnx"
+    torch = "torch"
+
+
+RUNTIME_HELP = ("What runs the model: onnx (ONNX Runtime, the export beside the checkpoint), "
+                "torch, or auto (onnx when installed and exported, else torch). Decisions "
+                "are the same.  [default: auto]")
+
+
 app = typer.Typer(
     help="Sort folders of musculoskeletal radiographs into a patient registry.",
     no_args_is_help=True,

@@ -13,7 +13,9 @@ from rich.table import Table
 from xreg.cli._common import (
     EXIT_ATTENTION,
     EXIT_OK,
+    RUNTIME_HELP,
     Device,
+    Runtime,
     app,
     err,
     handle_errors,
@@ -73,6 +75,7 @@ def hip_cmd(
     batch_size: Annotated[int, typer.Option(help="Images per model batch.", min=1)] = 16,
     device: Annotated[Device, typer.Option(
         help="Where the models run; auto picks CUDA when present.")] = Device.auto,
+    runtime: Annotated[Runtime, typer.Option(help=RUNTIME_HELP)] = Runtime.auto,
     min_age: Annotated[float, typer.Option(
         help="Skip files modified less than this many seconds ago.", min=0)] = 10.0,
     strict: Annotated[bool, typer.Option(
@@ -84,8 +87,8 @@ def hip_cmd(
 
     options = HipOptions(weights=weights, classifier=classifier, out=out_dir, pairs=pairs,
                          pattern=pattern, joined=joined, registry=registry,
-                         batch_size=batch_size, device=device.value, min_age=min_age,
-                         heatmaps=heatmaps)
+                         batch_size=batch_size, device=device.value, runtime=runtime.value,
+                         min_age=min_age, heatmaps=heatmaps)
     progress = None if (quiet or as_json) else \
         (lambda text: err.print(f"xreg: {text}", highlight=False))
     with handle_errors():

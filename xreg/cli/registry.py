@@ -131,6 +131,27 @@ def weights_info(
                                 indent=2, default=str) + "\n")
 
 
+@weights_app.command("export")
+def weights_export(
+    path: Annotated[Path, typer.Argument(help="A checkpoint (.pt) to export.")],
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Where to write it.  [default: beside PATH, .onnx]")] = None,
+) -> None:
+    """Export a checkpoint to ONNX for `--runtime onnx` (what a slim install sorts with).
+
+    The file carries the model card and the checkpoint's sha256 in its metadata;
+    `xreg sort` uses an export beside the checkpoint only if that sha256 matches.
+    Batch size is dynamic and batch norms are folded. ONNX Runtime must
+    reproduce torch's logits to 1e-4 before the file is written.
+    """
+    from xreg.inference.export import OPSET, export_onnx
+
+    with handle_errors():
+        target, worst = export_onnx(path, output)
+    err.print(f"wrote {target} (opset {OPSET}; largest logit difference from torch "
+              f"{worst:.1e})", highlight=False)
+
+
 @weights_app.command("random")
 def weights_random(
     path: Annotated[Path, typer.Argument(help="Where to write the checkpoint.")],

@@ -14,7 +14,9 @@ from rich.table import Table
 from xreg.cli._common import (
     EXIT_ATTENTION,
     EXIT_OK,
+    RUNTIME_HELP,
     Device,
+    Runtime,
     app,
     err,
     handle_errors,
@@ -74,6 +76,7 @@ def sort_cmd(
         help="Threads decoding images while the model runs.  [default: 2]", min=1)] = None,
     device: Annotated[Device | None, typer.Option(
         help="Where the model runs; auto picks CUDA when present.  [default: auto]")] = None,
+    runtime: Annotated[Runtime | None, typer.Option(help=RUNTIME_HELP)] = None,
     min_confidence: Annotated[float | None, typer.Option(
         help="Body-part probability below which an image goes to _review.  "
              "[default: the model card's threshold]", min=0.0, max=1.0)] = None,
@@ -117,6 +120,7 @@ def sort_cmd(
             "weights": weights, "mode": mode.value if mode else None,
             "dry_run": dry_run or None, "batch_size": batch_size, "workers": workers,
             "device": device.value if device else None, "min_confidence": min_confidence,
+            "runtime": runtime.value if runtime else None,
             "min_age": min_age, "layout": layout, "registry": registry, "strict": strict,
         })
         with progress_reporter(quiet or as_json) as reporter:
@@ -138,7 +142,8 @@ def sort_cmd(
                 weights=hip_weights, classifier=options.weights,
                 registry=options.registry or out_dir / "registry.sqlite",
                 batch_size=options.batch_size, workers=options.workers,
-                device=options.device, min_age=options.min_age, heatmaps=heatmaps,
+                device=options.device, runtime=options.runtime, min_age=options.min_age,
+                heatmaps=heatmaps,
                 heatmap_root=out_dir, from_registry=True))
     code = _sort_exit_code(result.counts, options.strict)
     if as_json:

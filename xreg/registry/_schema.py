@@ -130,6 +130,9 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX images_confidence ON images(state, body_part_prob);
     CREATE INDEX images_dest ON images(state, dest_path);
     """,
+    """
+    ALTER TABLE runs ADD COLUMN runtime TEXT;          -- e.g. onnxruntime 1.32.0, torch 2.14.1
+    """,
 )
 
 #: Columns of ``hip_studies`` a caller sets through :meth:`Registry.add_hip_study`.

@@ -14,13 +14,14 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from xreg import __version__
-from xreg.checkpoint import LoadedModel, default_weights, load_checkpoint
+from xreg.card import default_weights
 from xreg.config import SortOptions
 from xreg.errors import XregError
-from xreg.inference.predict import Prediction, SourceFile, predict_files, resolve_device
+from xreg.inference.predict import Prediction, SourceFile, predict_files
+from xreg.inference.runtime import Model, as_model, load_model
 from xreg.registry import ImageRecord, Pseudonymiser, Registry
 from xreg.sort.folders import check_folders, output_lock, scan_inputs
 from xreg.sort.placement import (
@@ -34,6 +35,9 @@ from xreg.sort.placement import (
 )
 from xreg.sort.record import image_fields, layout_fields, placement
 from xreg.sort.scope import Placement
+
+if TYPE_CHECKING:
+    from xreg.checkpoint import LoadedModel
 
 REGISTRY_NAME = "registry.sqlite"
 STATUSES = ("sorted", "review", "unreadable", "duplicate", "already_done", "too_new", "failed")
@@ -106,8 +110,7 @@ def run_sort(
     reporter = reporter or _Silent()
     exclude = check_folders(in_root, out_root)
     weights = options.weights if options.weights is not None else default_weights()
-    loaded = load_checkpoint(weights, device="cpu")
-    device = resolve_device(options.device)
+    loaded = _load(weights, options)
     registry_path = options.registry or out_root / REGISTRY_NAME
     if options.dry_run:
         # Plan only: no folders, no lock, no registry writes (read it if it exists).
@@ -115,7 +118,7 @@ def run_sort(
         files, result.counts["too_new"] = scan_inputs(in_root, exclude, options.min_age)
         registry = Registry(registry_path, readonly=True) if registry_path.exists() else None
         try:
-            _sort_files(files, registry, 0, out_root, options, loaded, device, result,
+            _sort_files(files, registry, 0, out_root, options, loaded, result,
                         reporter, Pseudonymiser(b""))
         finally:
             if registry is not None:
@@ -127,7 +130,7 @@ def run_sort(
 
 def sort_sources(
     files: list[SourceFile], out_root: Path, options: SortOptions, *, input_root: str,
-    reporter: Reporter | None = None, loaded: LoadedModel | None = None,
+    reporter: Reporter | None = None, loaded: Model | LoadedModel | None = None,
 ) -> SortResult:
     """Place an explicit list of files (e.g. a web upload) exactly as ``run_sort`` does.
 
@@ -136,18 +139,17 @@ def sort_sources(
     model of ``options.weights`` when the caller has it already.
     """
     weights = options.weights if options.weights is not None else default_weights()
-    loaded = loaded or load_checkpoint(weights, device="cpu")
+    loaded = as_model(loaded, options.device) if loaded is not None else _load(weights, options)
     return _sort_locked(out_root, options, loaded, weights, input_root,
                         lambda: (files, 0), reporter or _Silent())
 
 
 def _sort_locked(
-    out_root: Path, options: SortOptions, loaded: LoadedModel, weights: Path,
+    out_root: Path, options: SortOptions, loaded: Model, weights: Path,
     input_root: str, get_files: Callable[[], tuple[list[SourceFile], int]],
     reporter: Reporter,
 ) -> SortResult:
     """Lock OUT, recover a killed run, then sort what ``get_files`` finds."""
-    device = resolve_device(options.device)
     registry_path = options.registry or out_root / REGISTRY_NAME
     with output_lock(out_root), Registry(registry_path) as registry:
         result = SortResult(None, False, loaded.sha256)
@@ -157,11 +159,11 @@ def _sort_locked(
             xreg_version=__version__, input_root=input_root,
             output_root=str(out_root.absolute()), model_path=str(weights),
             model_name=loaded.card.name, model_sha256=loaded.sha256,
-            options=asdict(options),
+            options=asdict(options), runtime=loaded.runtime_label,
         )
         result.run_id = run_id
         try:
-            _sort_files(files, registry, run_id, out_root, options, loaded, device, result,
+            _sort_files(files, registry, run_id, out_root, options, loaded, result,
                         reporter, Pseudonymiser.for_registry(registry_path))
         except BaseException:
             registry.finish_run(run_id, result.counts, status="interrupted")
@@ -189,7 +191,7 @@ def _recover(registry: Registry, out_root: Path) -> int:
 
 def _sort_files(
     files: list[SourceFile], registry: Registry | None, run_id: int, out_root: Path,
-    options: SortOptions, loaded: LoadedModel, device: Any, result: SortResult,
+    options: SortOptions, loaded: Model, result: SortResult,
     reporter: Reporter, pseudonymise: Pseudonymiser,
 ) -> None:
     todo = []
@@ -207,7 +209,7 @@ def _sort_files(
     ctx = _Context(registry, run_id, out_root, options, loaded,
                    _min_confidence(options, loaded), pseudonymise)
     batches = predict_files(todo, loaded, batch_size=options.batch_size,
-                            workers=options.workers, device=device,
+                            workers=options.workers,
                             known=registry.done_hashes() if registry else frozenset())
     # Placement (mostly fsync and copy I/O) of batch k runs in threads while
     # the model works on batch k+1; batch k is finished before k+1 is planned,
@@ -231,7 +233,7 @@ class _Context:
     run_id: int
     out_root: Path
     options: SortOptions
-    loaded: LoadedModel
+    loaded: Model
     min_confidence: float
     pseudonymise: Pseudonymiser
 
@@ -240,7 +242,11 @@ class _Context:
         return self.options.dry_run
 
 
-def _min_confidence(options: SortOptions, loaded: LoadedModel) -> float:
+def _load(weights: Path, options: SortOptions) -> Model:
+    return load_model(weights, runtime=options.runtime, device=options.device)
+
+
+def _min_confidence(options: SortOptions, loaded: Model) -> float:
     if options.min_confidence is not None:
         return options.min_confidence
     return float(loaded.card.thresholds.get("min_confidence", 0.0))
