@@ -78,6 +78,21 @@ def handle_errors() -> Iterator[None]:
         raise typer.Exit(EXIT_USAGE) from None
 
 
+#: The modules the `train` extra brings, and what each command needs of them.
+TRAIN_MODULES = ("torch", "torchvision", "captum", "sklearn", "matplotlib", "scipy")
+
+
+def require_train(command: str, modules: tuple[str, ...] = TRAIN_MODULES) -> None:
+    """Exit 2 before any work, saying what to install, when ``modules`` are missing."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        err.print(f'[bold red]error:[/] {command} needs the train extra: pip install '
+                  f'"xreg[train]" (missing: {", ".join(missing)})', highlight=False)
+        raise typer.Exit(EXIT_USAGE)
+
+
 def _version(value: bool) -> None:
     if value:
         out.print(f"xreg {__version__}")

@@ -19,6 +19,7 @@ from xreg.cli._common import (
     handle_errors,
     out,
     progress_reporter,
+    require_train,
 )
 
 EVALUATE_HELP = """Score the checkpoint WEIGHTS on the labelled images in DATA.
@@ -71,6 +72,7 @@ def evaluate_cmd(
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples per CI.", min=1)] = 5000,
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
 ) -> None:
+    require_train("xreg evaluate")
     from xreg.checkpoint import load_checkpoint
     from xreg.evaluation.evaluate import evaluate
 

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from xreg.cli._common import EXIT_ATTENTION, EXIT_OK, app, err, handle_errors, out
+from xreg.cli._common import EXIT_ATTENTION, EXIT_OK, app, err, handle_errors, out, require_train
 
 EXPLAIN_HELP = """Write a heatmap overlay for each IMAGE: where the model looked for its answer.
 
@@ -49,6 +49,7 @@ def explain_cmd(
     batch_size: Annotated[int, typer.Option(help="Images per batch.", min=1)] = 16,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
+    require_train("xreg explain")
     from xreg.checkpoint import default_weights, load_checkpoint
     from xreg.errors import ConfigError
     from xreg.heatmaps import explain_files, explain_pairs

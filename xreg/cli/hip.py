@@ -20,6 +20,7 @@ from xreg.cli._common import (
     err,
     handle_errors,
     out,
+    require_train,
 )
 
 HIP_HELP = """Find the hip films under IN, pair each study's AP with its lateral, score fracture.
@@ -84,6 +85,9 @@ def hip_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
     from xreg.hip import HipOptions, run_hip
+
+    if heatmaps:
+        require_train("xreg hip --heatmaps", ("torch", "torchvision", "captum", "matplotlib"))
 
     options = HipOptions(weights=weights, classifier=classifier, out=out_dir, pairs=pairs,
                          pattern=pattern, joined=joined, registry=registry,

@@ -19,6 +19,7 @@ from xreg.cli._common import (
     handle_errors,
     out,
     registry_app,
+    require_train,
     weights_app,
 )
 
@@ -122,13 +123,21 @@ def _open_output(output: Path | None) -> Iterator[TextIO]:
 def weights_info(
     path: Annotated[Path, typer.Argument(help="A checkpoint file.")],
 ) -> None:
-    """Print a checkpoint's model card and sha256."""
-    from xreg.checkpoint import load_checkpoint
-
+    """Print a checkpoint's model card and sha256 (of an ONNX export: the sha256 of
+    the checkpoint it was made from)."""
     with handle_errors():
-        loaded = load_checkpoint(path)
-    sys.stdout.write(json.dumps(loaded.card.to_dict() | {"sha256": loaded.sha256},
-                                indent=2, default=str) + "\n")
+        if path.suffix == ".onnx":
+            from xreg.inference.runtime import read_onnx_metadata
+
+            card, sha = read_onnx_metadata(path)
+        else:
+            require_train("xreg weights info", ("torch", "torchvision"))
+            from xreg.checkpoint import load_checkpoint
+
+            loaded = load_checkpoint(path)
+            card, sha = loaded.card, loaded.sha256
+    sys.stdout.write(json.dumps(card.to_dict() | {"sha256": sha}, indent=2, default=str)
+                     + "\n")
 
 
 @weights_app.command("export")
@@ -144,6 +153,7 @@ def weights_export(
     Batch size is dynamic and batch norms are folded. ONNX Runtime must
     reproduce torch's logits to 1e-4 before the file is written.
     """
+    require_train("xreg weights export", ("torch", "torchvision", "onnx"))
     from xreg.inference.export import OPSET, export_onnx
 
     with handle_errors():
@@ -160,6 +170,7 @@ def weights_random(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Write a RANDOM-weight checkpoint (tests, benchmarks, the placeholder demo)."""
+    require_train("xreg weights random", ("torch", "torchvision"))
     from xreg.checkpoint import make_random_checkpoint
 
     with handle_errors():
@@ -195,6 +206,7 @@ def weights_operating_point(
 
     `xreg evaluate --report` shows the whole risk-coverage table to pick from.
     """
+    require_train("xreg weights operating-point")
     from xreg.evaluation.calibrate import set_operating_point
 
     with handle_errors():
@@ -235,6 +247,7 @@ def weights_calibrate(
     out-of-scope images it sends to _review. The result is recorded in the
     card (training.calibration).
     """
+    require_train("xreg weights calibrate")
     from xreg.evaluation.calibrate import calibrate_checkpoint
 
     with handle_errors():

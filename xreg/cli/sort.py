@@ -22,6 +22,7 @@ from xreg.cli._common import (
     handle_errors,
     out,
     progress_reporter,
+    require_train,
 )
 
 
@@ -114,6 +115,9 @@ def sort_cmd(
 ) -> None:
     from xreg.config import load_sort_options
     from xreg.sort.runner import run_sort
+
+    if heatmaps:
+        require_train("xreg sort --heatmaps", ("torch", "torchvision", "captum", "matplotlib"))
 
     with handle_errors():
         options = load_sort_options(config, {

@@ -16,6 +16,7 @@ from xreg.cli._common import (
     handle_errors,
     out,
     progress_reporter,
+    require_train,
 )
 
 SYNTH_HELP = """Render COUNT phantom radiographs (plus --hip-pairs AP+LAT hip studies) into OUT.
@@ -55,6 +56,7 @@ def synth_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no summary.")] = False,
 ) -> None:
+    require_train("xreg synth", ("scipy",))
     from xreg.synth.generate import generate_dataset
 
     kinds = tuple(f.strip() for f in formats.split(",") if f.strip())

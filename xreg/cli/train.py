@@ -21,7 +21,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from xreg.cli._common import Device, app, err, handle_errors, out
+from xreg.cli._common import Device, app, err, handle_errors, out, require_train
 
 TRAIN_HELP = """Train on labelled radiographs: body part + instrument (+ view), or hip fracture.
 
@@ -89,6 +89,7 @@ def train_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
+    require_train("xreg train")
     from xreg.train import load_train_config, train
 
     with handle_errors():

@@ -20,7 +20,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from xreg.errors import ConfigError
 from xreg.evaluation.bootstrap import Estimate, json_number, share_metrics
-from xreg.models import BODY_PARTS, LONG_BONES
+from xreg.labels import BODY_PARTS, LONG_BONES
 from xreg.sort.scope import decide_placement
 
 __all__ = ["REVIEW_FOLDER", "RISK_COVERAGE_THRESHOLDS", "CoverageRow", "SortingReport",

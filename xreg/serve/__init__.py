@@ -1,8 +1,9 @@
 """``xreg serve``: the thesis's upload app, a registry browser and a review queue.
 
 Optional: needs ``pip install "xreg[serve]"`` (FastAPI, uvicorn, Jinja2,
-python-multipart, and the ``train`` extra for the heatmaps). :func:`xreg.serve.app.create_app` builds the app; the
-sort path never imports this package.
+python-multipart, and the ``train`` extra for the heatmaps).
+:func:`xreg.serve.app.create_app` builds the app; the sort path never imports
+this package.
 """
 
 from __future__ import annotations
