@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from xreg import __version__
@@ -71,10 +72,10 @@ def handle_errors() -> Iterator[None]:
     try:
         yield
     except LockedError as exc:
-        err.print(f"[bold red]locked:[/] {exc}")
+        err.print(f"[bold red]locked:[/] {escape(str(exc))}")
         raise typer.Exit(EXIT_LOCKED) from None
     except (ConfigError, XregError) as exc:
-        err.print(f"[bold red]error:[/] {exc}")
+        err.print(f"[bold red]error:[/] {escape(str(exc))}")  # paths, [extras]: no markup
         raise typer.Exit(EXIT_USAGE) from None
 
 
@@ -88,8 +89,9 @@ def require_train(command: str, modules: tuple[str, ...] = TRAIN_MODULES) -> Non
 
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
-        err.print(f'[bold red]error:[/] {command} needs the train extra: pip install '
-                  f'"xreg[train]" (missing: {", ".join(missing)})', highlight=False)
+        err.print("[bold red]error:[/] " + escape(
+            f'{command} needs the train extra: pip install "xreg[train]" '
+            f'(missing: {", ".join(missing)})'), highlight=False)
         raise typer.Exit(EXIT_USAGE)
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from xreg.cli._common import EXIT_USAGE, app, err, handle_errors
 
@@ -47,7 +48,7 @@ def serve(
 
     missing = require_extra()
     if missing:
-        err.print(f"[bold red]error:[/] {missing}")
+        err.print("[bold red]error:[/] " + escape(missing))
         raise typer.Exit(EXIT_USAGE)
     import uvicorn
 
