@@ -119,6 +119,29 @@ def _raise(*args: object) -> None:
     raise Killed
 
 
+def test_a_kill_after_linking_before_the_temp_is_removed_leaves_no_temp(
+        tmp_path: Path, knee_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from xreg.sort import placement
+
+    out = sorted_out(tmp_path, knee_model, n=1)
+    (sha,) = review_all(out)
+    real_link = placement._place_no_replace
+
+    def link_then_die(tmp: Path, final: Path) -> bool:
+        real_link(tmp, final)
+        raise Killed  # the temp file and the new name both exist now
+
+    with monkeypatch.context() as patch:
+        patch.setattr(placement, "_place_no_replace", link_then_die)
+        patch.setattr(placement, "_remove_quietly", lambda path: None)
+        with pytest.raises(Killed):
+            apply(out)
+    assert any(p.name.startswith(TEMP_PREFIX) for p in out.rglob("*"))
+    apply(out)
+    assert placed(out)[sha] == [registry_dest(out)[sha]]  # and no temp file is left
+    assert registry_dest(out)[sha].startswith("hip/")
+
+
 @pytest.mark.parametrize("step", ["before_place", "before_commit", "before_remove"])
 def test_a_kill_at_any_step_is_finished_or_undone_by_the_next_run(
         tmp_path: Path, knee_model: Path, monkeypatch: pytest.MonkeyPatch, step: str) -> None:
@@ -171,9 +194,12 @@ def test_sigkill_during_apply_loses_nothing(tmp_path: Path, knee_model: Path) ->
     proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE)
     deadline = time.monotonic() + 180
     while proc.poll() is None and time.monotonic() < deadline:
-        with sqlite3.connect(f"file:{out / 'registry.sqlite'}?mode=ro", uri=True) as db:
-            done = db.execute("SELECT COUNT(*) FROM reviews WHERE apply_state IS NOT NULL"
-                              ).fetchone()[0]
+        try:
+            with sqlite3.connect(f"file:{out / 'registry.sqlite'}?mode=ro", uri=True) as db:
+                done = db.execute("SELECT COUNT(*) FROM reviews WHERE apply_state IS NOT NULL"
+                                  ).fetchone()[0]
+        except sqlite3.OperationalError:  # busy for a moment while the writer commits
+            continue
         if done >= 5:
             break
         time.sleep(0.005)

@@ -198,9 +198,10 @@ def recover_applies(registry: Registry, out_root: Path) -> int:
         mode = "link" if row["mode"] == "link" else "copy"
         if mode == "link" and source.is_symlink():
             source = _link_target(source)
+        # A kill between the no-replace link and the temp's removal leaves both.
+        clean_temps(out_root, [row["to_path"]], [row["sha256"]])
         placed = find_placed(out_root, row["to_path"], row["sha256"], source, mode)
         if placed is None:
-            clean_temps(out_root, [row["to_path"]], [row["sha256"]])
             undo_apply(registry, row["id"], "interrupted before the file was placed; "
                                             "apply again")
             continue
