@@ -1,18 +1,24 @@
-"""Throughput of `xreg sort` on large radiographs, against a thesis-style baseline.
+"""Throughput and start-up of `xreg sort` on large radiographs, against a thesis-style baseline.
 
 Generates N images per format at 2500x2000 (8-bit JPEG, 16-bit PNG, uncompressed
 16-bit DICOM, JPEG 2000 DICOM), then in the same run:
 
 - sorts each format's folder with xreg (`run_sort`: hashing, decoding at reduced
-  resolution in threads, batched inference, atomic copy, registry), and
+  resolution in threads, batched inference, atomic copy, registry) on each
+  runtime (ONNX Runtime, PyTorch) and placement mode asked for;
 - runs the baseline the thesis describes: ResNet-101, batch 1, full-resolution
-  decode, one file at a time, classification only (no copying, no registry).
+  decode, one file at a time, classification only (no copying, no registry);
+- times each stage of one file on its own, in one thread (read + sha256,
+  decode at model size, preprocess, model per image in a batch, copy + fsync,
+  registry commit), so the split shows where the time goes;
+- times whole `xreg sort` processes over 10 files per runtime (start-up
+  included) with their peak RSS.
 
 Each measurement runs in a fresh child process so its peak RSS is its own.
-Prints images/s per format, the ratio to the baseline, and peak RSS.
+The model is the shipped default (its .pt for torch, its export for ONNX).
 
     python benchmarks/sort_throughput.py [--n 96] [--baseline-n 8]
-        [--models mobilenet_v3_large:224,mobilenet_v2:224] [--formats jpeg,dicom]
+        [--runtimes onnx,torch] [--formats jpeg,dicom] [--modes copy,hardlink]
 """
 
 from __future__ import annotations
@@ -112,8 +118,8 @@ def generate(root: Path, n: int, seed: int = 0) -> dict[str, Path]:
     return folders
 
 
-def child_sort(folder: Path, out: Path, weights: Path, batch: int, workers: int) -> dict:
-
+def child_sort(folder: Path, out: Path, runtime: str, mode: str, batch: int,
+               workers: int) -> dict:
     from xreg.config import SortOptions
     from xreg.sort.runner import run_sort
 
@@ -128,15 +134,81 @@ def child_sort(folder: Path, out: Path, weights: Path, batch: int, workers: int)
         def advance(self, outcome: object) -> None:
             pass
 
-    options = SortOptions(weights=weights, min_age=0, min_confidence=0.0, batch_size=batch,
-                          workers=workers, device="cpu")
+    options = SortOptions(min_age=0, min_confidence=0.0, batch_size=batch, workers=workers,
+                          device="cpu", runtime=runtime, mode=mode)
     clock = Clock()
     t0 = time.perf_counter()
     result = run_sort(folder, out, options, clock)
     end = time.perf_counter()
     return {"images": result.counts["sorted"] + result.counts["review"],
             "seconds": end - clock.started, "startup": clock.started - t0,
-            "unreadable": result.counts["unreadable"], "failed": result.counts["failed"]}
+            "unreadable": result.counts["unreadable"], "failed": result.counts["failed"],
+            "torch_imported": "torch" in sys.modules}
+
+
+def child_stages(folder: Path, out: Path, runtime: str, n: int, batch: int) -> dict:
+    """Each stage of one file on its own, one thread: milliseconds per image."""
+    import hashlib
+
+    from xreg.card import default_weights
+    from xreg.inference.preprocess import Preprocessor
+    from xreg.inference.runtime import load_model
+    from xreg.io import try_load_image
+    from xreg.registry import ImageRecord, Registry
+    from xreg.sort.placement import Move, apply_move
+
+    model = load_model(default_weights(), runtime=runtime, device="cpu")
+    pre = Preprocessor(model.card)
+    files = sorted(folder.iterdir())[:n]
+    ms: dict[str, float] = {}
+
+    def clock(name: str, t0: float) -> None:
+        ms[name] = ms.get(name, 0.0) + (time.perf_counter() - t0) * 1000 / len(files)
+
+    inputs, shas = [], []
+    for path in files:
+        t0 = time.perf_counter()
+        data = path.read_bytes()
+        shas.append(hashlib.sha256(data).hexdigest())
+        clock("read + sha256", t0)
+        t0 = time.perf_counter()
+        image = try_load_image(data, target_size=pre.size)
+        clock("decode at model size", t0)
+        assert not isinstance(image, str), image
+        t0 = time.perf_counter()
+        inputs.append(pre(image.pixels))
+        clock("preprocess", t0)
+    model.runtime.run(np.stack(inputs[:batch]))  # warm-up
+    t0 = time.perf_counter()
+    for start in range(0, len(inputs), batch):
+        model.runtime.run(np.stack(inputs[start:start + batch]))
+    clock(f"model ({model.runtime.name}, batch {batch})", t0)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    for path, sha in zip(files, shas):
+        apply_move(Move(path, sha, Path("x") / path.name, "sorted"), out, "copy",
+                   (path.stat().st_size, path.stat().st_mtime_ns))
+    clock("copy + fsync + verify", t0)
+    with Registry(out / "registry.sqlite") as reg:
+        run = reg.start_run(xreg_version="", input_root="", output_root="", model_path="",
+                            model_name="", model_sha256="", options={})
+        t0 = time.perf_counter()
+        for path, sha in zip(files, shas):
+            reg.begin_images(run, [ImageRecord(sha, 1, "sorted", f"x/{path.name}", "copy",
+                                               str(path), 0, {})])
+            reg.complete_image(sha, f"x/{path.name}")
+        clock("registry: journal + commit", t0)
+    return {"ms": ms}
+
+
+def child_process(folder: Path, out: Path, runtime: str) -> dict:
+    """A whole `xreg sort` process over a folder: wall time and peak RSS, start-up in."""
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "xreg", "sort", str(folder), str(out),
+                           "--min-age", "0", "--quiet", "--runtime", runtime], check=False)
+    wall = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"wall": wall, "child_rss_mb": rss, "code": done.returncode}
 
 
 def child_baseline(folder: Path, n: int) -> dict:
@@ -169,66 +241,121 @@ def _run_child(args: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+TARGETS = {"jpeg": 150, "dicom": 80, "dicom_j2k": 60, "png16": 30}
+HARDLINK_TARGET = 150  # raw DICOM with --mode hardlink
+JPEG_RATIO_TARGET = 15
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=96, help="images per format")
     parser.add_argument("--baseline-n", type=int, default=8, help="baseline images per format")
-    parser.add_argument("--models", default="mobilenet_v3_large:224,mobilenet_v2:224",
-                        help="comma-separated arch:input_size pairs to sort with")
+    parser.add_argument("--runtimes", default="onnx,torch")
+    parser.add_argument("--modes", default="copy,hardlink",
+                        help="placement modes (hardlink is timed on raw DICOM)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--formats", default=",".join(FORMATS))
+    parser.add_argument("--stages-n", type=int, default=32, help="files per stage timing")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         kind, *rest = args.child
         if kind == "sort":
-            folder, out, weights, batch, workers = rest
-            res = child_sort(Path(folder), Path(out), Path(weights), int(batch), int(workers))
+            folder, out, runtime, mode, batch, workers = rest
+            res = child_sort(Path(folder), Path(out), runtime, mode, int(batch), int(workers))
+        elif kind == "stages":
+            folder, out, runtime, n, batch = rest
+            res = child_stages(Path(folder), Path(out), runtime, int(n), int(batch))
+        elif kind == "process":
+            res = child_process(Path(rest[0]), Path(rest[1]), rest[2])
         else:
             res = child_baseline(Path(rest[0]), int(rest[1]))
         res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(res))
         return
 
-    from xreg.checkpoint import make_random_checkpoint
-
+    runtimes = args.runtimes.split(",")
+    formats = args.formats.split(",")
     tmp = Path(tempfile.mkdtemp(prefix="xreg-bench-"))
     try:
         print(f"generating {args.n} images per format at {SHAPE[1]}x{SHAPE[0]} ...", flush=True)
         t0 = time.perf_counter()
         folders = generate(tmp / "in", args.n)
         print(f"  done in {time.perf_counter() - t0:.0f} s", flush=True)
-        models = [(m.split(":")[0], int(m.split(":")[1])) for m in args.models.split(",")]
         print(f"cpu cores: {os.cpu_count()}; batch {args.batch_size}, {args.workers} decode "
-              "threads; random weights (speed does not depend on them)")
-        print("xreg images/s count from the moment the model is loaded and the files are "
-              "listed to the last file placed and recorded; start-up is shown on its own.")
-        header = (f"{'format':<10} {'model':<24} {'xreg img/s':>10} {'baseline img/s':>15} "
-                  f"{'ratio':>7} {'xreg RSS MB':>12} {'baseline RSS MB':>16} {'startup s':>10}")
-        print(header)
-        print("-" * len(header))
-        for fmt in args.formats.split(","):
+              "threads; the shipped default model (mobilenet_v2@224)")
+        for fmt in formats:
             sizes = [p.stat().st_size for p in folders[fmt].iterdir()]
-            print(f"{fmt}: {len(sizes)} files, mean {np.mean(sizes) / 1e6:.2f} MB", flush=True)
-        for fmt in args.formats.split(","):
-            base = _run_child(["baseline", str(folders[fmt]), str(args.baseline_n)])
-            br = base["images"] / base["seconds"]
-            for arch, size in models:
-                weights = tmp / f"{arch}_{size}.pt"
-                if not weights.exists():
-                    make_random_checkpoint(weights, arch=arch, input_size=size)
-                out = tmp / f"out_{fmt}_{arch}_{size}"
-                sort = _run_child(["sort", str(folders[fmt]), str(out), str(weights),
+            print(f"  {fmt}: {len(sizes)} files, mean {np.mean(sizes) / 1e6:.2f} MB")
+        _startup(folders["jpeg"], tmp, runtimes)
+        _stages(folders, tmp, formats, runtimes, args)
+        _throughput(folders, tmp, formats, runtimes, args)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _startup(jpegs: Path, tmp: Path, runtimes: list[str]) -> None:
+    ten = tmp / "ten"
+    ten.mkdir()
+    for p in sorted(jpegs.iterdir())[:10]:
+        shutil.copy2(p, ten / p.name)
+    print("\nstart-up: whole `xreg sort` process over 10 JPEGs (median of 3; target <= 1 s, "
+          "peak RSS <= 600 MB)")
+    for runtime in runtimes:
+        runs = []
+        for i in range(3):
+            runs.append(_run_child(["process", str(ten), str(tmp / f"ten_{runtime}_{i}"),
+                                    runtime]))
+        walls = sorted(r["wall"] for r in runs)
+        rss = max(r["child_rss_mb"] for r in runs)
+        ok = "met" if walls[1] <= 1.0 and rss <= 600 else "not met"
+        print(f"  {runtime:<6} wall {walls[1]:.2f} s (runs {', '.join(f'{w:.2f}' for w in walls)})"
+              f", peak RSS {rss:.0f} MB: {ok}", flush=True)
+
+
+def _stages(folders: dict[str, Path], tmp: Path, formats: list[str], runtimes: list[str],
+            args: argparse.Namespace) -> None:
+    print(f"\nwhere the time goes: each stage alone, one thread, ms per image "
+          f"({args.stages_n} files)")
+    for fmt in formats:
+        for runtime in runtimes:
+            res = _run_child(["stages", str(folders[fmt]), str(tmp / f"st_{fmt}_{runtime}"),
+                              runtime, str(args.stages_n), str(args.batch_size)])
+            parts = ", ".join(f"{k} {v:.1f}" for k, v in res["ms"].items())
+            print(f"  {fmt:<10} {runtime:<6} total {sum(res['ms'].values()):.1f}: {parts}",
+                  flush=True)
+            shutil.rmtree(tmp / f"st_{fmt}_{runtime}", ignore_errors=True)
+
+
+def _throughput(folders: dict[str, Path], tmp: Path, formats: list[str],
+                runtimes: list[str], args: argparse.Namespace) -> None:
+    print("\nthroughput: xreg images/s count from the loaded model and listed files to the "
+          "last file placed and recorded")
+    header = (f"{'format':<10} {'runtime':<8} {'mode':<9} {'xreg img/s':>10} "
+              f"{'baseline img/s':>15} {'ratio':>7} {'RSS MB':>7} {'target':>16}")
+    print(header)
+    print("-" * len(header))
+    for fmt in formats:
+        base = _run_child(["baseline", str(folders[fmt]), str(args.baseline_n)])
+        br = base["images"] / base["seconds"]
+        for runtime in runtimes:
+            for mode in args.modes.split(","):
+                if mode != "copy" and fmt != "dicom":
+                    continue
+                out = tmp / f"out_{fmt}_{runtime}_{mode}"
+                sort = _run_child(["sort", str(folders[fmt]), str(out), runtime, mode,
                                    str(args.batch_size), str(args.workers)])
                 shutil.rmtree(out)
                 assert sort["failed"] == 0 and sort["unreadable"] == 0, sort
                 xr = sort["images"] / sort["seconds"]
-                print(f"{fmt:<10} {f'{arch}@{size}':<24} {xr:>10.1f} {br:>15.2f} "
-                      f"{xr / br:>6.1f}x {sort['peak_rss_mb']:>12.0f} "
-                      f"{base['peak_rss_mb']:>16.0f} {sort['startup']:>10.1f}", flush=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+                goal = HARDLINK_TARGET if mode == "hardlink" else TARGETS[fmt]
+                verdict = f">= {goal}: {'met' if xr >= goal else 'not met'}"
+                if fmt == "jpeg" and mode == "copy":
+                    verdict += f"; {xr / br:.0f}x vs {JPEG_RATIO_TARGET}x"
+                print(f"{fmt:<10} {runtime:<8} {mode:<9} {xr:>10.1f} {br:>15.2f} "
+                      f"{xr / br:>6.1f}x {sort['peak_rss_mb']:>7.0f} {verdict:>16}"
+                      + ("  (imported torch)" if sort["torch_imported"] else ""), flush=True)
 
 
 if __name__ == "__main__":
