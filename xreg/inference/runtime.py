@@ -137,6 +137,9 @@ class OnnxRuntime:
         self.version = ort.__version__
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # No spin-waiting between batches: the decode threads need those cores
+        # (measured: JPEG sort 101 -> 107-110 img/s on 2 cores).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = threads
         providers = ["CPUExecutionProvider"]
