@@ -337,3 +337,29 @@ def test_a_decoder_crash_is_an_unreadable_file_not_a_dead_run(inputs, tmp_path, 
     assert counts["unreadable"] == 2 + 3 and counts["sorted"] == len(READABLE) - 3
     reasons = {e for (e,) in rows(out_dir, "SELECT error FROM images WHERE format IS NULL")}
     assert "decoder failed (ZeroDivisionError)" in reasons
+
+
+def test_files_left_for_min_age_are_explained_in_one_line(tmp_path: Path,
+                                                          tiny_weights: Path) -> None:
+    from PIL import Image
+
+    (tmp_path / "in").mkdir()
+    for i in range(3):  # just written: younger than the default --min-age
+        Image.new("L", (64, 64), 40 * i).save(tmp_path / "in" / f"new_{i}.png")
+    result = runner.invoke(app, ["sort", str(tmp_path / "in"), str(tmp_path / "out"),
+                                 "--weights", str(tiny_weights)])
+    assert result.exit_code == 0, result.output
+    assert "3 file(s) changed less than --min-age 10 s ago" in result.output
+    assert "--min-age 0 takes them now" in result.output
+
+
+def test_tables_to_a_log_keep_their_natural_width(tmp_path: Path, tiny_weights: Path,
+                                                 inputs: tuple[Path, dict[str, Path]]) -> None:
+    # Not a terminal (as under cron or `make demo > log`): no wrapping at 80 columns.
+    root, _ = inputs
+    result = runner.invoke(app, ["sort", str(root), str(tmp_path / "out"), "--weights",
+                                 str(tiny_weights), "--min-age", "0", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if "photo_0.jpg" in line]
+    assert rows and all(str(root) in line for line in rows)  # each source path whole
+    assert max(len(line) for line in result.output.splitlines()) > 80
