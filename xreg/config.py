@@ -25,6 +25,9 @@ class SortOptions:
     workers: int = 2
     device: str = "auto"
     runtime: str = "auto"  # auto: ONNX Runtime when the model has an export, else torch
+    engine: str = "local"  # local: threads in this process; ray: Ray Data workers
+    ray_address: str | None = None  # None: start a local Ray for the run; auto or host:port
+    gpus_per_worker: float = 0.0  # --engine ray: GPUs each model actor takes
     min_confidence: float | None = None  # None: the model card's threshold
     min_age: float = 10.0
     layout: str = DEFAULT_LAYOUT
@@ -40,6 +43,12 @@ class SortOptions:
             raise ConfigError("workers must be between 1 and 64")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, not {self.device!r}")
+        if self.engine not in ("local", "ray"):
+            raise ConfigError(f"engine must be local or ray, not {self.engine!r}")
+        if self.gpus_per_worker < 0 or (self.gpus_per_worker and self.engine != "ray"):
+            raise ConfigError("gpus_per_worker is a positive number, for --engine ray")
+        if self.ray_address is not None and self.engine != "ray":
+            raise ConfigError("ray_address goes with --engine ray")
         if self.runtime not in ("auto", "onnx", "torch"):
             raise ConfigError(f"runtime must be auto, onnx or torch, not {self.runtime!r}")
         if self.min_confidence is not None and not 0.0 <= self.min_confidence <= 1.0:

@@ -26,6 +26,11 @@ from xreg.cli._common import (
 )
 
 
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
 class Mode(str, Enum):
     copy = "copy"
     move = "move"
@@ -74,10 +79,22 @@ def sort_cmd(
     batch_size: Annotated[int | None, typer.Option(
         help="Images per model batch.  [default: 16]", min=1)] = None,
     workers: Annotated[int | None, typer.Option(
-        help="Threads decoding images while the model runs.  [default: 2]", min=1)] = None,
+        help="Threads decoding images while the model runs (with --engine ray: model "
+             "workers).  [default: 2]", min=1)] = None,
     device: Annotated[Device | None, typer.Option(
         help="Where the model runs; auto picks CUDA when present.  [default: auto]")] = None,
     runtime: Annotated[Runtime | None, typer.Option(help=RUNTIME_HELP)] = None,
+    engine: Annotated[Engine | None, typer.Option(
+        help="local: decode and run the model in this process; ray: hashing, decoding and "
+             "the model on Ray Data workers (pip install \"xreg[ray]\"), while this process "
+             "places and records every file as the local engine does. IN and OUT must be "
+             "on a filesystem every worker can read.  [default: local]")] = None,
+    ray_address: Annotated[str | None, typer.Option(
+        help="--engine ray: a cluster to join (auto, or host:port); without it a local Ray "
+             "is started for the run and stopped after.")] = None,
+    gpus_per_worker: Annotated[float | None, typer.Option(
+        help="--engine ray: GPUs each model worker takes (--workers sets how many "
+             "workers).", min=0.0)] = None,
     min_confidence: Annotated[float | None, typer.Option(
         help="Body-part probability below which an image goes to _review.  "
              "[default: the model card's threshold]", min=0.0, max=1.0)] = None,
@@ -125,6 +142,8 @@ def sort_cmd(
             "dry_run": dry_run or None, "batch_size": batch_size, "workers": workers,
             "device": device.value if device else None, "min_confidence": min_confidence,
             "runtime": runtime.value if runtime else None,
+            "engine": engine.value if engine else None, "ray_address": ray_address,
+            "gpus_per_worker": gpus_per_worker,
             "min_age": min_age, "layout": layout, "registry": registry, "strict": strict,
         })
         with progress_reporter(quiet or as_json) as reporter:

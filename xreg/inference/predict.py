@@ -28,8 +28,8 @@ from xreg.io import ImageMeta, try_load_image
 if TYPE_CHECKING:
     from xreg.checkpoint import LoadedModel
 
-__all__ = ["Prediction", "SourceFile", "decide", "inference_model", "predict_files",
-           "resolve_device", "softmax"]
+__all__ = ["Prediction", "SourceFile", "decide", "decode_source", "inference_model",
+           "predict_files", "resolve_device", "softmax"]
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,12 @@ class _Decoded:
     error: str | None = None
 
 
-def _decode(source: SourceFile, preprocess: Preprocessor, known: Container[str]) -> _Decoded:
+def decode_source(source: SourceFile, preprocess: Preprocessor,
+                  known: Container[str] = frozenset()) -> _Decoded:
+    """Read, hash, decode at model size and preprocess one file (or say why not).
+
+    The per-file step of every engine: the local thread pool and Ray's map tasks.
+    """
     try:
         data = source.path.read_bytes()
     except OSError as exc:
@@ -147,7 +152,7 @@ def predict_files(
                 if nxt is None:
                     exhausted = True
                     break
-                pending.append(pool.submit(_decode, nxt, preprocess, known))
+                pending.append(pool.submit(decode_source, nxt, preprocess, known))
             if not pending:
                 break
             batch.append(pending.popleft().result())

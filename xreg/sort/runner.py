@@ -109,6 +109,10 @@ def run_sort(
     """Sort every radiograph under ``in_root`` into ``out_root``."""
     reporter = reporter or _Silent()
     exclude = check_folders(in_root, out_root)
+    if options.engine == "ray":
+        from xreg.sort.ray_engine import require_ray
+
+        require_ray()  # before any work
     weights = options.weights if options.weights is not None else default_weights()
     loaded = _load(weights, options)
     registry_path = options.registry or out_root / REGISTRY_NAME
@@ -208,9 +212,16 @@ def _sort_files(
     reporter.start(len(todo))
     ctx = _Context(registry, run_id, out_root, options, loaded,
                    _min_confidence(options, loaded), pseudonymise)
-    batches = predict_files(todo, loaded, batch_size=options.batch_size,
-                            workers=options.workers,
-                            known=registry.done_hashes() if registry else frozenset())
+    placed: set[str] = registry.done_hashes() if registry else set()
+    if options.engine == "ray":
+        from xreg.sort.ray_engine import RayOptions, predict_files_ray
+
+        batches = predict_files_ray(todo, loaded, RayOptions(
+            options.ray_address, options.workers, options.gpus_per_worker,
+            options.batch_size), device=options.device, known=placed)
+    else:
+        batches = predict_files(todo, loaded, batch_size=options.batch_size,
+                                workers=options.workers, known=placed)
     # Placement (mostly fsync and copy I/O) of batch k runs in threads while
     # the model works on batch k+1; batch k is finished before k+1 is planned,
     # so planning always sees every earlier placement in the registry. Four
