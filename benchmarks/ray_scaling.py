@@ -3,8 +3,10 @@
 Generates N 2500x2000 JPEGs and raw DICOM files (as `sort_throughput.py`
 does), then sorts each set with the local engine and with Ray Data at each
 worker count (a local Ray started for the run), each in a fresh child
-process. Prints images/s per configuration, the whole process's wall time
-(Ray's start-up included), and scaling efficiency against one Ray worker.
+process. Prints images/s per configuration (from the listed files to the last
+recorded one; and steady, from the first recorded file on, which leaves out
+Ray's start-up), the time to the first recorded file, the whole process's
+wall time, and scaling efficiency of the steady rate against one Ray worker.
 
     python benchmarks/ray_scaling.py [--n 96] [--workers 1,2] [--formats jpeg,dicom]
         [--gpus-per-worker 0]
@@ -34,13 +36,16 @@ def child(folder: Path, out: Path, engine: str, workers: int, gpus: float) -> di
     from xreg.sort.runner import run_sort
 
     class Clock:
-        started = 0.0
+        started = first = 0.0
+        done = 0
 
         def start(self, total: int) -> None:
             self.started = time.perf_counter()
 
         def advance(self, outcome: object) -> None:
-            pass
+            self.done += 1
+            if self.done == 1:
+                self.first = time.perf_counter()
 
     clock = Clock()
     t0 = time.perf_counter()
@@ -50,7 +55,8 @@ def child(folder: Path, out: Path, engine: str, workers: int, gpus: float) -> di
     end = time.perf_counter()
     return {"images": result.counts["sorted"] + result.counts["review"],
             "seconds": end - clock.started, "wall": end - t0,
-            "failed": result.counts["failed"]}
+            "steady": (clock.done - 1) / max(end - clock.first, 1e-9),
+            "to_first": clock.first - clock.started, "failed": result.counts["failed"]}
 
 
 def _run(args: list[str]) -> dict:
@@ -80,7 +86,8 @@ def main() -> None:
         print(f"cpu cores: {os.cpu_count()}; {args.n} files per format, 2500x2000; shipped "
               "model on ONNX Runtime; img/s from the listed files to the last recorded one; "
               "wall includes start-up (and Ray's)")
-        header = f"{'format':<8} {'engine':<16} {'img/s':>8} {'wall s':>8} {'efficiency':>11}"
+        header = (f"{'format':<8} {'engine':<16} {'img/s':>8} {'steady img/s':>13} "
+                  f"{'first file s':>13} {'wall s':>8} {'efficiency':>11}")
         print(header)
         print("-" * len(header))
         for fmt in args.formats.split(","):
@@ -94,12 +101,12 @@ def main() -> None:
                 assert res["failed"] == 0, res
                 rate = res["images"] / res["seconds"]
                 eff = ""
-                if engine == "ray":
-                    one = one or rate
-                    eff = f"{rate / (one * workers):.0%}"
+                if engine == "ray":  # of the steady rate, against one Ray worker
+                    one = one or res["steady"]
+                    eff = f"{res['steady'] / (one * workers):.0%}"
                 label = f"{engine} x{workers}" if engine == "ray" else "local (threads)"
-                print(f"{fmt:<8} {label:<16} {rate:>8.1f} {res['wall']:>8.1f} {eff:>11}",
-                      flush=True)
+                print(f"{fmt:<8} {label:<16} {rate:>8.1f} {res['steady']:>13.1f} "
+                      f"{res['to_first']:>13.1f} {res['wall']:>8.1f} {eff:>11}", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
