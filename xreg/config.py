@@ -33,6 +33,7 @@ class SortOptions:
     layout: str = DEFAULT_LAYOUT
     registry: Path | None = None
     strict: bool = False
+    header_vocabulary: Path | None = None  # None: xreg/configs/header_vocabulary.yaml
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -58,7 +59,7 @@ class SortOptions:
         validate_layout(self.layout)
 
 
-_PATH_KEYS = {"weights", "registry"}
+_PATH_KEYS = {"weights", "registry", "header_vocabulary"}
 
 
 def read_section(path: Path | None, section: str) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, TextIO
+from typing import Annotated, Any, TextIO
 
 import typer
 from rich.table import Table
@@ -41,6 +41,7 @@ def registry_stats(
 
     with handle_errors(), Registry(registry or out_dir / "registry.sqlite", readonly=True) as reg:
         rows = reg.stats()
+        audits = reg.header_audit_counts()
     table = Table(title="registry")
     for col in ("status", "scope", "body part", "instrument", "fracture", "images",
                 "source paths"):
@@ -52,6 +53,81 @@ def registry_stats(
                       fracture, str(r["images"]), str(r["sources"]))
     table.add_row("total", "", "", "", "", str(sum(r["images"] for r in rows)),
                   str(sum(r["sources"] for r in rows)), style="bold")
+    out.print(table)
+    if audits:
+        _print_audit_counts(audits)
+
+
+class AuditFormat(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+AUDIT_COLUMNS = ("dest_path", "header_tag", "header_term", "header_class", "body_part",
+                 "body_part_prob", "header_audit", "view_position", "view", "header_view_audit")
+
+
+@registry_app.command("audit")
+def registry_audit(
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="A sorted folder.")],
+    fmt: Annotated[AuditFormat, typer.Option("--format", help="table: the summary and the "
+                                             "films that disagree; csv or json: every DICOM "
+                                             "film.")] = AuditFormat.table,
+    registry: Annotated[Path | None, typer.Option(help="Registry file if not in OUT.")] = None,
+) -> None:
+    """Do the DICOM headers agree with the films? For every DICOM film: BodyPartExamined
+    (or a body part named in StudyDescription/SeriesDescription) against the model's
+    body part, and ViewPosition against its view: agrees, disagrees, coarse (the header
+    names only a region, e.g. EXTREMITY), empty or unmapped (a term the vocabulary,
+    xreg/configs/header_vocabulary.yaml, does not know). Recorded by `xreg sort`."""
+    from xreg.registry import Registry
+
+    with handle_errors(), Registry(registry or out_dir / "registry.sqlite", readonly=True) as reg:
+        rows = [_audit_row(r) for r in reg.iter_images() if r.get("header_audit")]
+        counts = reg.header_audit_counts()
+    if fmt is AuditFormat.json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    if fmt is AuditFormat.csv:
+        import csv
+
+        writer = csv.DictWriter(sys.stdout, fieldnames=AUDIT_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+        return
+    _print_audit_counts(counts)
+    wrong = [r for r in rows if r["header_audit"] == "disagrees"
+             or r["header_view_audit"] == "disagrees"]
+    if wrong:
+        table = Table(title=f"{len(wrong)} film(s) whose header disagrees with the model")
+        for col in ("film", "tag", "header", "means", "model", "confidence", "body part",
+                    "view: header / model"):
+            table.add_column(col)
+        for r in wrong:
+            table.add_row(*(str(r[k]) for k in ("dest_path", "header_tag", "header_term",
+                                                  "header_class", "body_part")),
+                          f"{r['body_part_prob']:.2f}", str(r["header_audit"]),
+                          f"{r['view_position'] or '-'} / {r['view'] or '-'}: "
+                          f"{r['header_view_audit'] or '-'}")
+        out.print(table)
+
+
+def _audit_row(r: dict[str, Any]) -> dict[str, Any]:
+    probs = json.loads(str(r.get("probabilities") or "{}")).get("view", {})
+    view = max(probs, key=probs.__getitem__) if probs else ""
+    row = {k: r.get(k) or "" for k in AUDIT_COLUMNS}
+    row["view"] = view
+    row["body_part_prob"] = round(float(r.get("body_part_prob") or 0.0), 4)
+    return row
+
+
+def _print_audit_counts(counts: list[dict[str, object]]) -> None:
+    table = Table(title="header audit (DICOM films)")
+    for col in ("body part", "view", "films"):
+        table.add_column(col, justify="right" if col == "films" else "left")
+    for c in counts:
+        table.add_row(str(c["verdict"]), str(c["view"] or "-"), str(c["images"]))
     out.print(table)
 
 

@@ -105,10 +105,15 @@ def sort_cmd(
         help="Destination template under OUT. Fields: {body_part} {instrument} {fracture} "
              "{view} "
              "{laterality} {study_date} {year} {modality} {study_uid} {name} {stem} {ext} "
-             "{sha8}. Header values are reduced to letters, digits, '.', '_' and '-', so "
-             "none can leave OUT.  [default: {body_part}/{instrument}/{name}]")] = None,
+             "{sha8} {header_agrees}. Header values are reduced to letters, digits, '.', "
+             "'_' and '-', so none can leave OUT.  "
+             "[default: {body_part}/{instrument}/{name}]")] = None,
     registry: Annotated[Path | None, typer.Option(
         help="Registry database.  [default: OUT/registry.sqlite]")] = None,
+    header_vocabulary: Annotated[Path | None, typer.Option(
+        help="YAML that maps DICOM header terms to body parts, for the header audit "
+             "recorded per film (and {header_agrees} in --layout).  [default: "
+             "xreg/configs/header_vocabulary.yaml]")] = None,
     config: Annotated[Path | None, typer.Option(
         help="YAML file with defaults (a 'sort:' section, e.g. configs/sort.yaml); "
              "command-line options win.")] = None,
@@ -145,6 +150,7 @@ def sort_cmd(
             "engine": engine.value if engine else None, "ray_address": ray_address,
             "gpus_per_worker": gpus_per_worker,
             "min_age": min_age, "layout": layout, "registry": registry, "strict": strict,
+            "header_vocabulary": header_vocabulary,
         })
         with progress_reporter(quiet or as_json) as reporter:
             result = run_sort(in_dir, out_dir, options, reporter)

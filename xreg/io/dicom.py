@@ -39,6 +39,7 @@ DICOM_FIELDS = (
     "ViewPosition",
     "Laterality",
     "SeriesDescription",
+    "StudyDescription",
     "StudyDate",
     "PatientID",
 )

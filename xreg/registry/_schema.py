@@ -133,6 +133,13 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE runs ADD COLUMN runtime TEXT;          -- e.g. onnxruntime 1.32.0, torch 2.14.1
     """,
+    """
+    ALTER TABLE images ADD COLUMN header_audit TEXT;   -- agrees|disagrees|coarse|empty|unmapped
+    ALTER TABLE images ADD COLUMN header_term TEXT;    -- the header term compared (normalised)
+    ALTER TABLE images ADD COLUMN header_class TEXT;   -- its class, or a coarse set a|b|c
+    ALTER TABLE images ADD COLUMN header_tag TEXT;     -- the tag it came from
+    ALTER TABLE images ADD COLUMN header_view_audit TEXT;
+    """,
 )
 
 #: Columns of ``hip_studies`` a caller sets through :meth:`Registry.add_hip_study`.

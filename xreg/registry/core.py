@@ -30,6 +30,7 @@ IMAGE_FIELDS: tuple[str, ...] = (
     "sop_uid", "accession_key", "patient_key", "modality", "body_part_examined",
     "view_position", "laterality", "study_date", "model_sha256",
     "scope", "review_reason", "fracture", "fracture_prob", "warning",
+    "header_audit", "header_term", "header_class", "header_tag", "header_view_audit",
 )
 
 
@@ -262,6 +263,13 @@ class Registry:
             " ORDER BY i.status, i.scope, i.body_part, i.instrument, i.fracture"
         ).fetchall()
         return [dict(r) for r in rows]
+
+    def header_audit_counts(self) -> list[dict[str, Any]]:
+        """Placed DICOM films per header verdict (body part, then view)."""
+        return [dict(r) for r in self._db.execute(
+            "SELECT header_audit AS verdict, header_view_audit AS view, COUNT(*) AS images"
+            " FROM images WHERE state = 'done' AND header_audit IS NOT NULL"
+            " GROUP BY 1, 2 ORDER BY 1, 2")]
 
     def iter_images(self) -> Iterator[dict[str, Any]]:
         """Every placed image with its source paths (a list), for export."""

@@ -27,7 +27,7 @@ UNREADABLE_DIR = "_unreadable"
 MODES = ("copy", "move", "link", "hardlink")
 LAYOUT_FIELDS = (
     "body_part", "instrument", "fracture", "view", "laterality", "study_date", "year",
-    "modality", "study_uid", "name", "stem", "ext", "sha8",
+    "modality", "study_uid", "name", "stem", "ext", "sha8", "header_agrees",
 )
 TEMP_PREFIX = ".xreg-tmp-"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

@@ -12,6 +12,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from xreg.inference.predict import Prediction
+from xreg.sort.audit import HeaderAudit
 from xreg.sort.scope import Placement, decide_placement
 
 _EXTENSIONS = {"dicom": ".dcm", "png": ".png", "jpeg": ".jpg", "tiff": ".tif", "jp2": ".jp2"}
@@ -30,7 +31,7 @@ def placement(pred: Prediction, min_confidence: float) -> Placement:
     return decide_placement(label, pred.confidence("body_part"), min_confidence)
 
 
-def layout_fields(pred: Prediction) -> dict[str, str]:
+def layout_fields(pred: Prediction, audit: HeaderAudit | None = None) -> dict[str, str]:
     """Values for ``--layout``; the sorter sanitises each before use."""
     name = pred.source.path.name
     if pred.meta is not None and not PurePosixPath(name).suffix:
@@ -53,12 +54,13 @@ def layout_fields(pred: Prediction) -> dict[str, str]:
         "stem": stem,
         "ext": ext,
         "sha8": pred.sha256[:8],
+        "header_agrees": audit.verdict if audit is not None else "no_header",
     }
 
 
 def image_fields(
     pred: Prediction, model_sha256: str, pseudonymise: Callable[[str | None], str | None],
-    where: Placement | None = None,
+    where: Placement | None = None, audit: HeaderAudit | None = None,
 ) -> dict[str, Any]:
     """Columns of the registry's ``images`` row for one prediction."""
     meta = pred.meta
@@ -72,6 +74,11 @@ def image_fields(
     if where is not None and pred.labels:
         fields.update(scope=where.scope,
                       review_reason=where.reason if where.status == "review" else None)
+    if audit is not None:
+        fields.update(header_audit=audit.verdict, header_term=audit.header or None,
+                      header_class=audit.header_class or None,
+                      header_tag=audit.from_tag or None,
+                      header_view_audit=audit.view or None)
     if "fracture" in pred.labels:
         fields.update(fracture=int(pred.labels["fracture"] == "fracture"),
                       fracture_prob=pred.probabilities["fracture"].get("fracture"))

@@ -23,6 +23,7 @@ from xreg.errors import XregError
 from xreg.inference.predict import Prediction, SourceFile, predict_files
 from xreg.inference.runtime import Model, as_model, load_model
 from xreg.registry import ImageRecord, Pseudonymiser, Registry
+from xreg.sort.audit import Vocabulary, audit_headers, load_vocabulary
 from xreg.sort.folders import check_folders, output_lock, scan_inputs
 from xreg.sort.placement import (
     Move,
@@ -211,7 +212,8 @@ def _sort_files(
         result.add(FileOutcome(str(f.path), "already_done"))
     reporter.start(len(todo))
     ctx = _Context(registry, run_id, out_root, options, loaded,
-                   _min_confidence(options, loaded), pseudonymise)
+                   _min_confidence(options, loaded), pseudonymise,
+                   load_vocabulary(options.header_vocabulary))
     placed: set[str] = registry.done_hashes() if registry else set()
     if options.engine == "ray":
         from xreg.sort.ray_engine import RayOptions, predict_files_ray
@@ -248,6 +250,7 @@ class _Context:
     loaded: Model
     min_confidence: float
     pseudonymise: Pseudonymiser
+    vocabulary: Vocabulary
 
     @property
     def dry(self) -> bool:
@@ -276,7 +279,7 @@ def _start_batch(
     batch: list[Prediction], ctx: _Context, placer: ThreadPoolExecutor, jobs: list[_Job]
 ) -> Iterator[FileOutcome]:
     """Plan a batch, journal it, and start its placements (appended to ``jobs``)."""
-    items, by_source, where = [], {}, {}
+    items, by_source, where, audits = [], {}, {}, {}
     for p in batch:
         if p.status == "failed":
             yield FileOutcome(str(p.source.path), "failed", error=p.error)
@@ -284,8 +287,10 @@ def _start_batch(
             yield _record_duplicate(p, ctx)
         else:
             where[p.source.path] = placement(p, ctx.min_confidence)
+            audits[p.source.path] = audit_headers(p.meta.dicom if p.meta else {}, p.labels,
+                                                  ctx.vocabulary)
             items.append(PlanItem(p.source.path, p.sha256, where[p.source.path].status,
-                                  layout_fields(p)))
+                                  layout_fields(p, audits[p.source.path])))
             by_source[p.source.path] = p
     moves = plan_moves(items, layout=ctx.options.layout)
     if ctx.dry or ctx.registry is None:
@@ -300,7 +305,7 @@ def _start_batch(
         ImageRecord(m.sha256, by_source[m.source].source.size, m.status, str(m.dest),
                     ctx.options.mode, str(m.source), by_source[m.source].source.mtime_ns,
                     image_fields(by_source[m.source], ctx.loaded.sha256, ctx.pseudonymise,
-                                 where[m.source]))
+                                 where[m.source], audits[m.source]))
         for m in moves if m.duplicate_of is None
     ])
     for move in moves:

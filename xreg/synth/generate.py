@@ -40,7 +40,7 @@ OUT_OF_SCOPE_DIR = "out_of_scope"  # OUT/out_of_scope/ and OUT/out_of_scope.csv
 MARKER_NAME = ".xreg-synth"
 LABEL_COLUMNS = ("path", "body_part", "instrument", "instrument_kind", "distractors", "view",
                  "laterality", "patient_id", "study_id", "pair_role", "fracture", "format",
-                 "seed")
+                 "seed", "body_part_examined")
 _OUR_FILE = re.compile(
     r"(\.)?((img|oos)_\d{6}|ST\d+_(AP|LAT))(\.png|\.jpg|\.dcm)?(\.tmp)?")
 #: Below this many items a process pool costs more than it saves.
@@ -98,6 +98,9 @@ def label_row(item: Item) -> dict[str, str]:
         "study_id": item.study_id, "pair_role": item.pair_role,
         "fracture": ("1" if spec.fracture else "0") if item.pair_role else "",
         "format": item.format, "seed": str(spec.seed),
+        # What the DICOM header says (empty or wrong on purpose for some, as in archives).
+        "body_part_examined": item.dicom_header.body_part_examined
+        if item.dicom_header is not None else "",
     }
 
 
