@@ -124,6 +124,14 @@ def sort_cmd(
         "--heatmaps", help="Also write a body-part heatmap overlay per sorted or reviewed "
                            "file to OUT/_heatmaps/ (integrated gradients) and record its "
                            "path in the registry.")] = False,
+    dicom_out: Annotated[bool, typer.Option(
+        "--dicom-out", help="For every sorted DICOM film, write a DICOM Structured Report of "
+                            "the findings and the heatmap as a Secondary Capture image, in new "
+                            "series of its study, to OUT/_dicom/ (implies --heatmaps; needs "
+                            "highdicom and the train extra).")] = False,
+    stow: Annotated[str | None, typer.Option(
+        help="With --dicom-out: send what was written to this DICOMweb root (STOW-RS), e.g. "
+             "http://pacs:8042/dicom-web.")] = None,
     hip: Annotated[bool, typer.Option(
         "--hip", help="Afterwards, pair and score the hip studies among the sorted films "
                       "as `xreg hip` does (from the sort's own predictions and headers) and "
@@ -138,8 +146,14 @@ def sort_cmd(
     from xreg.config import load_sort_options
     from xreg.sort.runner import run_sort
 
+    heatmaps = heatmaps or dicom_out
+    if stow and not dicom_out:
+        err.print("[bold red]error:[/] --stow goes with --dicom-out")
+        raise typer.Exit(2)
     if heatmaps:
         require_train("xreg sort --heatmaps", ("torch", "torchvision", "captum", "matplotlib"))
+    if dicom_out:
+        require_train("xreg sort --dicom-out", ("highdicom",))
 
     with handle_errors():
         options = load_sort_options(config, {
@@ -174,6 +188,12 @@ def sort_cmd(
                 device=options.device, runtime=options.runtime, min_age=options.min_age,
                 heatmaps=heatmaps,
                 heatmap_root=out_dir, from_registry=True))
+        dicom = None
+        if dicom_out and not options.dry_run:
+            from xreg.sort.dicom_out import write_sort_dicom
+
+            dicom = write_sort_dicom(out_dir, options.registry or out_dir / "registry.sqlite",
+                                     result.model_name, result.model_sha256, stow)
     code = _sort_exit_code(result.counts, options.strict)
     if as_json:
         payload = result.to_dict() | {"exit_code": code}
@@ -181,6 +201,9 @@ def sort_cmd(
             payload["hip"] = hips.to_dict()
         if drawn is not None:
             payload["heatmaps"] = {"written": drawn[0], "seconds": round(drawn[1], 2)}
+        if dicom is not None:
+            payload["dicom_out"] = {"films": dicom.films, "written": dicom.written,
+                                    "seconds": round(dicom.seconds, 2), "stowed": dicom.stowed}
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
     elif not quiet:
         _print_sort_summary(result, out_dir, options.min_age)
@@ -188,6 +211,10 @@ def sort_cmd(
             per = f", {drawn[1] / drawn[0] * 1000:.0f} ms each" if drawn[0] else ""
             out.print(f"wrote {drawn[0]} heatmap(s) to {out_dir / '_heatmaps'}{per}",
                       highlight=False)
+        if dicom is not None:
+            out.print(f"wrote {dicom.written} DICOM object(s) for {dicom.films} DICOM film(s) "
+                      f"to {out_dir / '_dicom'}" + (f"; sent {dicom.stowed} to {stow}"
+                                                    if dicom.stowed else ""), highlight=False)
         if hips is not None:
             from xreg.cli.hip import print_hip_table
 

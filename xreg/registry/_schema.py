@@ -140,6 +140,19 @@ _MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE images ADD COLUMN header_tag TEXT;     -- the tag it came from
     ALTER TABLE images ADD COLUMN header_view_audit TEXT;
     """,
+    """
+    CREATE TABLE dicom_outputs (
+        sop_uid       TEXT PRIMARY KEY,       -- the written object's SOP Instance UID
+        sha256        TEXT NOT NULL REFERENCES images(sha256),  -- the source film
+        kind          TEXT NOT NULL,          -- sr | sc
+        series_uid    TEXT NOT NULL,
+        path          TEXT NOT NULL,          -- relative to OUT (under _dicom/)
+        model_sha256  TEXT NOT NULL,
+        created       TEXT NOT NULL,
+        stowed        TEXT                    -- when a STOW-RS server took it
+    );
+    CREATE INDEX dicom_outputs_sha ON dicom_outputs(sha256);
+    """,
 )
 
 #: Columns of ``hip_studies`` a caller sets through :meth:`Registry.add_hip_study`.

@@ -322,6 +322,23 @@ class Registry:
         with self._transaction() as db:
             db.execute("UPDATE images SET heatmap_path = ? WHERE sha256 = ?", (path, sha256))
 
+    def add_dicom_output(self, sha256: str, kind: str, sop_uid: str, series_uid: str,
+                         path: str, model_sha256: str) -> None:
+        """Record an SR or SC written for a film (again: the same row, refreshed)."""
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO dicom_outputs (sop_uid, sha256, kind, series_uid,"
+                       " path, model_sha256, created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (sop_uid, sha256, kind, series_uid, path, model_sha256, _now()))
+
+    def mark_stowed(self, sop_uids: list[str]) -> None:
+        with self._transaction() as db:
+            db.executemany("UPDATE dicom_outputs SET stowed = ? WHERE sop_uid = ?",
+                           [(_now(), uid) for uid in sop_uids])
+
+    def dicom_outputs(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._db.execute(
+            "SELECT * FROM dicom_outputs ORDER BY path")]
+
     def hip_studies(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self._db.execute("SELECT * FROM hip_studies ORDER BY id")]
 

@@ -87,6 +87,7 @@ class SortResult:
     counts: Counter[str] = field(default_factory=Counter)
     outcomes: list[FileOutcome] = field(default_factory=list)
     recovered: int = 0
+    model_name: str = ""
 
     def add(self, outcome: FileOutcome) -> FileOutcome:
         self.counts[outcome.status] += 1
@@ -119,7 +120,7 @@ def run_sort(
     registry_path = options.registry or out_root / REGISTRY_NAME
     if options.dry_run:
         # Plan only: no folders, no lock, no registry writes (read it if it exists).
-        result = SortResult(None, True, loaded.sha256)
+        result = SortResult(None, True, loaded.sha256, model_name=loaded.card.name)
         files, result.counts["too_new"] = scan_inputs(in_root, exclude, options.min_age)
         registry = Registry(registry_path, readonly=True) if registry_path.exists() else None
         try:
@@ -157,7 +158,7 @@ def _sort_locked(
     """Lock OUT, recover a killed run, then sort what ``get_files`` finds."""
     registry_path = options.registry or out_root / REGISTRY_NAME
     with output_lock(out_root), Registry(registry_path) as registry:
-        result = SortResult(None, False, loaded.sha256)
+        result = SortResult(None, False, loaded.sha256, model_name=loaded.card.name)
         result.recovered = _recover(registry, out_root)
         files, result.counts["too_new"] = get_files()
         run_id = registry.start_run(
