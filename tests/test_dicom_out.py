@@ -189,3 +189,14 @@ def test_a_scored_hip_study_puts_its_two_view_decision_in_the_sr(tmp_path: Path)
             values = {round(float(e.value), 6) for e in ds.iterall()
                       if e.keyword == "NumericValue"}
             assert round(prob, 6) in values
+
+
+def test_explain_on_a_dicom_film_writes_its_sr_and_sc(tmp_path: Path) -> None:
+    film = Path(get_testdata_file("RG3_J2KR.dcm"))
+    result = runner.invoke(app, ["explain", str(film), "--out", str(tmp_path), "--dicom-out",
+                                 "--json", "--method", "saliency"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)["results"]
+    kinds = sorted(pydicom.dcmread(p).SOPClassUID.name for p in row["dicom"])
+    assert kinds == ["Comprehensive 3D SR Storage", "Secondary Capture Image Storage"]
+    assert all(Path(p).is_relative_to(tmp_path / "_dicom") for p in row["dicom"])

@@ -6,7 +6,7 @@ import json
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -47,6 +47,10 @@ def explain_cmd(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the overlays.")] =
         Path("heatmaps"),
     batch_size: Annotated[int, typer.Option(help="Images per batch.", min=1)] = 16,
+    dicom_out: Annotated[bool, typer.Option(
+        "--dicom-out", help="For each DICOM IMAGE, also write a DICOM Structured Report of the "
+                            "findings and the overlay as a Secondary Capture image (new series "
+                            "of its study) to --out/_dicom/.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     require_train("xreg explain")
@@ -77,10 +81,15 @@ def explain_cmd(
                 targets.append(out_dir / f"{name}.png")
             results = explain_files(images, loaded, targets, head=chosen,
                                     method=method.value, batch_size=batch_size)
-    rows = [{"source": r.source, "overlay": str(r.overlay) if r.overlay else None,
-             "label": r.attribution.label if r.attribution else None,
-             "probability": r.attribution.probability if r.attribution else None,
-             "error": r.error} for r in results]
+        if dicom_out and loaded.card.views == 2:
+            raise ConfigError("--dicom-out explains single films; for hip pairs use "
+                              "`xreg sort --dicom-out --hip`")
+        dicom = _dicom_results(images, results, loaded, out_dir) if dicom_out else {}
+    rows: list[dict[str, Any]] = [{
+        "source": r.source, "overlay": str(r.overlay) if r.overlay else None,
+        "label": r.attribution.label if r.attribution else None,
+        "probability": r.attribution.probability if r.attribution else None,
+        "error": r.error, "dicom": dicom.get(r.source, [])} for r in results]
     if as_json:
         sys.stdout.write(json.dumps({"head": chosen, "method": method.value,
                                      "results": rows}, indent=2) + "\n")
@@ -89,7 +98,27 @@ def explain_cmd(
             if r["overlay"]:
                 out.print(f"{r['source']}: {chosen} {r['label']} ({r['probability']:.2f}) "
                           f"-> {r['overlay']}", highlight=False)
+                for path in r["dicom"]:
+                    out.print(f"  -> {path}", highlight=False)
             else:
                 err.print(f"[yellow]unreadable:[/] {r['source']}: {r['error']}",
                           highlight=False)
     raise typer.Exit(EXIT_ATTENTION if any(r["error"] for r in rows) else EXIT_OK)
+
+
+def _dicom_results(images: list[Path], results: list[Any], loaded: Any,
+                   out_dir: Path) -> dict[str, list[str]]:
+    """SR + SC for each DICOM input: the model's findings and its overlay."""
+    from xreg.inference.predict import SourceFile, predict_files
+    from xreg.sort.dicom_out import write_results
+
+    done: dict[str, list[str]] = {}
+    sources = [SourceFile(p, p.stat().st_size, p.stat().st_mtime_ns) for p in images]
+    preds = [p for batch in predict_files(sources, loaded) for p in batch]
+    for path, pred, explained in zip(images, preds, results):
+        if pred.meta is None or pred.meta.format != "dicom" or not pred.labels:
+            continue
+        written = write_results(out_dir, path, pred.probabilities, pred.labels,
+                                loaded.card.name, loaded.sha256, explained.overlay)
+        done[explained.source] = [str(out_dir / w.path) for w in written]
+    return done
