@@ -106,7 +106,10 @@ def test_writing_again_gives_the_same_uids(sorted_dicom: Path, tmp_path: Path) -
     copy = tmp_path / "out"
     shutil.copytree(sorted_dicom, copy)
     model = _outputs(copy)[0]["model"]
-    again = write_sort_dicom(copy, copy / "registry.sqlite", "bodypart_real", model)
+    skipped = write_sort_dicom(copy, copy / "registry.sqlite", "bodypart_real", model)
+    assert skipped.written == 0  # a cron rerun writes (and sends) only what is new
+    again = write_sort_dicom(copy, copy / "registry.sqlite", "bodypart_real", model,
+                             again=True)
     assert again.written == 10 and {r["sop_uid"] for r in _outputs(copy)} == before
 
 

@@ -212,12 +212,15 @@ def _labels(row: Mapping[str, Any]) -> dict[str, str]:
 
 
 def write_sort_dicom(out_root: Path, registry_path: Path, model_name: str,
-                     model_sha256: str, stow: str | None = None) -> DicomSummary:
-    """SR + SC for every placed, classified DICOM film of the registry; record each.
+                     model_sha256: str, stow: str | None = None, *,
+                     again: bool = False) -> DicomSummary:
+    """SR + SC for each placed, classified DICOM film of the registry; record each.
 
-    Overlays come from the registry's heatmaps (``xreg sort --dicom-out`` draws
-    them first). With ``stow``, every object written is sent to that
-    DICOMweb root (STOW-RS) and marked ``stowed``.
+    Films that already have objects from this model are skipped (an hourly
+    cron writes and sends only what is new) unless ``again``. Overlays come
+    from the registry's heatmaps (``xreg sort --dicom-out`` draws them
+    first). With ``stow``, every object written is sent to that DICOMweb
+    root (STOW-RS) and marked ``stowed``.
     """
     import json
     import time
@@ -234,9 +237,11 @@ def write_sort_dicom(out_root: Path, registry_path: Path, model_name: str,
                 for key in ("ap_sha256", "lateral_sha256"):
                     if study[key]:
                         scored[study[key]] = study
+        done_before = set() if again else {
+            r["sha256"] for r in reg.dicom_outputs() if r["model_sha256"] == model_sha256}
         for row in reg.iter_images():
             if row["format"] != "dicom" or row["status"] not in ("sorted", "review") \
-                    or not row["body_part"]:
+                    or not row["body_part"] or row["sha256"] in done_before:
                 continue
             films += 1
             overlay = out_root / row["heatmap_path"] if row.get("heatmap_path") else None
