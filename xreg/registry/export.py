@@ -17,6 +17,9 @@ COLUMNS = (
     "frames", "size", "mode", "study_uid", "series_uid", "sop_uid", "accession_key",
     "patient_key", "modality", "body_part_examined", "view_position", "laterality",
     "study_date", "model_sha256", "run_id", "created", "updated",
+    # Added later, at the end, so older readers of the CSV keep their columns.
+    "scope", "review_reason", "fracture", "fracture_prob", "warning", "header_audit",
+    "header_term", "header_class", "header_tag", "header_view_audit",
 )
 
 
