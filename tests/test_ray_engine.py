@@ -116,3 +116,26 @@ def test_engine_ray_without_ray_exits_2_naming_the_extra(tmp_path: Path) -> None
     assert done.returncode == 2
     assert 'pip install "xreg[ray]"' in done.stderr
     assert not (tmp_path / "out").exists()  # refused before any work
+
+
+def test_a_worker_killed_mid_run_is_retried_and_the_run_finishes(tmp_path: Path) -> None:
+    hashes = make_pngs(tmp_path / "in", 40, size=128)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "xreg", "sort", str(tmp_path / "in"), str(out), "--engine",
+           "ray", "--workers", "1", "--batch-size", "2", "--min-age", "0", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while done_count(out) < 4 and proc.poll() is None:
+            assert time.monotonic() < deadline, "the ray sort never got going"
+            time.sleep(0.01)
+        # The model actor (Ray names its process after the map operator).
+        killed = subprocess.run(["pkill", "-9", "-f", "ray::MapWorker"], check=False)
+        assert killed.returncode == 0, "no Ray worker process to kill"
+        code = proc.wait(timeout=240)
+        assert code == 0, proc.stderr.read()[-2000:] if proc.stderr else code
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert_complete(out, hashes, "copy")  # every input exactly once, nothing pending
