@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from xreg.card import ModelCard
+from xreg.inference.preprocess import Preprocessor as _Steps
 from xreg.inference.preprocess import resize_grey as _resize
 
 __all__ = ["Preprocessor", "augment_batch", "join_views", "preprocess", "resize_grey"]
@@ -22,14 +23,14 @@ __all__ = ["Preprocessor", "augment_batch", "join_views", "preprocess", "resize_
 class Preprocessor:
     """Callable ``pixels -> (3, S, S) float32 tensor`` built once from a card.
 
-    It holds no mutable state, so one instance may be called from several
-    threads at once (the sort's decode pool does).
+    A torch view of :class:`xreg.inference.preprocess.Preprocessor`, the one
+    implementation the sort uses. It holds no mutable state, so one
+    instance may be called from several threads at once.
     """
 
     def __init__(self, card: ModelCard) -> None:
+        self._steps = _Steps(card)
         self.size = card.input_size
-        self.mean = card.mean
-        self.std = card.std
 
     def __call__(self, pixels: np.ndarray) -> torch.Tensor:
         """Preprocess one grey image (2-D, values in [0, 1]).
@@ -37,17 +38,12 @@ class Preprocessor:
         The result is an ``expand``ed view (3 channels share memory): stack or
         copy it before writing into it.
         """
-        x = resize_grey(pixels, self.size)
-        # Out of place: when no resize was needed x shares the caller's array.
-        x = (x - self.mean) / self.std
+        x = torch.from_numpy(self._steps.grey(pixels))
         return x.expand(3, self.size, self.size)
-
 
     def pair(self, ap: np.ndarray, lateral: np.ndarray) -> torch.Tensor:
         """Preprocess a hip pair: ``(3, S, 2S)``, the AP on the left (thesis layout)."""
-        x = join_views(torch.stack([resize_grey(ap, self.size),
-                                    resize_grey(lateral, self.size)]))
-        x = (x - self.mean) / self.std
+        x = torch.from_numpy(self._steps.grey_pair(ap, lateral))
         return x.expand(3, self.size, 2 * self.size)
 
 

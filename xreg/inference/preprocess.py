@@ -54,13 +54,21 @@ class Preprocessor:
         self.mean = np.float32(card.mean)
         self.std = np.float32(card.std)
 
+    def grey(self, pixels: np.ndarray) -> np.ndarray:
+        """The normalised ``(S, S)`` grey input, before the channel is repeated."""
+        out: np.ndarray = (resize_grey(pixels, self.size) - self.mean) / self.std
+        return out
+
+    def grey_pair(self, ap: np.ndarray, lateral: np.ndarray) -> np.ndarray:
+        """A hip pair, normalised: ``(S, 2S)``, the AP on the left (the thesis's layout)."""
+        x = join_views(np.stack([resize_grey(ap, self.size),
+                                 resize_grey(lateral, self.size)]))
+        out: np.ndarray = (x - self.mean) / self.std
+        return out
+
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        x = (resize_grey(pixels, self.size) - self.mean) / self.std
-        return np.broadcast_to(x, (3, self.size, self.size))
+        return np.broadcast_to(self.grey(pixels), (3, self.size, self.size))
 
     def pair(self, ap: np.ndarray, lateral: np.ndarray) -> np.ndarray:
         """A hip pair: ``(3, S, 2S)``, the AP on the left (the thesis's layout)."""
-        x = join_views(np.stack([resize_grey(ap, self.size),
-                                 resize_grey(lateral, self.size)]))
-        x = (x - self.mean) / self.std
-        return np.broadcast_to(x, (3, self.size, 2 * self.size))
+        return np.broadcast_to(self.grey_pair(ap, lateral), (3, self.size, 2 * self.size))
