@@ -66,16 +66,19 @@ def image_page(request: Request, sha: str) -> Response:
                                           "body_parts": state(request).body_parts})
 
 
-def _placed_file(request: Request, sha: str) -> Path:
-    current = state(request)
-    with current.registry() as reg:
-        dest = placed_path(reg, valid_sha(sha))
+def _film(request: Request, dest: str | None) -> Path:
+    """The placed film at registry path ``dest``; 404 when there is none."""
     if dest is None:
         raise HTTPException(404, "no such image")
-    film = out_path(current.config, dest)
+    film = out_path(state(request).config, dest)
     if not film.exists():
         raise HTTPException(404, "the film is not at its recorded place")
     return film
+
+
+def _placed_file(request: Request, sha: str) -> Path:
+    with state(request).registry() as reg:
+        return _film(request, placed_path(reg, valid_sha(sha)))
 
 
 def _cached(request: Request, path: Path, media_type: str) -> Response:
@@ -104,9 +107,9 @@ def image_heatmap(request: Request, sha: str) -> Response:
     from xreg.heatmaps import HEATMAP_DIR
 
     current = state(request)
-    film = _placed_file(request, sha)
     with current.registry() as reg:
-        detail = image_detail(reg, sha)
+        detail = image_detail(reg, valid_sha(sha))
+    film = _film(request, detail["dest_path"] if detail else None)
     assert detail is not None
     rel = detail["heatmap_path"] or f"{HEATMAP_DIR}/{sha[:2]}/{sha[:16]}_body_part.png"
     target = out_path(current.config, rel)

@@ -78,7 +78,8 @@ def add(request: Request, csrf: Annotated[str, Form()],
                           registry=config.registry, device=config.device, workers=1)
     try:
         result, missing = add_to_registry(current.store, [valid_sha(s) for s in sha],
-                                          config.out_root, options, current.loaded)
+                                          config.out_root, options,
+                                          current.analyser.model)
     except LockedError:
         raise HTTPException(409, "a sort is running on this folder; add the films when it "
                                  "has finished") from None

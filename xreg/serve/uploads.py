@@ -24,6 +24,7 @@ from typing import Any
 from xreg.checkpoint import LoadedModel, load_checkpoint
 from xreg.config import SortOptions
 from xreg.inference.predict import SourceFile, predict_files
+from xreg.inference.runtime import Model, as_model
 from xreg.io.detect import SNIFF_BYTES, sniff_format
 from xreg.sort.placement import sanitise
 from xreg.sort.record import placement
@@ -120,6 +121,8 @@ class Analyser:
     def __init__(self, loaded: LoadedModel, store: UploadStore, *,
                  hip_weights: Path | None = None, heatmaps: bool = True) -> None:
         self.loaded, self.store, self.heatmaps = loaded, store, heatmaps
+        # The inference copy (BN folded, channels-last) once, not per request.
+        self.model = as_model(loaded)
         self._hip_weights = hip_weights
         self._hip: LoadedModel | None = None
         self._lock = threading.Lock()
@@ -142,7 +145,7 @@ class Analyser:
             path = self.store.add(name, data, sha)
             sources.append((i, shown, SourceFile(path, len(data), path.stat().st_mtime_ns)))
         with self._lock:
-            preds = [p for batch in predict_files([s for _, _, s in sources], self.loaded)
+            preds = [p for batch in predict_files([s for _, _, s in sources], self.model)
                      for p in batch]
             for (i, shown, src), pred in zip(sources, preds):
                 if pred.status != "ok":
@@ -217,7 +220,7 @@ class Analyser:
 
 
 def add_to_registry(store: UploadStore, shas: list[str], out_root: Path,
-                    options: SortOptions, loaded: LoadedModel | None = None,
+                    options: SortOptions, loaded: Model | None = None,
                     ) -> tuple[SortResult, list[str]]:
     """Place kept uploads in OUT the way ``xreg sort`` would; also the hashes not kept.
 
