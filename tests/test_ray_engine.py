@@ -77,23 +77,29 @@ def test_ray_fills_the_registry_as_the_local_engine_does_and_a_rerun_does_nothin
     assert again.counts["already_done"] == len(again.outcomes) and not again.counts["sorted"]
 
 
+def _ray_sort_under_way(folder: Path, out: Path, placed: int) -> subprocess.Popen[bytes]:
+    """`xreg sort --engine ray` in its own session (its local Ray dies with it), once
+    ``placed`` files are in OUT; it must still be running."""
+    cmd = [sys.executable, "-m", "xreg", "sort", str(folder), str(out), "--engine", "ray",
+           "--workers", "1", "--batch-size", "2", "--min-age", "0", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while done_count(out) < placed and proc.poll() is None:
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError("the ray sort never got going")
+        time.sleep(0.01)
+    assert proc.poll() is None, f"finished too early: {proc.communicate()[1]!r}"
+    return proc
+
+
 def test_a_driver_killed_mid_run_is_finished_by_the_next_run(tmp_path: Path) -> None:
     hashes = make_pngs(tmp_path / "in", 40, size=128)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "xreg", "sort", str(tmp_path / "in"), str(out), "--engine",
-           "ray", "--workers", "1", "--batch-size", "2", "--min-age", "0", "--quiet"]
-    # Its own session, so the local Ray it starts dies with it.
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while done_count(out) < 6 and proc.poll() is None:
-            assert time.monotonic() < deadline, "the ray sort never got going"
-            time.sleep(0.01)
-        assert proc.poll() is None, f"finished before the kill: {proc.stderr.read()!r}"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    proc = _ray_sort_under_way(tmp_path / "in", out, 6)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
     placed_before = done_count(out)
     assert placed_before < 40
     result = run_sort(tmp_path / "in", out, SortOptions(min_age=0, engine="ray"))
@@ -121,15 +127,8 @@ def test_engine_ray_without_ray_exits_2_naming_the_extra(tmp_path: Path) -> None
 def test_a_worker_killed_mid_run_is_retried_and_the_run_finishes(tmp_path: Path) -> None:
     hashes = make_pngs(tmp_path / "in", 40, size=128)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "xreg", "sort", str(tmp_path / "in"), str(out), "--engine",
-           "ray", "--workers", "1", "--batch-size", "2", "--min-age", "0", "--quiet"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    proc = _ray_sort_under_way(tmp_path / "in", out, 4)
     try:
-        deadline = time.monotonic() + 120
-        while done_count(out) < 4 and proc.poll() is None:
-            assert time.monotonic() < deadline, "the ray sort never got going"
-            time.sleep(0.01)
         # The model actor (Ray names its process after the map operator).
         killed = subprocess.run(["pkill", "-9", "-f", "ray::MapWorker"], check=False)
         assert killed.returncode == 0, "no Ray worker process to kill"
