@@ -25,12 +25,12 @@ from pathlib import Path
 
 import torch
 
-from xreg.checkpoint import load_checkpoint
 from xreg.datasets import load_labels
 from xreg.errors import CheckpointError
 from xreg.evaluation.evaluate import evaluate
 from xreg.inference.predict import SourceFile, predict_files
-from xreg.models import STANDARD_HEADS, build_model, load_imagenet_backbone
+from xreg.model.checkpoint import load_checkpoint
+from xreg.model.models import STANDARD_HEADS, build_model, load_imagenet_backbone
 from xreg.train import load_train_config, train
 
 

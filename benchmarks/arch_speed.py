@@ -18,8 +18,8 @@ from pathlib import Path
 
 from arch_comparison import sort_path_rate
 
-from xreg.checkpoint import make_random_checkpoint
 from xreg.datasets import load_labels
+from xreg.model.checkpoint import make_random_checkpoint
 
 
 def main() -> int:

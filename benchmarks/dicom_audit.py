@@ -27,10 +27,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=300)
     parser.add_argument("--weights", type=Path, default=None)
     args = parser.parse_args()
-    from xreg.card import shipped_weights
-    from xreg.checkpoint import load_checkpoint
     from xreg.config import SortOptions
     from xreg.heatmaps import add_sort_heatmaps
+    from xreg.model.card import shipped_weights
+    from xreg.model.checkpoint import load_checkpoint
     from xreg.sort.audit import load_vocabulary
     from xreg.sort.dicom_out import write_sort_dicom
     from xreg.sort.runner import run_sort

@@ -34,9 +34,9 @@ def gpu_pipeline(folder: Path, device: str, batch: int) -> float:
     import torch.nn.functional as F
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    from xreg.card import default_weights
-    from xreg.checkpoint import load_checkpoint
     from xreg.inference.runtime import inference_model
+    from xreg.model.card import default_weights
+    from xreg.model.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(default_weights())
     card = loaded.card

@@ -16,11 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from xreg.checkpoint import default_weights, load_checkpoint
 from xreg.datasets import load_labels
 from xreg.explain import METHODS
 from xreg.heatmaps import explain_files
 from xreg.inference.predict import SourceFile, predict_files
+from xreg.model.checkpoint import default_weights, load_checkpoint
 
 
 def main() -> int:

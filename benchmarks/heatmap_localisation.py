@@ -280,9 +280,9 @@ def measure(films: Sequence[Film], weights: Path, *, methods: Sequence[str],
     from rich.progress import Progress
 
     from xreg import explain
-    from xreg.checkpoint import load_checkpoint
     from xreg.errors import ConfigError
-    from xreg.transforms import Preprocessor
+    from xreg.model.checkpoint import load_checkpoint
+    from xreg.model.transforms import Preprocessor
 
     loaded = load_checkpoint(weights, device=device)
     spec = loaded.card.head("fracture")

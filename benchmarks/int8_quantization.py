@@ -98,11 +98,11 @@ def main() -> None:
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from xreg.card import default_weights
     from xreg.datasets import load_labels
     from xreg.inference.preprocess import Preprocessor
     from xreg.inference.runtime import load_model, onnx_path
-    from xreg.labels import EXTENDED_BODY_PARTS
+    from xreg.model.card import default_weights
+    from xreg.model.labels import EXTENDED_BODY_PARTS
     from xreg.synth.generate import generate_dataset
     from xreg.train.split import assign_splits
 

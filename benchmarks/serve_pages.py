@@ -59,8 +59,8 @@ THUMB = 256  # the gallery's thumbnail size (routes_browse._SIZES["thumb"])
 def build(root: Path, n: int, size: int, seed: int, args: argparse.Namespace,
           reviews: int = 0) -> Path:
     """``root/out`` sorted from ``n`` phantoms; reused when ``root/params.json`` matches."""
-    from xreg.checkpoint import make_random_checkpoint
     from xreg.config import SortOptions
+    from xreg.model.checkpoint import make_random_checkpoint
     from xreg.sort.runner import run_sort
     from xreg.synth import generate_dataset
 
@@ -96,7 +96,7 @@ def build(root: Path, n: int, size: int, seed: int, args: argparse.Namespace,
 
 
 def _add_reviews(out: Path, weights: Path, n: int) -> None:
-    from xreg.checkpoint import load_checkpoint
+    from xreg.model.checkpoint import load_checkpoint
     from xreg.registry import Registry
     from xreg.registry.reviews import Review, add_review
 

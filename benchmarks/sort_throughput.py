@@ -150,10 +150,10 @@ def child_stages(folder: Path, out: Path, runtime: str, n: int, batch: int) -> d
     """Each stage of one file on its own, one thread: milliseconds per image."""
     import hashlib
 
-    from xreg.card import default_weights
     from xreg.inference.preprocess import Preprocessor
     from xreg.inference.runtime import load_model
     from xreg.io import try_load_image
+    from xreg.model.card import default_weights
     from xreg.registry import ImageRecord, Registry
     from xreg.sort.placement import Move, apply_move
 
@@ -217,7 +217,7 @@ def child_baseline(folder: Path, n: int) -> dict:
     import torch.nn.functional as F
 
     from xreg.io import load_image
-    from xreg.models import BODY_PARTS, HeadSpec, build_model
+    from xreg.model.models import BODY_PARTS, HeadSpec, build_model
 
     model = build_model("resnet101", [HeadSpec("body_part", BODY_PARTS)], input_size=224).eval()
     files = sorted(folder.iterdir())[:n]

@@ -6,7 +6,7 @@ import dataclasses
 import os
 from typing import Any
 
-from xreg.checkpoint import load_checkpoint, save_checkpoint
+from xreg.model.checkpoint import load_checkpoint, save_checkpoint
 
 #: The first line of every shipped card's notes (and of its Markdown model card).
 PHANTOM_NOTE = ("Trained on synthetic phantoms (xreg synth) only; not validated on real "

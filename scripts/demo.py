@@ -29,7 +29,7 @@ from pathlib import Path
 
 from pydicom.data import get_testdata_file
 
-from xreg.checkpoint import default_weights
+from xreg.model.checkpoint import default_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / ".demo"

@@ -24,7 +24,7 @@ import csv
 import os
 from pathlib import Path
 
-from xreg.models import EXTENDED_BODY_PARTS, OTHER
+from xreg.model.models import EXTENDED_BODY_PARTS, OTHER
 
 COLUMNS = ("path", "body_part", "instrument", "fracture", "view", "patient_id", "dup_of",
            "truncated")

@@ -25,10 +25,10 @@ from pathlib import Path
 
 from _shipping import ci, ship_card
 
-from xreg.checkpoint import DEFAULT_WEIGHTS, LoadedModel, load_checkpoint
 from xreg.evaluation.calibrate import calibrate_checkpoint, top_confidences
 from xreg.evaluation.evaluate import evaluate
 from xreg.inference.predict import SourceFile, predict_files
+from xreg.model.checkpoint import DEFAULT_WEIGHTS, LoadedModel, load_checkpoint
 from xreg.synth.generate import generate_dataset
 from xreg.train import load_train_config, train
 

@@ -32,10 +32,10 @@ from typing import Any
 from _shipping import ci
 from fracatlas import write_manifest
 
-from xreg.checkpoint import load_checkpoint, save_checkpoint
 from xreg.datasets import load_labels
 from xreg.evaluation.calibrate import choose_operating_point
 from xreg.evaluation.evaluate import Evaluation, evaluate_images
+from xreg.model.checkpoint import load_checkpoint, save_checkpoint
 from xreg.synth.generate import generate_dataset
 from xreg.train import load_train_config, train
 

@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from xreg.checkpoint import default_weights
 from xreg.config import SortOptions
+from xreg.model.checkpoint import default_weights
 from xreg.sort.runner import run_sort
 from xreg.synth.generate import generate_dataset
 

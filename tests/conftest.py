@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from xreg.checkpoint import make_random_checkpoint
+from xreg.model.checkpoint import make_random_checkpoint
 
 # Real DICOM files from pydicom's own test data: compressed and uncompressed,
 # MONOCHROME1/2, RGB, multi-frame.
@@ -114,8 +114,8 @@ def biased_checkpoint(path: Path, body_parts: tuple[str, ...], top: str, *,
     """
     import torch
 
-    from xreg.checkpoint import ModelCard, save_checkpoint
-    from xreg.models import FRACTURE_HEAD, INSTRUMENT_HEAD, HeadSpec, build_model
+    from xreg.model.checkpoint import ModelCard, save_checkpoint
+    from xreg.model.models import FRACTURE_HEAD, INSTRUMENT_HEAD, HeadSpec, build_model
 
     heads = [HeadSpec("body_part", body_parts), INSTRUMENT_HEAD]
     if fracture is not None:

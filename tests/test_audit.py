@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from xreg.card import shipped_weights
 from xreg.cli import app
 from xreg.config import SortOptions
 from xreg.errors import ConfigError
+from xreg.model.card import shipped_weights
 from xreg.sort.audit import audit_headers, load_vocabulary, normalise
 from xreg.sort.runner import run_sort
 from xreg.synth.generate import generate_dataset

@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from xreg.checkpoint import load_checkpoint
 from xreg.cli import app
 from xreg.errors import ConfigError
 from xreg.evaluation.calibrate import choose_min_confidence
+from xreg.model.checkpoint import load_checkpoint
 from xreg.synth.generate import generate_dataset
 
 
@@ -62,7 +62,7 @@ def test_cli_calibrate_writes_the_threshold_into_the_card(
 
 def test_operating_point_is_the_lowest_threshold_meeting_both_targets() -> None:
     from xreg.evaluation.calibrate import choose_operating_point
-    from xreg.models import EXTENDED_BODY_PARTS
+    from xreg.model.models import EXTENDED_BODY_PARTS
 
     labels = EXTENDED_BODY_PARTS
     hand, wrist, forearm = (labels.index(x) for x in ("hand", "wrist", "forearm"))
@@ -86,7 +86,7 @@ def test_operating_point_is_the_lowest_threshold_meeting_both_targets() -> None:
 
 def test_operating_point_on_label_sets_counts_a_folder_in_the_set_as_right() -> None:
     from xreg.evaluation.calibrate import choose_operating_point
-    from xreg.models import EXTENDED_BODY_PARTS
+    from xreg.model.models import EXTENDED_BODY_PARTS
 
     labels = EXTENDED_BODY_PARTS
     hand, wrist = labels.index("hand"), labels.index("wrist")
@@ -106,9 +106,9 @@ def test_cli_operating_point_writes_the_threshold_into_the_card(tmp_path: Path) 
 
     from typer.testing import CliRunner
 
-    from xreg.checkpoint import load_checkpoint
     from xreg.cli import app
-    from xreg.models import EXTENDED_BODY_PARTS
+    from xreg.model.checkpoint import load_checkpoint
+    from xreg.model.models import EXTENDED_BODY_PARTS
 
     from .conftest import biased_checkpoint
 

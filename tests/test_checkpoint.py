@@ -1,4 +1,4 @@
-"""Tests for xreg.checkpoint: model cards, safe save/load, sha256."""
+"""Tests for xreg.model.checkpoint: model cards, safe save/load, sha256."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import torch
 
-from xreg.checkpoint import (
+from xreg.errors import CheckpointError
+from xreg.model.checkpoint import (
     LoadedModel,
     ModelCard,
     file_sha256,
@@ -20,8 +21,7 @@ from xreg.checkpoint import (
     make_random_checkpoint,
     save_checkpoint,
 )
-from xreg.errors import CheckpointError
-from xreg.models import BODY_PARTS, STANDARD_HEADS, HeadSpec, MultiHeadNet, build_model
+from xreg.model.models import BODY_PARTS, STANDARD_HEADS, HeadSpec, MultiHeadNet, build_model
 
 ARCH, SIZE = "mobilenet_v3_small", 64
 

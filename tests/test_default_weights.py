@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from xreg.checkpoint import DEFAULT_WEIGHTS, default_weights, file_sha256, load_checkpoint
 from xreg.cli import app
 from xreg.evaluation.evaluate import evaluate
-from xreg.models import EXTENDED_BODY_PARTS
+from xreg.model.checkpoint import DEFAULT_WEIGHTS, default_weights, file_sha256, load_checkpoint
+from xreg.model.models import EXTENDED_BODY_PARTS
 from xreg.synth.generate import generate_dataset
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "xreg" / "weights" / DEFAULT_WEIGHTS

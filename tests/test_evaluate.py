@@ -15,7 +15,6 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import xreg.evaluation.evaluate as evaluate_module
-from xreg.checkpoint import ModelCard, load_checkpoint, save_checkpoint
 from xreg.cli import app
 from xreg.datasets import LabelledImage, load_labels
 from xreg.errors import ConfigError
@@ -24,7 +23,14 @@ from xreg.evaluation.metrics import roc_auc
 from xreg.evaluation.report import write_report
 from xreg.evaluation.sorting import RISK_COVERAGE_THRESHOLDS, risk_coverage, score_sorting
 from xreg.inference.predict import Prediction, SourceFile
-from xreg.models import BODY_PARTS, EXTENDED_BODY_PARTS, INSTRUMENT_HEAD, HeadSpec, build_model
+from xreg.model.checkpoint import ModelCard, load_checkpoint, save_checkpoint
+from xreg.model.models import (
+    BODY_PARTS,
+    EXTENDED_BODY_PARTS,
+    INSTRUMENT_HEAD,
+    HeadSpec,
+    build_model,
+)
 from xreg.synth.generate import generate_dataset
 
 RESAMPLES = 200

@@ -13,14 +13,14 @@ from PIL import Image
 from scipy import ndimage
 from typer.testing import CliRunner
 
-from xreg.checkpoint import LoadedModel, ModelCard, load_checkpoint
 from xreg.cli import app
 from xreg.explain import METHODS, Attribution, attribute, write_overlay
-from xreg.models import STANDARD_HEADS, build_model
+from xreg.model.checkpoint import LoadedModel, ModelCard, load_checkpoint
+from xreg.model.models import STANDARD_HEADS, build_model
+from xreg.model.transforms import Preprocessor
 from xreg.synth.generate import generate_dataset, render_phantom
 from xreg.synth.hardware import compatible_instruments
 from xreg.synth.spec import BODY_PARTS, PhantomSpec
-from xreg.transforms import Preprocessor
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "xreg" / "weights"
 
@@ -157,9 +157,9 @@ def test_an_overlay_explains_the_probability_the_sort_records(tmp_path: Path,
                                                              inputs: tuple[Path, dict]) -> None:
     # The attribution's input is decoded as the sort decodes it (not at display size),
     # so the caption's probability is the registry's.
-    from xreg.checkpoint import default_weights, load_checkpoint
     from xreg.heatmaps import explain_files
     from xreg.inference.predict import SourceFile, predict_files
+    from xreg.model.checkpoint import default_weights, load_checkpoint
 
     loaded = load_checkpoint(default_weights().with_name("bodypart_instrument_phantom.pt"))
     _, files = inputs

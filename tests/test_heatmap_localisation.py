@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 
 import xreg.explain
-from xreg.checkpoint import ModelCard, save_checkpoint
 from xreg.explain import METHODS, Attribution
-from xreg.models import BODY_PART_HEAD, INSTRUMENT_HEAD, HeadSpec, build_model
+from xreg.model.checkpoint import ModelCard, save_checkpoint
+from xreg.model.models import BODY_PART_HEAD, INSTRUMENT_HEAD, HeadSpec, build_model
 
 REPO = Path(__file__).resolve().parents[1]
 FRACATLAS = Path(__file__).resolve().parents[2] / "shared/data/fracatlas"

@@ -14,14 +14,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from xreg.checkpoint import load_checkpoint, make_random_checkpoint
 from xreg.cli import app
 from xreg.errors import ConfigError
 from xreg.inference.pairs import predict_pairs
+from xreg.model.checkpoint import load_checkpoint, make_random_checkpoint
+from xreg.model.transforms import Preprocessor
 from xreg.registry import SCHEMA_VERSION, Registry
 from xreg.registry._schema import _MIGRATIONS
 from xreg.synth.generate import generate_dataset
-from xreg.transforms import Preprocessor
 
 from .conftest import sha256_of
 
@@ -200,8 +200,8 @@ def test_sort_hip_pairs_from_the_sorts_own_predictions(
 
 def _hip_classifier(path: Path) -> Path:
     """A classifier that calls every film a hip, with a fracture head at p = 0.881."""
-    from xreg.checkpoint import ModelCard, save_checkpoint
-    from xreg.models import FRACTURE_HEAD, STANDARD_HEADS, VIEW_HEAD, build_model
+    from xreg.model.checkpoint import ModelCard, save_checkpoint
+    from xreg.model.models import FRACTURE_HEAD, STANDARD_HEADS, VIEW_HEAD, build_model
 
     heads = (*STANDARD_HEADS, VIEW_HEAD, FRACTURE_HEAD)
     torch.manual_seed(0)

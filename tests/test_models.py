@@ -1,4 +1,4 @@
-"""Tests for xreg.models: the backbone registry and the multi-head network."""
+"""Tests for xreg.model.models: the backbone registry and the multi-head network."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torchvision.models as tvm
 from torch import nn
 
 from xreg.errors import CheckpointError, ConfigError
-from xreg.models import (
+from xreg.model.models import (
     ARCHS,
     BODY_PARTS,
     STANDARD_HEADS,
@@ -233,14 +233,14 @@ def test_inference_model_keeps_the_logits(arch):
 
 
 def test_the_torch_free_lists_agree_with_torch() -> None:
-    # xreg.labels names archs and reserved head names without importing torch; a
+    # xreg.model.labels names archs and reserved head names without importing torch; a
     # new arch or a torch release with new nn.Module attributes must update them.
     import re
 
     from torch import nn
 
-    from xreg.labels import ARCH_NAMES, TORCH_RESERVED
-    from xreg.models import ARCHS
+    from xreg.model.labels import ARCH_NAMES, TORCH_RESERVED
+    from xreg.model.models import ARCHS
 
     assert ARCH_NAMES == tuple(ARCHS)
     torch_names = {n for n in dir(nn.ModuleDict()) if re.match(r"^[a-z][a-z0-9_]*$", n)}

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from xreg.checkpoint import default_weights, load_checkpoint
 from xreg.cli import app
 from xreg.datasets import load_labels
 from xreg.io import try_load_image
-from xreg.models import BODY_PARTS, EXTENDED_BODY_PARTS
+from xreg.model.checkpoint import default_weights, load_checkpoint
+from xreg.model.models import BODY_PARTS, EXTENDED_BODY_PARTS
 from xreg.train.split import split_groups
 
 from .conftest import sha256_of

@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import biased_checkpoint, make_old, sha256_of
 from tests.test_crash_safety import make_pngs
 from xreg.config import SortOptions
-from xreg.models import BODY_PARTS
+from xreg.model.models import BODY_PARTS
 from xreg.registry import Registry
 from xreg.registry.export import manifest_rows
 from xreg.registry.reviews import Review, add_review, review_queue
@@ -218,7 +218,7 @@ def test_sigkill_during_apply_loses_nothing(tmp_path: Path, knee_model: Path) ->
 def test_review_queue_is_least_confident_first_and_export_prefers_reviews(
         tmp_path: Path) -> None:
     from tests.conftest import write_inputs
-    from xreg.checkpoint import default_weights
+    from xreg.model.checkpoint import default_weights
 
     # Trained weights: a random network gives every film the same probabilities.
     weights = default_weights().with_name("bodypart_instrument_phantom.pt")

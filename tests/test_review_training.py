@@ -13,7 +13,7 @@ from tests.conftest import biased_checkpoint
 from tests.test_crash_safety import make_pngs
 from xreg.cli import app
 from xreg.config import SortOptions
-from xreg.models import BODY_PARTS
+from xreg.model.models import BODY_PARTS
 from xreg.registry import Registry
 from xreg.registry.reviews import Review, add_review
 from xreg.sort.runner import run_sort

@@ -16,8 +16,6 @@ from pydicom.data import get_testdata_file
 from typer.testing import CliRunner
 
 from tests.conftest import DICOM_SAMPLES, make_old, write_inputs
-from xreg.card import shipped_weights
-from xreg.checkpoint import make_random_checkpoint
 from xreg.cli import app
 from xreg.config import SortOptions
 from xreg.errors import ConfigError
@@ -27,6 +25,8 @@ from xreg.inference.predict import SourceFile, predict_files
 from xreg.inference.preprocess import Preprocessor
 from xreg.inference.runtime import load_model, onnx_path
 from xreg.io import load_image, try_load_image
+from xreg.model.card import shipped_weights
+from xreg.model.checkpoint import make_random_checkpoint
 from xreg.sort.runner import run_sort
 from xreg.synth.generate import generate_dataset
 

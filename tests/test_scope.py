@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from xreg.cli import app
-from xreg.models import BODY_PARTS, EXTENDED_BODY_PARTS
+from xreg.model.models import BODY_PARTS, EXTENDED_BODY_PARTS
 from xreg.sort.placement import REVIEW_DIR
 from xreg.sort.scope import body_part_scope, decide_placement
 

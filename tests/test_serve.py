@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from tests.conftest import biased_checkpoint, write_inputs  # noqa: E402
 from xreg.config import SortOptions  # noqa: E402
-from xreg.models import BODY_PARTS  # noqa: E402
+from xreg.model.models import BODY_PARTS  # noqa: E402
 from xreg.serve.app import create_app  # noqa: E402
 from xreg.serve.config import ServeConfig  # noqa: E402
 from xreg.sort.folders import output_lock  # noqa: E402

@@ -30,8 +30,8 @@ from typing import Any
 
 import pytest
 
-from xreg.checkpoint import load_checkpoint
 from xreg.config import SortOptions
+from xreg.model.checkpoint import load_checkpoint
 from xreg.sort.runner import run_sort
 from xreg.synth.generate import generate_dataset
 

@@ -13,15 +13,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from xreg.checkpoint import ModelCard, load_checkpoint
 from xreg.cli import app
 from xreg.datasets import LabelledImage, load_labels
 from xreg.errors import CheckpointError, ConfigError
+from xreg.model.checkpoint import ModelCard, load_checkpoint
+from xreg.model.transforms import augment_batch
 from xreg.synth.generate import generate_dataset
 from xreg.train import Callbacks, TrainConfig, load_train_config, train
 from xreg.train.loop import Tensors, _sample_order
 from xreg.train.split import SPLITS, assign_splits, plan_split
-from xreg.transforms import augment_batch
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(arch="mobilenet_v3_small", input_size=64, pretrained="none", lr=2e-3,

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from xreg.checkpoint import load_checkpoint
 from xreg.datasets import LabelledImage, load_labels
 from xreg.errors import ConfigError
-from xreg.models import EXTENDED_BODY_PARTS, INSTRUMENT_HEAD, HeadSpec, build_model
+from xreg.model.checkpoint import load_checkpoint
+from xreg.model.models import EXTENDED_BODY_PARTS, INSTRUMENT_HEAD, HeadSpec, build_model
 from xreg.synth.generate import generate_dataset
 from xreg.train import TrainConfig, load_train_config, train
 from xreg.train.config import DataSource
@@ -268,7 +268,7 @@ def test_no_data_anywhere_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_affine_and_intensity_augmentation_is_seeded_bounded_and_pair_aware() -> None:
-    from xreg.transforms import augment_batch
+    from xreg.model.transforms import augment_batch
 
     x = torch.rand(6, 2, 32, 32)
     kw = dict(hflip=False, rot90=False, rotate=10.0, scale=0.1, shift=0.05, intensity=0.2)

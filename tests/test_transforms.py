@@ -1,4 +1,4 @@
-"""Tests for xreg.transforms: preprocessing derived from the model card."""
+"""Tests for xreg.model.transforms: preprocessing derived from the model card."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from xreg.checkpoint import ModelCard
 from xreg.errors import UnreadableImageError
-from xreg.models import STANDARD_HEADS
-from xreg.transforms import Preprocessor, preprocess
+from xreg.model.checkpoint import ModelCard
+from xreg.model.models import STANDARD_HEADS
+from xreg.model.transforms import Preprocessor, preprocess
 
 SIZE, MEAN, STD = 64, 0.4, 0.2
 

@@ -72,5 +72,5 @@ def test_the_slim_wheel_sorts_hip_scores_and_queries_without_torch(
     assert exported.returncode == 0 and len(json.loads(exported.stdout)) == 14
     train = _run([str(slim / "xreg"), "train", "x.yaml"], cwd=cwd)
     assert train.returncode == 2 and 'pip install "xreg[train]"' in train.stderr
-    where = _run([python, "-c", "import xreg.card as c; print(c.default_weights())"], cwd=cwd)
+    where = _run([python, "-c", "import xreg.model.card as c; print(c.default_weights())"], cwd=cwd)
     assert "site-packages" in where.stdout and where.stdout.strip().endswith(".pt")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from xreg.errors import ConfigError
 from xreg.io import find_images
-from xreg.labels import BODY_PARTS, INSTRUMENT_LABELS, VIEW_LABELS
+from xreg.model.labels import BODY_PARTS, INSTRUMENT_LABELS, VIEW_LABELS
 
 __all__ = ["PAIR_COLUMNS", "REQUIRED_COLUMNS", "HipPair", "LabelledImage", "load_labels",
            "load_pairs", "parse_body_parts"]
@@ -156,7 +156,7 @@ def _registry_rows(root: Path, body_parts: Sequence[str],
     None when ``root`` has no registry xreg can read: then its folders label it.
     """
     from xreg.errors import RegistryError
-    from xreg.labels import OTHER
+    from xreg.model.labels import OTHER
     from xreg.registry import Registry
     from xreg.registry.export import manifest_rows
 

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 from torch import Tensor, nn
 
-from xreg.checkpoint import LoadedModel
 from xreg.errors import ConfigError
-from xreg.models import MultiHeadNet
+from xreg.model.checkpoint import LoadedModel
+from xreg.model.models import MultiHeadNet
 
 __all__ = ["METHODS", "Attribution", "attribute", "write_overlay"]
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xreg.checkpoint import LoadedModel
 from xreg.explain import Attribution, attribute, write_overlay
 from xreg.io import try_load_image
-from xreg.transforms import Preprocessor, join_views, resize_grey
+from xreg.model.checkpoint import LoadedModel
+from xreg.model.transforms import Preprocessor, join_views, resize_grey
 
 __all__ = ["HEATMAP_DIR", "Explained", "add_sort_heatmaps", "explain_files", "explain_pairs"]
 

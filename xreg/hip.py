@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from xreg import __version__
-from xreg.card import default_weights
 from xreg.datasets import load_pairs
 from xreg.errors import ConfigError
 from xreg.hashing import file_sha256
 from xreg.inference.pairs import predict_pairs
 from xreg.inference.predict import Prediction, predict_files
 from xreg.inference.runtime import Model, load_model
+from xreg.model.card import default_weights
 from xreg.pairing import (
     HipImage,
     HipStudy,
@@ -45,7 +45,7 @@ from xreg.sort.placement import Move, apply_move, sanitise
 from xreg.sort.runner import REGISTRY_NAME
 
 if TYPE_CHECKING:
-    from xreg.checkpoint import LoadedModel
+    from xreg.model.checkpoint import LoadedModel
 
 __all__ = ["HIP_WEIGHTS", "HipOptions", "HipResult", "ScoredStudy", "hip_weights", "run_hip"]
 
@@ -236,7 +236,7 @@ def run_hip(in_root: Path, options: HipOptions,
     if options.joined is not None:
         scored = [_write_joined(s, options.joined, hip_model) for s in scored]
     if options.heatmaps:  # attributions need the torch checkpoint itself
-        from xreg.checkpoint import load_checkpoint
+        from xreg.model.checkpoint import load_checkpoint
 
         scored = _add_heatmaps(scored, options.heatmap_root or out,
                                load_checkpoint(hip_weights(options.weights)))

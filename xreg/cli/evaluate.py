@@ -73,8 +73,8 @@ def evaluate_cmd(
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
 ) -> None:
     require_train("xreg evaluate")
-    from xreg.checkpoint import load_checkpoint
     from xreg.evaluation.evaluate import evaluate
+    from xreg.model.checkpoint import load_checkpoint
 
     with handle_errors():
         loaded = load_checkpoint(weights)  # once: both paths below take it as it is

@@ -54,9 +54,9 @@ def explain_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     require_train("xreg explain")
-    from xreg.checkpoint import default_weights, load_checkpoint
     from xreg.errors import ConfigError
     from xreg.heatmaps import explain_files, explain_pairs
+    from xreg.model.checkpoint import default_weights, load_checkpoint
     from xreg.sort.placement import sanitise
 
     with handle_errors():

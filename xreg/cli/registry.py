@@ -208,7 +208,7 @@ def weights_info(
             card, sha = read_onnx_metadata(path)
         else:
             require_train("xreg weights info", ("torch", "torchvision"))
-            from xreg.checkpoint import load_checkpoint
+            from xreg.model.checkpoint import load_checkpoint
 
             loaded = load_checkpoint(path)
             card, sha = loaded.card, loaded.sha256
@@ -247,7 +247,7 @@ def weights_random(
 ) -> None:
     """Write a RANDOM-weight checkpoint (tests, benchmarks, the placeholder demo)."""
     require_train("xreg weights random", ("torch", "torchvision"))
-    from xreg.checkpoint import make_random_checkpoint
+    from xreg.model.checkpoint import make_random_checkpoint
 
     with handle_errors():
         sha = make_random_checkpoint(path, arch=arch, input_size=input_size, seed=seed)

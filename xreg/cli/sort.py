@@ -170,8 +170,8 @@ def sort_cmd(
             result = run_sort(in_dir, out_dir, options, reporter)
         drawn = None
         if heatmaps and not options.dry_run:
-            from xreg.checkpoint import default_weights, load_checkpoint
             from xreg.heatmaps import add_sort_heatmaps
+            from xreg.model.checkpoint import default_weights, load_checkpoint
 
             drawn = add_sort_heatmaps(
                 out_dir, options.registry or out_dir / "registry.sqlite",

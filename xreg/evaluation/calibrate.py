@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from xreg.checkpoint import LoadedModel, load_checkpoint, save_checkpoint
 from xreg.errors import ConfigError
 from xreg.inference.predict import SourceFile, predict_files, resolve_device
 from xreg.io import find_images
+from xreg.model.checkpoint import LoadedModel, load_checkpoint, save_checkpoint
 
 __all__ = ["Calibration", "OperatingPoint", "calibrate_checkpoint", "choose_min_confidence",
            "choose_operating_point", "set_operating_point", "top_confidences"]

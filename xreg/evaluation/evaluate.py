@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from xreg.checkpoint import LoadedModel, ModelCard, load_checkpoint
 from xreg.datasets import LabelledImage, load_labels
 from xreg.errors import ConfigError
 from xreg.evaluation.bootstrap import json_number
@@ -33,6 +32,7 @@ from xreg.evaluation.sorting import (
     score_sorting,
 )
 from xreg.inference.predict import SourceFile, predict_files, resolve_device
+from xreg.model.checkpoint import LoadedModel, ModelCard, load_checkpoint
 
 __all__ = ["Evaluation", "Misclassified", "Skipped", "evaluate", "evaluate_images", "score"]
 

@@ -17,13 +17,13 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from xreg.checkpoint import LoadedModel, ModelCard, load_checkpoint
 from xreg.datasets import HipPair, load_pairs
 from xreg.errors import ConfigError
 from xreg.evaluation.evaluate import Misclassified, Skipped, select_split
 from xreg.evaluation.metrics import Estimate, binary_metrics
 from xreg.inference.pairs import predict_pairs
 from xreg.inference.predict import resolve_device
+from xreg.model.checkpoint import LoadedModel, ModelCard, load_checkpoint
 
 __all__ = ["PairEvaluation", "evaluate_pair_list", "evaluate_pairs", "write_pair_report"]
 

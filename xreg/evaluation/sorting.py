@@ -20,7 +20,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from xreg.errors import ConfigError
 from xreg.evaluation.bootstrap import Estimate, json_number, share_metrics
-from xreg.labels import BODY_PARTS, LONG_BONES
+from xreg.model.labels import BODY_PARTS, LONG_BONES
 from xreg.sort.scope import decide_placement
 
 __all__ = ["REVIEW_FOLDER", "RISK_COVERAGE_THRESHOLDS", "CoverageRow", "SortingReport",
@@ -45,6 +45,9 @@ class SortingReport:
     those of them that were sorted, the share in the right folder; the
     ``_in_set`` variants count a prediction anywhere in the truth's label set
     as right. ``review_rate``: of all films, the share sent to ``_review``.
+    ``wrong_folder``: of all films, the share sorted into a folder outside
+    the truth's label set (an ``other`` film in any folder; a long-bone film
+    in its own long-bone folder is right).
     ``outside_nine_into_nine``: of the films that are none of the nine, the
     share sorted into one of the nine folders (nan when there are none).
     ``long_bone_correct_folder`` is None for a model without long-bone labels.
@@ -59,6 +62,7 @@ class SortingReport:
     correct_folder_in_set: Estimate
     accuracy_among_sorted_in_set: Estimate
     review_rate: Estimate
+    wrong_folder: Estimate
     outside_nine_into_nine: Estimate
     long_bone_correct_folder: Estimate | None
     counts: dict[str, Any]
@@ -81,6 +85,7 @@ class SortingReport:
             "correct_folder_in_set": _est(self.correct_folder_in_set),
             "accuracy_among_sorted_in_set": _est(self.accuracy_among_sorted_in_set),
             "review_rate": _est(self.review_rate),
+            "wrong_folder": _est(self.wrong_folder),
             "outside_nine_into_nine": _est(self.outside_nine_into_nine),
             "outside_nine_into_nine_in_set": _est(self.outside_nine_into_nine_in_set),
             "long_bone_correct_folder": _est(self.long_bone_correct_folder),
@@ -185,6 +190,7 @@ def score_sorting(
         "correct_folder_in_set": (placed & in_set, nine),
         "accuracy_among_sorted_in_set": (in_set, nine & placed),
         "review_rate": (~placed, everyone),
+        "wrong_folder": (placed & ~in_set, everyone),
         "outside_nine_into_nine": (into_nine, ~nine),
         "outside_nine_into_nine_in_set": (into_nine & ~in_set, ~nine),
         "long_bone_correct_folder": (placed & right, long_bone),
@@ -206,10 +212,12 @@ def score_sorting(
         correct_folder_in_set=est["correct_folder_in_set"],
         accuracy_among_sorted_in_set=est["accuracy_among_sorted_in_set"],
         review_rate=est["review_rate"],
+        wrong_folder=est["wrong_folder"],
         outside_nine_into_nine=est["outside_nine_into_nine"],
         outside_nine_into_nine_in_set=est["outside_nine_into_nine_in_set"],
         long_bone_correct_folder=est["long_bone_correct_folder"] if has_long_bones else None,
         counts={"images": int(len(y)), "review": int((~placed).sum()),
+                "wrong_folder": int((placed & ~in_set).sum()),
                 "nine": int(nine.sum()), "sorted_nine": int((nine & placed).sum()),
                 "outside_nine": int((~nine).sum()), "long_bone": int(long_bone.sum()),
                 "per_class": {label: int((y == labels.index(label)).sum())

@@ -43,7 +43,7 @@ def export_onnx(checkpoint: Path, out: Path | None = None, *,
     except ImportError as exc:
         raise ConfigError(f'exporting needs torch and onnx: pip install "xreg[train]" '
                           f"({exc.name} is missing)") from None
-    from xreg.checkpoint import load_checkpoint
+    from xreg.model.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(checkpoint)
     card = loaded.card

@@ -22,7 +22,7 @@ from xreg.inference.runtime import Model, as_model
 from xreg.io import try_load_image
 
 if TYPE_CHECKING:
-    from xreg.checkpoint import LoadedModel
+    from xreg.model.checkpoint import LoadedModel
 
 __all__ = ["PairPrediction", "decode_pair", "predict_pairs"]
 

@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from xreg.card import ModelCard
 from xreg.errors import ConfigError
 from xreg.inference.preprocess import Preprocessor
 from xreg.inference.runtime import Model, as_model, inference_model, resolve_device
 from xreg.io import ImageMeta, try_load_image
+from xreg.model.card import ModelCard
 
 if TYPE_CHECKING:
-    from xreg.checkpoint import LoadedModel
+    from xreg.model.checkpoint import LoadedModel
 
 __all__ = ["Prediction", "SourceFile", "decide", "decode_source", "inference_model",
            "predict_files", "resolve_device", "softmax"]

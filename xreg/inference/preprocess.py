@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from xreg.card import ModelCard
 from xreg.errors import UnreadableImageError
+from xreg.model.card import ModelCard
 
 __all__ = ["Preprocessor", "join_views", "resize_grey"]
 

@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from xreg.card import ModelCard
 from xreg.errors import CheckpointError, ConfigError
 from xreg.hashing import file_sha256
+from xreg.model.card import ModelCard
 
 if TYPE_CHECKING:
     import torch
 
-    from xreg.checkpoint import LoadedModel
+    from xreg.model.checkpoint import LoadedModel
 
 __all__ = ["CARD_KEY", "RUNTIMES", "SHA_KEY", "Model", "OnnxRuntime", "Runtime",
            "TorchRuntime", "as_model", "inference_model", "load_model", "onnx_path",
@@ -235,13 +235,13 @@ def load_model(weights: Path, *, runtime: str = "auto", device: str = "cpu",
     if not has_torch():
         raise ConfigError(f"{weights} needs PyTorch ({TRAIN_EXTRA}) or its ONNX export "
                           f"beside it ({onnx_path(weights).name})")
-    from xreg.checkpoint import load_checkpoint
+    from xreg.model.checkpoint import load_checkpoint
 
     return as_model(load_checkpoint(weights), device)
 
 
 def as_model(model: Model | LoadedModel, device: Any = None) -> Model:
-    """A :class:`Model`; a torch :class:`~xreg.checkpoint.LoadedModel` gets the torch runtime.
+    """A :class:`Model`; a torch :class:`~xreg.model.checkpoint.LoadedModel` gets the torch runtime.
 
     ``device`` (a name or a ``torch.device``) applies to a LoadedModel only.
     """

@@ -24,7 +24,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from xreg import __version__
-from xreg.checkpoint import LoadedModel, default_weights, load_checkpoint
+from xreg.model.checkpoint import LoadedModel, default_weights, load_checkpoint
 from xreg.registry import Registry
 from xreg.serve.config import ServeConfig
 from xreg.serve.security import Gate, check_csrf

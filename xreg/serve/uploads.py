@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xreg.checkpoint import LoadedModel, load_checkpoint
 from xreg.config import SortOptions
 from xreg.inference.predict import SourceFile, predict_files
 from xreg.inference.runtime import Model, as_model
 from xreg.io.detect import SNIFF_BYTES, sniff_format
+from xreg.model.checkpoint import LoadedModel, load_checkpoint
 from xreg.sort.placement import sanitise
 from xreg.sort.record import placement
 from xreg.sort.runner import SortResult, sort_sources

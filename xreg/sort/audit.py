@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from xreg.errors import ConfigError
-from xreg.labels import EXTENDED_BODY_PARTS, VIEW_LABELS
+from xreg.model.labels import EXTENDED_BODY_PARTS, VIEW_LABELS
 
 __all__ = ["VERDICTS", "HeaderAudit", "Vocabulary", "audit_headers", "load_vocabulary"]
 

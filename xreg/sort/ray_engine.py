@@ -57,7 +57,7 @@ class RayOptions:
 def _decode_batch(batch: dict[str, np.ndarray], card: dict[str, Any],
                   known: Container[str]) -> dict[str, np.ndarray]:
     """Ray Data map task: read, hash, decode, preprocess (the local engine's step)."""
-    from xreg.card import ModelCard
+    from xreg.model.card import ModelCard
 
     pre = Preprocessor(ModelCard.from_dict(card))
     done = [decode_source(SourceFile(Path(p), int(s), int(m)), pre, known)

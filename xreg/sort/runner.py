@@ -17,11 +17,11 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Protocol
 
 from xreg import __version__
-from xreg.card import default_weights
 from xreg.config import SortOptions
 from xreg.errors import XregError
 from xreg.inference.predict import Prediction, SourceFile, predict_files
 from xreg.inference.runtime import Model, as_model, load_model
+from xreg.model.card import default_weights
 from xreg.registry import ImageRecord, Pseudonymiser, Registry
 from xreg.sort.audit import Vocabulary, audit_headers, load_vocabulary
 from xreg.sort.folders import check_folders, output_lock, scan_inputs
@@ -38,7 +38,7 @@ from xreg.sort.record import image_fields, layout_fields, placement
 from xreg.sort.scope import Placement
 
 if TYPE_CHECKING:
-    from xreg.checkpoint import LoadedModel
+    from xreg.model.checkpoint import LoadedModel
 
 REGISTRY_NAME = "registry.sqlite"
 STATUSES = ("sorted", "review", "unreadable", "duplicate", "already_done", "too_new", "failed")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from xreg.labels import BODY_PARTS, LONG_BONES, OTHER
+from xreg.model.labels import BODY_PARTS, LONG_BONES, OTHER
 
 __all__ = ["SCOPES", "Placement", "body_part_scope", "decide_placement"]
 

@@ -15,14 +15,14 @@ from typing import Any
 
 from xreg.config import read_section
 from xreg.errors import ConfigError
-from xreg.models import ARCHS, KNOWN_HEADS
+from xreg.model.models import ARCHS, KNOWN_HEADS
 
 __all__ = ["BODY_PART_SETS", "PRETRAINED", "DataSource", "TrainConfig", "load_train_config"]
 
 PRETRAINED = ("imagenet", "none")
 TASKS = ("body_part", "hip_fracture")
 #: ``nine``: the thesis's classes; ``extended``: also forearm, humerus, lower_leg,
-#: femur and ``other`` (see :data:`xreg.models.EXTENDED_BODY_PARTS`).
+#: femur and ``other`` (see :data:`xreg.model.models.EXTENDED_BODY_PARTS`).
 BODY_PART_SETS = ("nine", "extended")
 _SYNTH_KEYS = {"count": int, "seed": int, "out_of_scope": int, "size": int,
                "hip_pairs": int}

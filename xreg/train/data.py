@@ -3,7 +3,7 @@
 Training reads every image every epoch; decoding a 10 MB DICOM each time
 would dominate a CPU run. So each image is decoded once, exactly as
 inference decodes it (``load_image`` at the model's size, then
-:func:`xreg.transforms.resize_grey`), and kept as float16. The cache file is
+:func:`xreg.model.transforms.resize_grey`), and kept as float16. The cache file is
 reused only while every file's path, size and mtime are unchanged.
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from xreg.io import try_load_image
-from xreg.transforms import resize_grey
+from xreg.model.transforms import resize_grey
 
 __all__ = ["DecodedSet", "decode_images"]
 

@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 
 from xreg.errors import CheckpointError
-from xreg.models import MultiHeadNet
+from xreg.model.models import MultiHeadNet
+from xreg.model.transforms import augment_batch, join_views
 from xreg.train.config import TrainConfig
-from xreg.transforms import augment_batch, join_views
 
 __all__ = ["Callbacks", "EpochLog", "FitResult", "Tensors", "fit", "predict_tensors",
            "set_label_loss"]

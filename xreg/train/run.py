@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from xreg.checkpoint import LoadedModel, ModelCard, save_checkpoint
 from xreg.errors import CheckpointError, ConfigError, MetricsInputError
 from xreg.evaluation.evaluate import Evaluation
 from xreg.evaluation.metrics import youden_threshold
 from xreg.evaluation.pairs import PairEvaluation
 from xreg.inference.predict import resolve_device
-from xreg.models import build_model, load_imagenet_backbone
+from xreg.model.checkpoint import LoadedModel, ModelCard, save_checkpoint
+from xreg.model.models import build_model, load_imagenet_backbone
 from xreg.train.config import TrainConfig
 from xreg.train.data import decode_images
 from xreg.train.loop import (

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from xreg.datasets import LabelledImage, load_labels
 from xreg.errors import ConfigError
-from xreg.models import OTHER
+from xreg.model.models import OTHER
 from xreg.train.config import DataSource
 
 __all__ = ["load_sources", "synth_folder"]

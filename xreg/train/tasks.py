@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
-from xreg.checkpoint import LoadedModel
 from xreg.datasets import HipPair, LabelledImage, load_labels, load_pairs
 from xreg.errors import ConfigError
-from xreg.models import BODY_PARTS, EXTENDED_BODY_PARTS, KNOWN_HEADS, HeadSpec
+from xreg.model.checkpoint import LoadedModel
+from xreg.model.models import BODY_PARTS, EXTENDED_BODY_PARTS, KNOWN_HEADS, HeadSpec
 from xreg.train.config import DataSource, TrainConfig
 from xreg.train.loop import IGNORE
 from xreg.train.sources import load_sources

@@ -20,16 +20,16 @@ from typing import Any
 
 import torch
 
-from xreg.card import (
+from xreg.errors import CheckpointError, ConfigError
+from xreg.hashing import file_sha256
+from xreg.model.card import (
     CARD_FORMAT_VERSION,
     DEFAULT_WEIGHTS,
     ModelCard,
     default_weights,
     shipped_weights,
 )
-from xreg.errors import CheckpointError, ConfigError
-from xreg.hashing import file_sha256
-from xreg.models import (
+from xreg.model.models import (
     FRACTURE_HEAD,
     STANDARD_HEADS,
     MultiHeadNet,

@@ -17,7 +17,7 @@ from typing import Any
 
 from xreg import __version__
 from xreg.errors import CheckpointError, ConfigError
-from xreg.labels import ARCH_NAMES, HeadSpec
+from xreg.model.labels import ARCH_NAMES, HeadSpec
 
 __all__ = ["CARD_FORMAT_VERSION", "DEFAULT_WEIGHTS", "ModelCard", "default_weights",
            "shipped_weights"]

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xreg.card import ModelCard
 from xreg.inference.preprocess import Preprocessor as _Steps
 from xreg.inference.preprocess import resize_grey as _resize
+from xreg.model.card import ModelCard
 
 __all__ = ["Preprocessor", "augment_batch", "join_views", "preprocess", "resize_grey"]
 

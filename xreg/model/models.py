@@ -1,7 +1,7 @@
 """Backbone registry over torchvision and the multi-head classifier.
 
 Building a model never reads a file or downloads anything; weights are loaded
-in a second, explicit step (``xreg.checkpoint.load_checkpoint`` or
+in a second, explicit step (``xreg.model.checkpoint.load_checkpoint`` or
 ``load_imagenet_backbone``).
 """
 
@@ -15,7 +15,7 @@ import torchvision.models as tvm
 from torch import Tensor, nn
 
 from xreg.errors import CheckpointError, ConfigError
-from xreg.labels import (
+from xreg.model.labels import (
     BODY_PART_HEAD,
     BODY_PARTS,
     EXTENDED_BODY_PARTS,

@@ -1,7 +1,7 @@
 """Labels, heads and architecture names: what a model card speaks of, without PyTorch.
 
 The sort path (ONNX Runtime) reads cards and decides folders with these
-alone; :mod:`xreg.models` builds networks from them.
+alone; :mod:`xreg.model.models` builds networks from them.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ __all__ = [
     "STANDARD_HEADS", "TORCH_RESERVED", "VIEW_HEAD", "VIEW_LABELS", "HeadSpec",
 ]
 
-#: Backbones :mod:`xreg.models` can build (a test keeps the two lists equal).
+#: Backbones :mod:`xreg.model.models` can build (a test keeps the two lists equal).
 ARCH_NAMES: tuple[str, ...] = (
     "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small", "efficientnet_b0",
     "resnet18", "resnet50", "resnet101", "vit_b_16",
