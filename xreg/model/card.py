@@ -30,7 +30,10 @@ DEFAULT_WEIGHTS = "bodypart_real.pt"
 
 
 # Card keys added after format version 1 was first written; older cards lack them.
-_OPTIONAL_KEYS = frozenset({"views"})
+_OPTIONAL_KEYS = frozenset({"views", "normalise", "guard"})
+#: Grey-level normalisation a model expects before mean/std (see
+#: :func:`xreg.inference.preprocess.normalise_intensity`).
+INTENSITY_MODES = ("none", "percentile")
 
 
 def _today() -> str:
@@ -73,6 +76,10 @@ class ModelCard:
     notes: str = ""
     format_version: int = CARD_FORMAT_VERSION
     views: int = 1  # 2: an AP and a lateral film side by side (the hip fracture model)
+    normalise: str = "none"  # none | percentile: grey levels before mean/std
+    # The unfamiliar-film guard: {"energy_max": E, ...}; a film whose body-part energy
+    # (-logsumexp of the logits) exceeds E goes to _review. Empty: no guard.
+    guard: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         def bad(key: str, why: str) -> CheckpointError:
@@ -110,6 +117,16 @@ class ModelCard:
             raise bad("std", f"must be > 0, got {self.std!r}")
         if self.views not in (1, 2) or isinstance(self.views, bool):
             raise bad("views", f"must be 1 or 2, got {self.views!r}")
+        if self.normalise not in INTENSITY_MODES:
+            raise bad("normalise", f"must be one of {', '.join(INTENSITY_MODES)}, "
+                      f"got {self.normalise!r}")
+        if not isinstance(self.guard, Mapping):
+            raise bad("guard", "must be a mapping")
+        if self.guard:
+            limit = self.guard.get("energy_max")
+            if not _is_number(limit) or not math.isfinite(limit):
+                raise bad("guard", f"energy_max must be a finite number, got {limit!r}")
+        object.__setattr__(self, "guard", _plain_json(dict(self.guard), "guard"))
         if not isinstance(self.thresholds, Mapping):
             raise bad("thresholds", "must be a mapping")
         for head, value in self.thresholds.items():
@@ -150,6 +167,8 @@ class ModelCard:
             "created": self.created,
             "notes": self.notes,
             "views": self.views,
+            "normalise": self.normalise,
+            "guard": _plain_json(self.guard, "guard"),
         }
 
     @classmethod

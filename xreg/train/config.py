@@ -15,7 +15,9 @@ from typing import Any
 
 from xreg.config import read_section
 from xreg.errors import ConfigError
+from xreg.model.card import INTENSITY_MODES
 from xreg.model.models import ARCHS, KNOWN_HEADS
+from xreg.train.augment import SITE_DEFAULTS, check_steps
 
 __all__ = ["BODY_PART_SETS", "PRETRAINED", "DataSource", "TrainConfig", "load_train_config"]
 
@@ -106,6 +108,11 @@ class TrainConfig:
     scale: float = 0.0  # random zoom by up to this fraction
     shift: float = 0.0  # random shift by up to this fraction of the side
     intensity: float = 0.0  # random gamma, contrast and brightness (e.g. 0.2)
+    # Site augmentation (xreg/train/augment.py): step -> probability; "default" takes
+    # SITE_DEFAULTS, {} or "off" switches it off.
+    site_augment: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    cache_size: int = 0  # films cached at this size for crops (0: input_size)
+    normalise: str = "none"  # none | percentile: the card's grey-level normalisation
     split: tuple[float, float, float] = (0.7, 0.2, 0.1)  # train, val, test
     seed: int = 0
     instrument_threshold: str | float = "youden"  # youden (on val) or a probability
@@ -133,6 +140,17 @@ class TrainConfig:
         for key in ("allow_random_init", "weighted_sampling", "hflip", "rot90"):
             if not isinstance(getattr(self, key), bool):
                 raise bad(key, "must be true or false")
+        steps = self.site_augment
+        if steps == "default":
+            steps = dict(SITE_DEFAULTS)
+        elif steps in ("off", None):
+            steps = {}
+        object.__setattr__(self, "site_augment", check_steps(steps))
+        if not _is_int(self.cache_size) or (self.cache_size and self.cache_size < 32):
+            raise bad("cache_size", f"must be 0 or an integer >= 32, got {self.cache_size!r}")
+        if self.normalise not in INTENSITY_MODES:
+            raise bad("normalise", f"must be one of {', '.join(INTENSITY_MODES)}, "
+                      f"not {self.normalise!r}")
         for key, lo, hi in (("dropout", 0.0, 0.99), ("label_smoothing", 0.0, 0.99),
                             ("gamma", 1e-6, 1.0), ("min_confidence", 0.0, 1.0),
                             ("balance_power", 0.0, 1.0), ("rotate", 0.0, 45.0),
@@ -193,7 +211,13 @@ class TrainConfig:
         data["heads"] = list(self.heads)
         data["split"] = list(self.split)
         data["datasets"] = [d.to_dict() for d in self.datasets]
+        data["site_augment"] = dict(self.site_augment)
         return data
+
+    @property
+    def decode_size(self) -> int:
+        """The size films are decoded and cached at (crops cut from it)."""
+        return max(self.cache_size, self.input_size)
 
     def threshold_rule(self, head: str) -> str | float:
         """How a binary head's threshold is chosen: ``youden`` or a fixed probability."""

@@ -61,11 +61,17 @@ def decode_images(
     workers: int = 2,
     on_start: Callable[[int], None] | None = None,
     on_decoded: Callable[[], None] | None = None,
+    shared_cache: Path | None = None,
 ) -> DecodedSet:
     """Decode ``paths`` to ``(N, size, size)`` float16, reusing ``cache_dir``'s cache.
 
+    With ``shared_cache``, each film is kept as a file of its own there (keyed
+    by path, size, mtime and ``size``), so runs over different subsets of the
+    same films (a leave-one-site-out sweep) decode each film once.
     Files that cannot be decoded are dropped and reported, never fatal.
     """
+    if shared_cache is not None:
+        return _decode_shared(paths, size, shared_cache, workers, on_start, on_decoded)
     key = _fingerprint(paths, size)
     if cache_dir is not None:
         cached = _read_cache(cache_dir, key)
@@ -123,3 +129,45 @@ def _write_cache(cache_dir: Path, key: str, decoded: DecodedSet) -> None:
     meta_tmp.write_text(json.dumps({"key": key, "kept": decoded.kept,
                                     "dropped": decoded.dropped}))
     os.replace(meta_tmp, meta_path)
+
+
+def _decode_shared(paths: Sequence[Path], size: int, folder: Path, workers: int,
+                   on_start: Callable[[int], None] | None,
+                   on_decoded: Callable[[], None] | None) -> DecodedSet:
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def entry(path: Path) -> Path:
+        return folder / f"{_fingerprint([path], size)[:40]}.npy"
+
+    def one(path: Path) -> NDArray[np.float16] | str:
+        cached = entry(path)
+        try:
+            pixels = np.load(cached, allow_pickle=False)
+            if pixels.shape == (size, size) and pixels.dtype == np.float16:
+                return pixels
+        except (OSError, ValueError):
+            pass
+        result = _decode_one(path, size)
+        if isinstance(result, str):
+            return result
+        tmp = cached.with_name(cached.stem + ".tmp.npy")
+        np.save(tmp, result, allow_pickle=False)
+        os.replace(tmp, cached)
+        return result
+
+    if on_start is not None:
+        on_start(len(paths))
+    pixels = np.zeros((len(paths), size, size), dtype=np.float16)
+    kept: list[int] = []
+    dropped: list[tuple[str, str]] = []
+    with ThreadPoolExecutor(max_workers=max(1, workers),
+                            thread_name_prefix="xreg-train-decode") as pool:
+        for i, result in enumerate(pool.map(one, paths)):
+            if isinstance(result, str):
+                dropped.append((str(paths[i]), result))
+            else:
+                pixels[len(kept)] = result
+                kept.append(i)
+            if on_decoded is not None:
+                on_decoded()
+    return DecodedSet(pixels[: len(kept)].copy(), kept, dropped)

@@ -29,6 +29,8 @@ from numpy.typing import NDArray
 from xreg.errors import CheckpointError
 from xreg.model.models import MultiHeadNet
 from xreg.model.transforms import augment_batch, join_views
+from xreg.inference.preprocess import normalise_intensity, resize_grey
+from xreg.train.augment import augment_film
 from xreg.train.config import TrainConfig
 
 __all__ = ["Callbacks", "EpochLog", "FitResult", "Tensors", "fit", "predict_tensors",
@@ -153,6 +155,28 @@ def _sample_order(train: Tensors, config: TrainConfig, gen: torch.Generator) -> 
                                             return_inverse=True, return_counts=True)
     weights = (1.0 / counts.double())[inverse]
     return torch.multinomial(weights, n, replacement=True, generator=gen)
+
+
+def _site_batch(pixels: torch.Tensor, config: TrainConfig, gen: torch.Generator
+                ) -> torch.Tensor:
+    """Cached films ``(B, C, C)`` -> ``(B, S, S)`` float32 at the model's input size.
+
+    With site augmentation each film is re-framed and re-processed (its own
+    NumPy generator seeded from ``gen``, so a seeded epoch is reproducible);
+    without it, a cache larger than the input is resized as the sort resizes.
+    """
+    size = config.input_size
+    if not config.site_augment and pixels.shape[-1] == size:
+        return pixels.float()
+    out = np.empty((pixels.shape[0], size, size), np.float32)
+    films = pixels.float().numpy()
+    for i, film in enumerate(films):
+        if config.site_augment:
+            seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+            out[i] = augment_film(film, size, config.site_augment, np.random.default_rng(seed))
+        else:
+            out[i] = resize_grey(film, size)
+    return torch.from_numpy(out)
 
 
 def _batches(order: torch.Tensor, size: int) -> list[torch.Tensor]:
@@ -302,9 +326,12 @@ def fit(
         right: dict[str, int] = dict.fromkeys(train.targets, 0)
         labelled: dict[str, int] = dict.fromkeys(train.targets, 0)
         for idx in _batches(order, config.batch_size):
-            x = augment_batch(train.pixels[idx].float(), gen, hflip=config.hflip,
-                              rot90=config.rot90, rotate=config.rotate, scale=config.scale,
-                              shift=config.shift, intensity=config.intensity)
+            x = augment_batch(_site_batch(train.pixels[idx], config, gen), gen,
+                              hflip=config.hflip, rot90=config.rot90, rotate=config.rotate,
+                              scale=config.scale, shift=config.shift,
+                              intensity=config.intensity)
+            if config.normalise != "none":
+                x = torch.from_numpy(normalise_intensity(x.numpy(), config.normalise))
             targets = {k: v[idx].to(device) for k, v in train.targets.items()}
             logits = model(_inputs(x, mean, std, device))
             loss = _losses(logits, targets, config.label_smoothing, config.primary_weight)

@@ -23,6 +23,7 @@ from xreg.evaluation.evaluate import Evaluation
 from xreg.evaluation.metrics import youden_threshold
 from xreg.evaluation.pairs import PairEvaluation
 from xreg.inference.predict import resolve_device
+from xreg.inference.preprocess import normalise_intensity, resize_grey
 from xreg.model.checkpoint import LoadedModel, ModelCard, save_checkpoint
 from xreg.model.models import build_model, load_imagenet_backbone
 from xreg.train.config import TrainConfig
@@ -119,11 +120,14 @@ def train(
     overwrite: bool = False,
     workers: int = 2,
     callbacks: Callbacks | None = None,
+    decode_cache: Path | None = None,
 ) -> TrainResult:
     """Train the config's task on ``data`` and write the checkpoint to ``out``.
 
     ``data`` is a manifest CSV or a sort-layout folder (task body_part), or a
     pairs CSV (task hip_fracture); None trains on the config's ``datasets``.
+    ``decode_cache`` (optional) is a folder of decoded films shared between runs
+    (a leave-one-site-out sweep decodes each film once).
     Raises ``ConfigError`` for bad data or an occupied output,
     ``CheckpointError`` when ImageNet weights are required but unavailable.
     """
@@ -153,8 +157,10 @@ def train(
     if len(rows["train"]) < 2 or not rows["val"]:
         raise ConfigError(f"too few items to train: {len(rows['train'])} train, "
                           f"{len(rows['val'])} validation")
-    train_t, val_t, dropped = _load_pixels(task, rows, config, run_dir, workers, cb)
-    train_pixels = train_t.pixels.float()
+    train_t, val_t, dropped = _load_pixels(task, rows, config, run_dir, workers, cb,
+                                           decode_cache)
+    # The card's mean/std: of the training films as the sort will show them.
+    train_pixels = _as_sorted(train_t.pixels, config).float()
     mean, std = float(train_pixels.mean()), float(train_pixels.std())
     del train_pixels
     torch.manual_seed(config.seed)
@@ -174,7 +180,7 @@ def train(
     card = ModelCard(
         name=config.name or out.stem, arch=config.arch, heads=task.heads,
         input_size=config.input_size, mean=mean, std=std, thresholds=thresholds,
-        views=task.views,
+        views=task.views, normalise=config.normalise,
         training={
             "task": config.task,
             "data": {"source": os.fspath(data) if data is not None else "datasets",
@@ -204,14 +210,26 @@ def train(
     return TrainResult(out, sha, card, run_dir, result.log, evaluation, dropped)
 
 
+def _as_sorted(pixels: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+    """Cached films -> the model's input size and grey levels, as the sort prepares them."""
+    if pixels.ndim != 3 or (pixels.shape[-1] == config.input_size
+                            and config.normalise == "none"):
+        return pixels
+    out = np.stack([normalise_intensity(resize_grey(p, config.input_size), config.normalise)
+                    for p in pixels.float().numpy()]) if len(pixels) else \
+        np.zeros((0, config.input_size, config.input_size), np.float32)
+    return torch.from_numpy(out.astype(np.float16))
+
+
 def _load_pixels(task: Task, rows: dict[str, list[int]], config: TrainConfig, run_dir: Path,
-                 workers: int, cb: Callbacks) -> tuple[Tensors, Tensors,
-                                                       list[tuple[str, str]]]:
+                 workers: int, cb: Callbacks, decode_cache: Path | None = None
+                 ) -> tuple[Tensors, Tensors, list[tuple[str, str]]]:
     """Decode train + val once (cached); an item with an unreadable file is dropped."""
     fit_rows = rows["train"] + rows["val"]
     paths = [p for i in fit_rows for p in task.paths(i)]
-    decoded = decode_images(paths, config.input_size, cache_dir=run_dir, workers=workers,
-                            on_start=cb.decode_start, on_decoded=cb.decoded)
+    decoded = decode_images(paths, config.decode_size, cache_dir=run_dir, workers=workers,
+                            on_start=cb.decode_start, on_decoded=cb.decoded,
+                            shared_cache=decode_cache)
     for path, reason in decoded.dropped:
         cb.say(f"skipped unreadable {path}: {reason}")
     row_of = {file_index: n for n, file_index in enumerate(decoded.kept)}
@@ -229,6 +247,8 @@ def _load_pixels(task: Task, rows: dict[str, list[int]], config: TrainConfig, ru
         if views > 1:
             pixels = pixels.reshape(len(members), views, *pixels.shape[1:])
         weights = task.sample_weights(members, config) if split == "train" else None
+        if split != "train":  # validation sees films as the sort shows them
+            pixels = _as_sorted(pixels, config)
         return Tensors(pixels, task.targets(members), weights)
 
     train_t, val_t = tensors("train"), tensors("val")

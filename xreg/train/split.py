@@ -136,11 +136,13 @@ def assign_splits(images: Sequence[LabelledImage], fractions: Sequence[float],
                   seed: int) -> list[str]:
     """Splits for ``images``: their own ``split`` labels if all have one, else planned.
 
-    Groups come from :func:`split_groups` (patient and duplicate cluster).
+    Groups come from :func:`split_groups` (patient and duplicate cluster);
+    strata are body parts within each source, so every site is split alike.
     """
     groups = split_groups(images)
     return given_or_planned([im.split for im in images], lambda: plan_split(
-        groups, [im.body_part for im in images], fractions, seed))
+        groups, [f"{im.source}/{im.body_part}" if im.source else im.body_part
+                 for im in images], fractions, seed))
 
 
 def write_split(path: Path, images: Sequence[LabelledImage], splits: Sequence[str]) -> None:
