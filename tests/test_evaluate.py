@@ -331,6 +331,9 @@ def test_score_sorting_by_hand() -> None:
     assert sr.correct_folder_in_set.value == pytest.approx(2 / 3)
     assert sr.accuracy_among_sorted_in_set.value == pytest.approx(1.0)
     assert sr.review_rate.value == pytest.approx(2 / 6)  # films 2 and 5
+    # Of all films, only 3 (forearm -> wrist) is sorted outside its label set:
+    # hand|wrist -> wrist and forearm -> forearm are right, other waits in _review.
+    assert sr.wrong_folder.value == pytest.approx(1 / 6)
     assert sr.outside_nine_into_nine.value == pytest.approx(1 / 3)  # film 3 of 3, 4, 5
     assert sr.outside_nine_into_nine_in_set is not None
     assert sr.outside_nine_into_nine_in_set.value == pytest.approx(1 / 3)  # wrist not in set
@@ -340,15 +343,19 @@ def test_score_sorting_by_hand() -> None:
     assert lenient.outside_nine_into_nine.value == pytest.approx(1 / 3)
     assert lenient.outside_nine_into_nine_in_set is not None
     assert lenient.outside_nine_into_nine_in_set.value == 0.0  # forearm|wrist -> wrist
+    assert lenient.wrong_folder.value == 0.0
+    strict = score_sorting(EXT, probs, truth, min_confidence=0.6, n_resamples=RESAMPLES)
+    assert strict.wrong_folder.value == pytest.approx(2 / 6)  # hand -> wrist too
     assert sr.long_bone_correct_folder is not None
     assert sr.long_bone_correct_folder.value == pytest.approx(1 / 2)  # film 4 of 3, 4
     assert sr.correct_folder_per_class["hand"].value == pytest.approx(1 / 2)
     assert sr.correct_folder_per_class["knee"].value == 0.0
     assert np.isnan(sr.correct_folder_per_class["hip"].value)
-    assert sr.counts == {"images": 6, "review": 2, "nine": 3, "sorted_nine": 2,
+    assert sr.counts == {"images": 6, "review": 2, "wrong_folder": 1, "nine": 3,
+                         "sorted_nine": 2,
                          "outside_nine": 3, "long_bone": 2,
                          "per_class": {b: {"hand": 2, "knee": 1}.get(b, 0) for b in BODY_PARTS}}
-    for e in (sr.correct_folder, sr.review_rate, sr.outside_nine_into_nine):
+    for e in (sr.correct_folder, sr.review_rate, sr.wrong_folder, sr.outside_nine_into_nine):
         assert e.low <= e.value <= e.high
     assert sr.destinations == (*EXT[:-1], "_review")  # "other" is never a folder
     cells = {(sr.truth_labels[t], sr.destinations[d]): int(sr.confusion[t, d])
@@ -358,6 +365,7 @@ def test_score_sorting_by_hand() -> None:
                      ("other", "_review"): 1}
     d = json.loads(json.dumps(sr.to_dict(), allow_nan=False))
     assert d["correct_folder_per_class"]["hip"] == [None, None, None]
+    assert d["wrong_folder"] == sr.wrong_folder.to_json()
     assert d["confusion"]["matrix"] == sr.confusion.tolist()
 
 
@@ -532,7 +540,8 @@ def test_cli_evaluate_extended_card_report_and_min_confidence(tmp_path: Path) ->
         assert im.format == "PNG" and im.width > 100
     text = (tmp_path / "rep" / "report.md").read_text()
     for word in ("## Fracture", "roc_fracture.png", "## Sort outcome", "## Risk-coverage",
-                 "risk_coverage.png", "| 0.07 * |", "Right folder (long-bone films)"):
+                 "risk_coverage.png", "| 0.07 * |", "Right folder (long-bone films)",
+                 "Sorted into a wrong folder (all films)"):
         assert word in text, word
     table = runner.invoke(app, ["evaluate", str(weights), str(manifest), "--device", "cpu",
                                 "--resamples", str(RESAMPLES)])

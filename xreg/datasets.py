@@ -2,16 +2,18 @@
 
 A manifest has columns ``path``, ``body_part``, ``instrument`` (``0``/``1``,
 empty when unknown) and optionally ``patient_id``, ``split``, ``view``
-(``AP``/``LAT``, empty when unknown), ``fracture`` (``0``/``1``/empty) and
+(``AP``/``LAT``, empty when unknown), ``fracture`` (``0``/``1``/empty),
 ``dup_of`` (the first file of a near-duplicate cluster: kept on one side of a
-split). ``body_part`` may be a set, ``hand|wrist``: the truth is one of its
-members (a hesitant reviewer, or a coarse region); the first member is the
-primary label that single-label metrics use. Relative
-paths resolve against the manifest's folder (``xreg synth`` writes one). A
-folder in xreg's sort layout, ``<body_part>/<instrument|no_instrument>/...``,
-is labelled by where each file lies; ``_review`` and ``_unreadable`` are
-skipped because nobody has labelled what is in them (nor ``_thumbs`` and
-the other ``_`` folders, which hold no films). A sorted folder with its
+split) and ``source`` (the site a film comes from, e.g. ``fracatlas``; empty
+when unknown: evaluation reports each site's figures). ``body_part`` may be a
+set, ``hand|wrist``: the truth is one of its members (a hesitant reviewer, or
+a coarse region); the first member is the primary label that single-label
+metrics use. Relative paths resolve against the manifest's folder (``xreg
+synth`` writes one). A folder in xreg's sort layout,
+``<body_part>/<instrument|no_instrument>/...``, is labelled by where each
+file lies; ``_review`` and ``_unreadable`` are skipped because nobody has
+labelled what is in them (nor ``_thumbs`` and the other ``_`` folders, which
+hold no films). A sorted folder with its
 ``registry.sqlite`` is labelled from the registry instead, where a person's
 review (``xreg serve``) wins over the model's label.
 """
@@ -41,8 +43,9 @@ class LabelledImage:
     """One image and its ground truth; ``instrument``/``fracture`` are 1, 0 or None.
 
     ``body_parts`` is the set the truth lies in, primary label first (just
-    ``(body_part,)`` for a sure label); ``source`` names the dataset of a
-    multi-source training run.
+    ``(body_part,)`` for a sure label); ``source`` names the site (dataset) a
+    film comes from, from a manifest's ``source`` column or a multi-source
+    training run; empty when unknown.
     """
 
     path: Path
@@ -145,6 +148,7 @@ def _from_manifest(path: Path, body_parts: Sequence[str]) -> list[LabelledImage]
             split=(row.get("split") or "").strip() or None, view=view,
             fracture=_INSTRUMENT_VALUES[fracture], body_parts=members,
             dup_of=(row.get("dup_of") or "").strip() or None,
+            source=(row.get("source") or "").strip(),
         ))
     return images
 

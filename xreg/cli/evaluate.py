@@ -30,7 +30,7 @@ hip_pairs.csv) and the fracture metrics of thesis Table 5 are reported.
 
 DATA is a CSV manifest (columns path, body_part [a label, or a set such as
 hand|wrist], instrument [0/1/empty], optional fracture [0/1/empty],
-patient_id and split; relative paths resolve against the CSV's
+patient_id, split and source [the site]; relative paths resolve against the CSV's
 folder, as in `xreg synth`'s labels.csv; --split test scores only the test
 rows, e.g. of the split.csv an `xreg train` run writes) or a folder in sort layout,
 <body_part>/<instrument|no_instrument>/... (_review and _unreadable skipped).
@@ -40,11 +40,17 @@ confusion matrix. Instrument, and fracture for a card with a fracture head,
 at the card's thresholds: AUC, sensitivity, specificity, Youden's J, F1,
 accuracy, PPV, NPV. Sort outcome at --min-confidence (default: the card's),
 by the rule `xreg sort` applies: right folder, accuracy among sorted (also
-counting any label of a body_part set as right), review rate, films of none of
-the nine sorted into one of them, and a risk-coverage table over thresholds.
+counting any label of a body_part set as right), review rate, wrong folder (of
+all films, the share sorted into a folder outside its label set), films of
+none of the nine sorted into one of them, and a risk-coverage table over
+thresholds. When films name their source, the same per site, with each site's
+instrument and fracture AUC and confusion.
 Every interval is a 95% bootstrap CI. --json prints: checkpoint {name, sha256,
 note}, data, counts, body_part, instrument and fracture (null when not
-evaluated), sorting, risk_coverage, misclassified, skipped; metrics are
+evaluated), sorting, risk_coverage, sites ({site: {films, correct_folder,
+wrong_folder, review_rate, outside_nine_into_nine, accuracy_among_sorted,
+instrument_auc, fracture_auc, counts, confusion}}, empty without sources),
+misclassified, skipped; metrics are
 [value, low, high], null where undefined.
 
 Exit codes: 0 done; 1 some labelled files could not be read (listed);
@@ -145,7 +151,24 @@ def _sorting_tables(ev: Any) -> list[Table]:
                                            r.outside_nine_into_nine,
                                            r.outside_nine_into_nine_in_set)))
         tables.append(rc)
+    if ev.sites:
+        tables.append(_sites_table(ev.sites))
     return tables
+
+
+def _sites_table(sites: Any) -> Table:
+    from xreg.evaluation.report import format_estimate
+    from xreg.evaluation.sites import SITE_METRICS
+
+    table = Table(title=f"Per site ({len(sites)})")
+    table.add_column("site", overflow="fold")
+    table.add_column("films", justify="right")
+    for _, name in SITE_METRICS:
+        table.add_column(name.lower(), justify="right")
+    for site, f in sites.items():
+        table.add_row(site, str(f.films),
+                      *(format_estimate(getattr(f, key)) for key, _ in SITE_METRICS))
+    return table
 
 
 def _print_tables(ev: Any) -> None:

@@ -4,8 +4,9 @@ The model's probabilities are collected per head, then scored in one pure
 step (:func:`score`): body part as a multiclass head (log loss, MCC, kappa,
 accuracy, per-class AUC, confusion), instrument and fracture as binary heads
 at the card's thresholds, and the folders ``xreg sort`` would choose (see
-:mod:`xreg.evaluation.sorting`). Files that cannot be decoded are listed, never
-dropped silently.
+:mod:`xreg.evaluation.sorting`), overall and, when the films name their
+site, per site (:mod:`xreg.evaluation.sites`). Files that cannot be decoded
+are listed, never dropped silently.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from xreg.datasets import LabelledImage, load_labels
 from xreg.errors import ConfigError
 from xreg.evaluation.bootstrap import json_number
 from xreg.evaluation.metrics import Estimate, MulticlassReport, binary_metrics, multiclass_metrics
+from xreg.evaluation.sites import SiteFigures, has_sites, site_figures, sites_to_dict
 from xreg.evaluation.sorting import (
     RISK_COVERAGE_THRESHOLDS,
     CoverageRow,
@@ -68,7 +70,9 @@ class Evaluation:
     ``instrument_true``/``instrument_prob`` then are empty. Likewise
     ``fracture``, which is also None for a card without a fracture head.
     ``sorting`` is the outcome of ``xreg sort`` at ``sorting.min_confidence``
-    and ``risk_coverage`` the same at other thresholds.
+    and ``risk_coverage`` the same at other thresholds. ``sources`` names each
+    film's site (None: none); ``sites`` holds per-site figures when any film
+    names one (see :func:`xreg.evaluation.sites.site_figures`).
     """
 
     checkpoint: str
@@ -92,6 +96,8 @@ class Evaluation:
     fracture: dict[str, Estimate] | None = None
     sorting: SortingReport | None = None
     risk_coverage: list[CoverageRow] = field(default_factory=list)
+    sources: list[str | None] = field(default_factory=list)
+    sites: dict[str, SiteFigures] = field(default_factory=dict)
 
     @property
     def note(self) -> str:
@@ -129,6 +135,7 @@ class Evaluation:
             },
             "sorting": None if self.sorting is None else self.sorting.to_dict(),
             "risk_coverage": [row.to_dict() for row in self.risk_coverage],
+            "sites": sites_to_dict(self.sites),
             "misclassified": [vars(m) for m in self.misclassified],
             "skipped": [vars(s) for s in self.skipped],
         }
@@ -169,6 +176,7 @@ def score(
     fracture_true: Sequence[int | None] = (),
     fracture_prob: Sequence[float] = (),
     body_part_sets: Sequence[Sequence[str]] | None = None,
+    sources: Sequence[str | None] = (),
     min_confidence: float | None = None,
     data: str = "",
     sha256: str = "",
@@ -185,6 +193,8 @@ def score(
     each image's set of acceptable labels (default: the primary one), used by
     the lenient sort figures. The sort outcome uses ``min_confidence``, by
     default the card's (0 when it has none), as ``xreg sort`` does.
+    ``sources`` names each image's site (empty: none); when any image names
+    one, the sort outcome and the AUCs are also scored per site.
     """
     labels = card.head(BODY_PART).labels
     y = np.asarray(body_part_true, dtype=np.int64)
@@ -204,6 +214,14 @@ def score(
                             n_resamples=n_resamples, seed=seed)
     rows = risk_coverage(labels, probs, y, (*RISK_COVERAGE_THRESHOLDS, card_min),
                          operating=used, truth_sets=body_part_sets)
+    named = [s or None for s in sources] if sources else [None] * len(y)
+    if len(named) != len(y):
+        raise ConfigError(f"sources has {len(named)} entries for {len(y)} images")
+    sites = site_figures(
+        labels, probs, y, named, min_confidence=used, truth_sets=body_part_sets,
+        instrument_true=instrument_true, instrument_prob=instrument_prob,
+        fracture_true=fracture_true, fracture_prob=fracture_prob,
+        n_resamples=n_resamples, seed=seed) if has_sites(named) else {}
     return Evaluation(
         checkpoint=card.name, sha256=sha256, card=card, data=data, paths=list(paths),
         body_part_labels=tuple(labels), body_part_true=y, body_part_probs=probs,
@@ -212,6 +230,7 @@ def score(
         misclassified=sorted(wrong + inst_wrong + frac_wrong, key=lambda m: (m.path, m.head)),
         skipped=list(skipped), fracture_threshold=f_threshold, fracture_true=ft,
         fracture_prob=fp, fracture=fracture, sorting=sorting, risk_coverage=rows,
+        sources=named, sites=sites,
     )
 
 
@@ -311,6 +330,7 @@ def evaluate_images(
     paths: list[str] = []
     y: list[int] = []
     sets: list[tuple[str, ...]] = []
+    sites: list[str | None] = []
     probs: list[list[float]] = []
     binary: dict[str, tuple[list[int | None], list[float]]] = {
         name: ([], []) for name in (INSTRUMENT, FRACTURE) if name in heads}
@@ -327,6 +347,7 @@ def evaluate_images(
             paths.append(shown)
             y.append(labels.index(truth.body_part))
             sets.append(truth.body_parts)
+            sites.append(truth.source or None)
             probs.append([p.probabilities[BODY_PART][label] for label in labels])
             for name, (known, prob) in binary.items():
                 known.append(truth.instrument if name == INSTRUMENT else truth.fracture)
@@ -337,6 +358,7 @@ def evaluate_images(
     it, ip = binary.get(INSTRUMENT, ([], []))
     ft, fp = binary.get(FRACTURE, ([], []))
     return score(card, paths, y, np.asarray(probs), it, ip, fracture_true=ft,
-                 fracture_prob=fp, body_part_sets=sets, min_confidence=min_confidence,
+                 fracture_prob=fp, body_part_sets=sets, sources=sites,
+                 min_confidence=min_confidence,
                  data=data, sha256=loaded.sha256, skipped=skipped,
                  n_resamples=n_resamples, seed=seed)

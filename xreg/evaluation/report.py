@@ -1,5 +1,5 @@
-"""Write an evaluation as a Markdown report with ROC curves, a confusion matrix and
-the sort outcome (folders, review, risk-coverage).
+"""Write an evaluation as a Markdown report with ROC curves, a confusion matrix,
+the sort outcome (folders, review, risk-coverage) and per-site figures.
 
 matplotlib is imported lazily (Agg backend, no display needed) so that the
 rest of xreg works without it.
@@ -16,6 +16,7 @@ import numpy as np
 from xreg.errors import ConfigError
 from xreg.evaluation.evaluate import Evaluation
 from xreg.evaluation.metrics import Estimate
+from xreg.evaluation.sites import SITE_METRICS, SiteFigures
 from xreg.evaluation.sorting import CoverageRow, SortingReport
 
 __all__ = ["BINARY_METRICS", "MULTICLASS_METRICS", "SORTING_METRICS", "format_estimate",
@@ -38,6 +39,7 @@ SORTING_METRICS = (
     ("correct_folder_in_set", "Right folder, any label of the set"),
     ("accuracy_among_sorted_in_set", "Accuracy among sorted, any label of the set"),
     ("review_rate", "Sent to _review (all films)"),
+    ("wrong_folder", "Sorted into a wrong folder (all films)"),
     ("outside_nine_into_nine", "Not of the nine, sorted into one of the nine"),
     ("long_bone_correct_folder", "Right folder (long-bone films)"),
 )
@@ -59,8 +61,10 @@ def format_number(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.3f}"
 
 
-def format_estimate(e: Estimate) -> str:
-    """``0.912 (0.870-0.950)``; ``n/a`` parts where undefined."""
+def format_estimate(e: Estimate | None) -> str:
+    """``0.912 (0.870-0.950)``; ``n/a`` parts where undefined (all of it for None)."""
+    if e is None:
+        return "n/a"
     if math.isnan(e.low) or math.isnan(e.high):
         return format_number(e.value)
     return f"{format_number(e.value)} ({format_number(e.low)}-{format_number(e.high)})"
@@ -99,6 +103,8 @@ def _markdown(ev: Evaluation, figures: dict[str, str]) -> str:
         lines += _sorting_markdown(ev.sorting)
     if ev.risk_coverage:
         lines += _risk_coverage_markdown(ev.risk_coverage, figures)
+    if ev.sites:
+        lines += _sites_markdown(ev.sites)
     lines += ["", "## Misclassified files", ""]
     if ev.misclassified:
         lines += ["| File | Head | True | Predicted | Probability |", "|---|---|---|---|---|"]
@@ -134,6 +140,27 @@ def _sorting_markdown(sr: SortingReport) -> list[str]:
     for label, row in zip(sr.truth_labels, sr.confusion):
         if row.sum():
             lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
+    return lines
+
+
+def _sites_markdown(sites: dict[str, SiteFigures]) -> list[str]:
+    lines = ["", "## Per site", "",
+             "Each site's films scored on their own, by the same rule as the sort "
+             "outcome. Right folder and accuracy among sorted: of its nine-class films; "
+             "wrong folder and _review: of all its films; AUCs only where both classes "
+             "are labelled.", "",
+             "| Site | Films | " + " | ".join(name for _, name in SITE_METRICS) + " |",
+             "|---|---|" + "---|" * len(SITE_METRICS)]
+    for site, f in sites.items():
+        lines.append(f"| {_md_cell(site)} | {f.films} | "
+                     + " | ".join(format_estimate(getattr(f, key)) for key, _ in SITE_METRICS)
+                     + " |")
+    for site, f in sites.items():
+        lines += ["", f"### {_md_cell(site)}: truth (rows) against folder (columns)", "",
+                  "| Truth | " + " | ".join(f.destinations) + " |",
+                  "|---|" + "---|" * len(f.destinations)]
+        lines += [f"| {label} | " + " | ".join(str(v) for v in row) + " |"
+                  for label, row in zip(f.truth_labels, f.confusion) if row.sum()]
     return lines
 
 
