@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from xreg.model.checkpoint import LoadedModel
 
 __all__ = ["Prediction", "SourceFile", "decide", "decode_source", "inference_model",
-           "predict_files", "resolve_device", "softmax"]
+           "energy", "predict_files", "resolve_device", "softmax"]
 
 
 @dataclass(frozen=True)
@@ -58,9 +58,23 @@ class Prediction:
     probabilities: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     labels: Mapping[str, str] = field(default_factory=dict)
     error: str | None = None
+    energy: float | None = None  # -logsumexp of the body-part logits (low: familiar)
 
     def confidence(self, head: str) -> float:
         return self.probabilities[head][self.labels[head]]
+
+    def unfamiliar(self, card: ModelCard) -> str | None:
+        """The guard's reason when this film is unlike the model's training films.
+
+        A card with a ``guard`` gives the highest body-part energy seen on
+        films of the kinds it was trained on (calibrated on held-out films);
+        above it, the film goes to ``_review`` rather than to a confident,
+        possibly wrong folder. None: familiar enough, or no guard.
+        """
+        limit = card.guard.get("energy_max") if card.guard else None
+        if limit is None or self.energy is None or self.energy <= limit:
+            return None
+        return f"unfamiliar film (energy {self.energy:.2f} > {limit:.2f})"
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -68,6 +82,18 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = np.asarray(logits, np.float64)
     z = np.exp(z - z.max(axis=1, keepdims=True))
     out: np.ndarray = z / z.sum(axis=1, keepdims=True)
+    return out
+
+
+def energy(logits: np.ndarray) -> np.ndarray:
+    """Row-wise energy ``-logsumexp(logits)`` of ``(B, C)`` logits (Liu et al., 2020).
+
+    Lower for inputs like the training films; an out-of-distribution film
+    tends to give all classes low logits, hence a high energy.
+    """
+    z = np.asarray(logits, np.float64)
+    top = z.max(axis=1)
+    out: np.ndarray = -(top + np.log(np.exp(z - top[:, None]).sum(axis=1)))
     return out
 
 
@@ -171,19 +197,23 @@ def _run_batch(batch: list[_Decoded], model: Model) -> list[Prediction]:
     card = model.card
     decoded = [d for d in batch if d.tensor is not None]
     probs_by_index: dict[int, dict[str, dict[str, float]]] = {}
+    energy_by_index: dict[int, float] = {}
     if decoded:
         logits = model.runtime.run(np.stack([d.tensor for d in decoded
                                              if d.tensor is not None]))
         per_head = {head.name: softmax(logits[head.name]).tolist() for head in card.heads}
+        energies = energy(logits[card.heads[0].name]).tolist()
         for i, d in enumerate(decoded):
             probs_by_index[id(d)] = {
                 head.name: dict(zip(head.labels, per_head[head.name][i])) for head in card.heads
             }
+            energy_by_index[id(d)] = energies[i]
     out = []
     for d in batch:
         probs = probs_by_index.get(id(d), {})
         out.append(Prediction(
             source=d.source, sha256=d.sha256, status=d.status, meta=d.meta,
             probabilities=probs, labels=decide(probs, card) if probs else {}, error=d.error,
+            energy=energy_by_index.get(id(d)),
         ))
     return out

@@ -123,7 +123,9 @@ class ImageTask(Task):
         share = {s.name: s.weight for s in self.sources} or {"": 1.0}
         by_source: dict[str, list[int]] = {}
         for row, i in enumerate(members):
-            by_source.setdefault(self.images[i].source, []).append(row)
+            # --data: one manifest is one share, whatever sources its rows name.
+            key = self.images[i].source if self.sources else ""
+            by_source.setdefault(key, []).append(row)
         weights = torch.zeros(len(members), dtype=torch.float64)
         total = sum(share[name] for name in by_source)
         for name, rows in by_source.items():
