@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 
 from xreg.errors import CheckpointError
+from xreg.inference.preprocess import normalise_intensity, resize_grey
 from xreg.model.models import MultiHeadNet
 from xreg.model.transforms import augment_batch, join_views
-from xreg.inference.preprocess import normalise_intensity, resize_grey
 from xreg.train.augment import augment_film
 from xreg.train.config import TrainConfig
 
