@@ -90,3 +90,34 @@ def test_pseudonymiser_is_keyed_and_stable(tmp_path, monkeypatch):
     assert other("12345") != p1("12345")
     assert "12345" not in p1("12345")
     assert p1(None) is None and p1("") is None
+
+
+def test_v8_registry_migrates_in_place_keeping_every_row(tmp_path):
+    from xreg.registry._schema import _MIGRATIONS
+
+    path = tmp_path / "r.sqlite"
+    db = sqlite3.connect(path)
+    for script in _MIGRATIONS[:8]:
+        db.executescript(script)
+    db.execute("PRAGMA user_version = 8")
+    db.execute("INSERT INTO runs (started, status, xreg_version, options) VALUES"
+               " ('2024-01-01', 'finished', '0.8', '{}')")
+    db.execute("INSERT INTO images (sha256, size, state, status, dest_path, mode, created,"
+               " updated, review_reason, header_audit, run_id) VALUES ('b', 1, 'done',"
+               " 'review', '_review/x.dcm', 'copy', 't', 't', 'low confidence', 'disagrees', 1)")
+    db.commit()
+    db.close()
+    with Registry(path) as reg:
+        old = reg.runs()[0]
+        assert (old["xreg_version"], old["header_check"]) == ("0.8", "off")  # none before v9
+        run = reg.start_run(xreg_version="t", input_root="/in", output_root="/out",
+                            model_path="m.pt", model_name="m", model_sha256="ab",
+                            options={}, header_check="review")
+        assert reg.runs()[run - 1]["header_check"] == "review"
+        image = reg._db.execute("SELECT * FROM images").fetchall()
+        assert [tuple(r)[:5] for r in image] == [("b", 1, "done", "review", "_review/x.dcm")]
+        assert reg.get_image("b").state == "done"
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
+    assert db.execute("SELECT review_reason, header_audit FROM images").fetchall() == [
+        ("low confidence", "disagrees")]

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from xreg.errors import ConfigError
+from xreg.sort.header_check import HEADER_CHECKS
 from xreg.sort.placement import DEFAULT_LAYOUT, MODES, validate_layout
 
 
@@ -34,6 +35,7 @@ class SortOptions:
     registry: Path | None = None
     strict: bool = False
     header_vocabulary: Path | None = None  # None: xreg/configs/header_vocabulary.yaml
+    header_check: str = "review"  # review: a header naming another class sends to _review
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -56,6 +58,9 @@ class SortOptions:
             raise ConfigError("min_confidence must be between 0 and 1")
         if self.min_age < 0:
             raise ConfigError("min_age must not be negative")
+        if self.header_check not in HEADER_CHECKS:
+            raise ConfigError(f"header_check must be {' or '.join(HEADER_CHECKS)}, "
+                              f"not {self.header_check!r}")
         validate_layout(self.layout)
 
 
@@ -93,6 +98,8 @@ def load_sort_options(config: Path | None, overrides: Mapping[str, Any]) -> Sort
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"unknown sort option(s): {', '.join(unknown)}")
+    if values.get("header_check") is False:
+        values["header_check"] = "off"  # YAML 1.1 reads a bare `off` as false
     for key in _PATH_KEYS & set(values):
         values[key] = Path(values[key]).expanduser()
     try:

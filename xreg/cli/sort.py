@@ -31,6 +31,11 @@ class Engine(str, Enum):
     ray = "ray"
 
 
+class HeaderCheck(str, Enum):
+    review = "review"
+    off = "off"
+
+
 class Mode(str, Enum):
     copy = "copy"
     move = "move"
@@ -44,8 +49,9 @@ Files go to OUT/<body_part>/<instrument|no_instrument>/ (see --layout): the
 nine thesis classes, and with a model that knows them, long-bone exams
 (forearm, humerus, lower_leg, femur) in folders of their own. Films the
 model calls other (chest, several regions, not musculoskeletal) or is unsure
-about (below --min-confidence) go to OUT/_review/ with the reason recorded;
-files that cannot be decoded to OUT/_unreadable/. A JPEG cut short that
+about (below --min-confidence) go to OUT/_review/ with the reason recorded,
+and so do DICOM films whose header names another body part than the model
+(see --header-check); files that cannot be decoded to OUT/_unreadable/. A JPEG cut short that
 still decodes to at least 99% of its picture is sorted with a warning.
 OUT/registry.sqlite records, for every file, its content hash, source
 path(s), the model's output and where it went.
@@ -114,6 +120,13 @@ def sort_cmd(
         help="YAML that maps DICOM header terms to body parts, for the header audit "
              "recorded per film (and {header_agrees} in --layout).  [default: "
              "xreg/configs/header_vocabulary.yaml]")] = None,
+    header_check: Annotated[HeaderCheck | None, typer.Option(
+        help="review: a DICOM film whose BodyPartExamined (or a body part named in its "
+             "descriptions) names one class and the model another goes to _review with "
+             "a reason such as 'header says CHEST, model says shoulder' (non-MSK regions "
+             "like CHEST name the class other); a header that agrees, names only a region "
+             "(EXTREMITY), is empty or unknown changes nothing. off: the header is only "
+             "audited.  [default: review]")] = None,
     config: Annotated[Path | None, typer.Option(
         help="YAML file with defaults (a 'sort:' section, e.g. configs/sort.yaml); "
              "command-line options win.")] = None,
@@ -165,6 +178,7 @@ def sort_cmd(
             "gpus_per_worker": gpus_per_worker,
             "min_age": min_age, "layout": layout, "registry": registry, "strict": strict,
             "header_vocabulary": header_vocabulary,
+            "header_check": header_check.value if header_check else None,
         })
         with progress_reporter(quiet or as_json) as reporter:
             result = run_sort(in_dir, out_dir, options, reporter)

@@ -153,6 +153,10 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX dicom_outputs_sha ON dicom_outputs(sha256);
     """,
+    """
+    ALTER TABLE runs ADD COLUMN header_check TEXT;     -- review | off (--header-check)
+    UPDATE runs SET header_check = 'off';              -- runs before v9 had no header check
+    """,
 )
 
 #: Columns of ``hip_studies`` a caller sets through :meth:`Registry.add_hip_study`.

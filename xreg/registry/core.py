@@ -136,20 +136,23 @@ class Registry:
         model_sha256: str,
         options: Mapping[str, Any],
         runtime: str | None = None,
+        header_check: str | None = None,
     ) -> int:
         """Record the start of a run and return its id.
 
         ``runtime`` names the engine that ran the model and its version
         (``onnxruntime 1.32.0``); ``model_sha256`` is the checkpoint's either way.
+        ``header_check`` is the run's ``--header-check`` mode (review | off).
         """
         with self._transaction() as db:
             cur = db.execute(
                 "INSERT INTO runs (started, status, xreg_version, user, host, input_root,"
-                " output_root, model_path, model_name, model_sha256, options, runtime)"
-                " VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " output_root, model_path, model_name, model_sha256, options, runtime,"
+                " header_check) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (_now(), xreg_version, _user(), socket.gethostname(), input_root,
                  output_root, model_path, model_name, model_sha256,
-                 json.dumps(dict(options), sort_keys=True, default=str), runtime),
+                 json.dumps(dict(options), sort_keys=True, default=str), runtime,
+                 header_check),
             )
         return int(cur.lastrowid or 0)
 

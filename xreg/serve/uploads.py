@@ -3,7 +3,7 @@
 An upload is judged by its content, through the very path ``xreg sort`` uses
 (:func:`xreg.inference.predict.predict_files`: sha256, format sniffing, the
 decompression-bomb guard, the model, the card's thresholds and
-:func:`xreg.sort.record.placement`). Nothing reaches OUT unless the user
+:func:`xreg.sort.record.judge`, with the header check). Nothing reaches OUT unless the user
 asks; then :func:`add_to_registry` hands the files to
 :func:`xreg.sort.runner.sort_sources`, the sort's own lock, journal and
 placement.
@@ -26,8 +26,9 @@ from xreg.inference.predict import SourceFile, predict_files
 from xreg.inference.runtime import Model, as_model
 from xreg.io.detect import SNIFF_BYTES, sniff_format
 from xreg.model.checkpoint import LoadedModel, load_checkpoint
+from xreg.sort.audit import load_vocabulary
 from xreg.sort.placement import sanitise
-from xreg.sort.record import placement
+from xreg.sort.record import judge
 from xreg.sort.runner import SortResult, sort_sources
 
 __all__ = ["Analyser", "PairResult", "UploadResult", "UploadStore", "add_to_registry"]
@@ -123,6 +124,7 @@ class Analyser:
         self.loaded, self.store, self.heatmaps = loaded, store, heatmaps
         # The inference copy (BN folded, channels-last) once, not per request.
         self.model = as_model(loaded)
+        self.vocabulary = load_vocabulary()  # the sort's default, as add-to-registry uses
         self._hip_weights = hip_weights
         self._hip: LoadedModel | None = None
         self._lock = threading.Lock()
@@ -152,7 +154,7 @@ class Analyser:
                     results[i] = UploadResult(pred.sha256, shown, "unreadable",
                                               reason=pred.error)
                     continue
-                where = placement(pred, self.min_confidence)
+                where, _ = judge(pred, self.min_confidence, self.vocabulary)
                 results[i] = UploadResult(
                     pred.sha256, shown, where.status,
                     pred.meta.format if pred.meta else None, where.reason,

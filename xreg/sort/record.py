@@ -7,28 +7,48 @@ fields; PatientID and AccessionNumber pass only through a keyed hash.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import PurePosixPath
 from typing import Any
 
 from xreg.inference.predict import Prediction
-from xreg.sort.audit import HeaderAudit
+from xreg.sort.audit import HeaderAudit, Vocabulary, audit_headers
+from xreg.sort.header_check import header_reason
 from xreg.sort.scope import Placement, decide_placement
 
 _EXTENSIONS = {"dicom": ".dcm", "png": ".png", "jpeg": ".jpg", "tiff": ".tif", "jp2": ".jp2"}
 
 
-def placement(pred: Prediction, min_confidence: float) -> Placement:
+def placement(pred: Prediction, min_confidence: float,
+              second_opinions: Sequence[str | None] = ()) -> Placement:
     """Where a prediction goes; see :func:`xreg.sort.scope.decide_placement`.
 
     ``unreadable`` when nothing could be decoded; otherwise ``review`` (not
-    one of the known body parts, or below ``min_confidence``, with the
-    reason) or ``sorted``.
+    one of the known body parts, below ``min_confidence``, or the first
+    reason among ``second_opinions``) or ``sorted``.
     """
     if pred.status == "unreadable" or not pred.labels:
         return Placement("unreadable", "", pred.error)
     label = pred.labels["body_part"]
-    return decide_placement(label, pred.confidence("body_part"), min_confidence)
+    return decide_placement(label, pred.confidence("body_part"), min_confidence,
+                            second_opinions)
+
+
+def judge(pred: Prediction, min_confidence: float, vocabulary: Vocabulary,
+          header_check: str = "review") -> tuple[Placement, HeaderAudit | None]:
+    """Where a prediction goes, and its header audit: the one decision every way in uses.
+
+    ``xreg sort`` (either engine), the web upload's preview and its
+    add-to-registry all call this. Further second opinions join the list
+    below, in order; the first reason wins.
+    """
+    dicom = pred.meta.dicom if pred.meta is not None else {}
+    audit = audit_headers(dicom, pred.labels, vocabulary) if pred.labels else None
+    opinions = [
+        header_reason(audit, pred.labels.get("body_part", ""), vocabulary, dicom,
+                      header_check),
+    ]
+    return placement(pred, min_confidence, opinions), audit
 
 
 def layout_fields(pred: Prediction, audit: HeaderAudit | None = None) -> dict[str, str]:

@@ -23,7 +23,7 @@ from xreg.inference.predict import Prediction, SourceFile, predict_files
 from xreg.inference.runtime import Model, as_model, load_model
 from xreg.model.card import default_weights
 from xreg.registry import ImageRecord, Pseudonymiser, Registry
-from xreg.sort.audit import Vocabulary, audit_headers, load_vocabulary
+from xreg.sort.audit import HeaderAudit, Vocabulary, load_vocabulary
 from xreg.sort.folders import check_folders, output_lock, scan_inputs
 from xreg.sort.placement import (
     Move,
@@ -34,7 +34,7 @@ from xreg.sort.placement import (
     plan_moves,
     remove_source,
 )
-from xreg.sort.record import image_fields, layout_fields, placement
+from xreg.sort.record import image_fields, judge, layout_fields
 from xreg.sort.scope import Placement
 
 if TYPE_CHECKING:
@@ -88,6 +88,7 @@ class SortResult:
     outcomes: list[FileOutcome] = field(default_factory=list)
     recovered: int = 0
     model_name: str = ""
+    header_check: str = "review"  # the run's --header-check mode
 
     def add(self, outcome: FileOutcome) -> FileOutcome:
         self.counts[outcome.status] += 1
@@ -99,6 +100,7 @@ class SortResult:
             "run_id": self.run_id,
             "dry_run": self.dry_run,
             "model_sha256": self.model_sha256,
+            "header_check": self.header_check,
             "counts": {k: self.counts.get(k, 0) for k in STATUSES},
             "recovered": self.recovered,
             "files": [asdict(o) for o in self.outcomes],
@@ -120,7 +122,8 @@ def run_sort(
     registry_path = options.registry or out_root / REGISTRY_NAME
     if options.dry_run:
         # Plan only: no folders, no lock, no registry writes (read it if it exists).
-        result = SortResult(None, True, loaded.sha256, model_name=loaded.card.name)
+        result = SortResult(None, True, loaded.sha256, model_name=loaded.card.name,
+                            header_check=options.header_check)
         files, result.counts["too_new"] = scan_inputs(in_root, exclude, options.min_age)
         registry = Registry(registry_path, readonly=True) if registry_path.exists() else None
         try:
@@ -158,7 +161,8 @@ def _sort_locked(
     """Lock OUT, recover a killed run, then sort what ``get_files`` finds."""
     registry_path = options.registry or out_root / REGISTRY_NAME
     with output_lock(out_root), Registry(registry_path) as registry:
-        result = SortResult(None, False, loaded.sha256, model_name=loaded.card.name)
+        result = SortResult(None, False, loaded.sha256, model_name=loaded.card.name,
+                            header_check=options.header_check)
         result.recovered = _recover(registry, out_root)
         files, result.counts["too_new"] = get_files()
         run_id = registry.start_run(
@@ -166,6 +170,7 @@ def _sort_locked(
             output_root=str(out_root.absolute()), model_path=str(weights),
             model_name=loaded.card.name, model_sha256=loaded.sha256,
             options=asdict(options), runtime=loaded.runtime_label,
+            header_check=options.header_check,
         )
         result.run_id = run_id
         try:
@@ -280,16 +285,17 @@ def _start_batch(
     batch: list[Prediction], ctx: _Context, placer: ThreadPoolExecutor, jobs: list[_Job]
 ) -> Iterator[FileOutcome]:
     """Plan a batch, journal it, and start its placements (appended to ``jobs``)."""
-    items, by_source, where, audits = [], {}, {}, {}
+    items, by_source = [], {}
+    where: dict[Path, Placement] = {}
+    audits: dict[Path, HeaderAudit | None] = {}
     for p in batch:
         if p.status == "failed":
             yield FileOutcome(str(p.source.path), "failed", error=p.error)
         elif p.status == "known" or _done(ctx.registry, p.sha256):
             yield _record_duplicate(p, ctx)
         else:
-            where[p.source.path] = placement(p, ctx.min_confidence)
-            audits[p.source.path] = audit_headers(p.meta.dicom if p.meta else {}, p.labels,
-                                                  ctx.vocabulary)
+            where[p.source.path], audits[p.source.path] = judge(
+                p, ctx.min_confidence, ctx.vocabulary, ctx.options.header_check)
             items.append(PlanItem(p.source.path, p.sha256, where[p.source.path].status,
                                   layout_fields(p, audits[p.source.path])))
             by_source[p.source.path] = p

@@ -10,6 +10,7 @@ nine-class model decides as it always did.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from xreg.model.labels import BODY_PARTS, LONG_BONES, OTHER
@@ -38,12 +39,22 @@ class Placement:
     reason: str | None = None
 
 
-def decide_placement(label: str, confidence: float, min_confidence: float) -> Placement:
-    """Where a film with body part ``label`` at ``confidence`` goes (pure)."""
+def decide_placement(label: str, confidence: float, min_confidence: float,
+                     second_opinions: Iterable[str | None] = ()) -> Placement:
+    """Where a film with body part ``label`` at ``confidence`` goes (pure).
+
+    ``second_opinions`` are reasons, in order, to hold back a film the model
+    would sort (None: no objection), e.g. a DICOM header naming another
+    class (:mod:`xreg.sort.header_check`); the first reason wins. A film the
+    model itself sends to review keeps the model's reason.
+    """
     scope = body_part_scope(label)
     if label == OTHER or scope == "other":
         return Placement("review", scope, f"not one of the known body parts ({label})")
     if confidence < min_confidence:
         return Placement("review", scope, f"low confidence: {label} {confidence:.2f} "
                          f"< {min_confidence:.2f}")
+    for reason in second_opinions:
+        if reason:
+            return Placement("review", scope, reason)
     return Placement("sorted", scope)
