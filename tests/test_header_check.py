@@ -254,3 +254,19 @@ def test_the_web_upload_preview_and_add_use_the_same_rule(
         assert (out / "_review" / "chest.dcm").is_file()
     finally:
         store.close()
+
+
+def test_the_ray_engine_decides_the_same(films: Path, shoulder_model: Path,
+                                         tmp_path: Path) -> None:
+    pytest.importorskip("ray", reason='the ray engine needs its extra: pip install "xreg[ray]"')
+    from xreg.sort.runner import run_sort
+
+    result = run_sort(films, tmp_path / "out", SortOptions(
+        weights=shoulder_model, min_age=0, engine="ray", workers=1, batch_size=2))
+    reasons = {Path(o.source).name: (o.status, o.reason) for o in result.outcomes}
+    assert reasons == {
+        "chest": ("review", "header says CHEST, model says shoulder"),
+        "tibfib": ("review", "header says TIB-FIB, model says shoulder"),
+        "extremity": ("sorted", None), "shoulder": ("sorted", None)}
+    assert result.to_dict()["header_check"] == "review"
+    assert (tmp_path / "out" / "_review" / "chest.dcm").is_file()
