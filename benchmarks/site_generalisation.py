@@ -122,6 +122,8 @@ def main() -> int:
     parser.add_argument("--phantoms", type=int, default=800, help="phantom films (0: none)")
     parser.add_argument("--arch", default=None)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (0: its default); 1 lets two sweeps share 2 cores")
     parser.add_argument("--tiny", action="store_true",
                         help="random init, small batches: a quick check on phantom sites")
     args = parser.parse_args()
@@ -129,6 +131,10 @@ def main() -> int:
         parser.error("give --data or --site")
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     sites = _sites(args, work)
     if len(sites) < 2:
         print("need at least two sites", file=sys.stderr)

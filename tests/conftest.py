@@ -106,7 +106,8 @@ def hostile_dicom(path: Path) -> Path:
 
 
 def biased_checkpoint(path: Path, body_parts: tuple[str, ...], top: str, *,
-                      fracture: float | None = None, margin: float = 10.0) -> Path:
+                      fracture: float | None = None, margin: float = 10.0,
+                      guard: dict[str, float] | None = None) -> Path:
     """A checkpoint that calls every film ``top`` (zero weights, biased logits).
 
     With ``fracture`` (a logit for the positive class) it has a fracture head too.
@@ -140,6 +141,7 @@ def biased_checkpoint(path: Path, body_parts: tuple[str, ...], top: str, *,
         thresholds["fracture"] = 0.5
     card = ModelCard(name=f"always-{top}", arch="mobilenet_v3_small", heads=tuple(heads),
                      input_size=64, mean=0.5, std=0.25, thresholds=thresholds,
+                     guard=guard or {},
                      notes="Biased test weights: every film is " + top)
     save_checkpoint(path, model, card)
     return path

@@ -177,6 +177,7 @@ def score(
     fracture_prob: Sequence[float] = (),
     body_part_sets: Sequence[Sequence[str]] | None = None,
     sources: Sequence[str | None] = (),
+    held: Sequence[bool] = (),
     min_confidence: float | None = None,
     data: str = "",
     sha256: str = "",
@@ -194,7 +195,8 @@ def score(
     the lenient sort figures. The sort outcome uses ``min_confidence``, by
     default the card's (0 when it has none), as ``xreg sort`` does.
     ``sources`` names each image's site (empty: none); when any image names
-    one, the sort outcome and the AUCs are also scored per site.
+    one, the sort outcome and the AUCs are also scored per site. ``held``
+    marks films the card's unfamiliar-film guard sends to review (empty: none).
     """
     labels = card.head(BODY_PART).labels
     y = np.asarray(body_part_true, dtype=np.int64)
@@ -210,17 +212,20 @@ def score(
         card, FRACTURE, paths, fracture_true, fracture_prob, n_resamples, seed)
     card_min = card.thresholds.get("min_confidence", 0.0)
     used = card_min if min_confidence is None else float(min_confidence)
+    hold = np.asarray(held, dtype=bool) if len(held) else np.zeros(len(y), dtype=bool)
+    if len(hold) != len(y):
+        raise ConfigError(f"held has {len(hold)} entries for {len(y)} images")
     sorting = score_sorting(labels, probs, y, min_confidence=used, truth_sets=body_part_sets,
-                            n_resamples=n_resamples, seed=seed)
+                            held=hold, n_resamples=n_resamples, seed=seed)
     rows = risk_coverage(labels, probs, y, (*RISK_COVERAGE_THRESHOLDS, card_min),
-                         operating=used, truth_sets=body_part_sets)
+                         operating=used, truth_sets=body_part_sets, held=hold)
     named = [s or None for s in sources] if sources else [None] * len(y)
     if len(named) != len(y):
         raise ConfigError(f"sources has {len(named)} entries for {len(y)} images")
     sites = site_figures(
         labels, probs, y, named, min_confidence=used, truth_sets=body_part_sets,
         instrument_true=instrument_true, instrument_prob=instrument_prob,
-        fracture_true=fracture_true, fracture_prob=fracture_prob,
+        fracture_true=fracture_true, fracture_prob=fracture_prob, held=hold,
         n_resamples=n_resamples, seed=seed) if has_sites(named) else {}
     return Evaluation(
         checkpoint=card.name, sha256=sha256, card=card, data=data, paths=list(paths),
@@ -331,6 +336,7 @@ def evaluate_images(
     y: list[int] = []
     sets: list[tuple[str, ...]] = []
     sites: list[str | None] = []
+    held: list[bool] = []
     probs: list[list[float]] = []
     binary: dict[str, tuple[list[int | None], list[float]]] = {
         name: ([], []) for name in (INSTRUMENT, FRACTURE) if name in heads}
@@ -348,6 +354,7 @@ def evaluate_images(
             y.append(labels.index(truth.body_part))
             sets.append(truth.body_parts)
             sites.append(truth.source or None)
+            held.append(p.unfamiliar is not None)
             probs.append([p.probabilities[BODY_PART][label] for label in labels])
             for name, (known, prob) in binary.items():
                 known.append(truth.instrument if name == INSTRUMENT else truth.fracture)
@@ -358,7 +365,7 @@ def evaluate_images(
     it, ip = binary.get(INSTRUMENT, ([], []))
     ft, fp = binary.get(FRACTURE, ([], []))
     return score(card, paths, y, np.asarray(probs), it, ip, fracture_true=ft,
-                 fracture_prob=fp, body_part_sets=sets, sources=sites,
+                 fracture_prob=fp, body_part_sets=sets, sources=sites, held=held,
                  min_confidence=min_confidence,
                  data=data, sha256=loaded.sha256, skipped=skipped,
                  n_resamples=n_resamples, seed=seed)

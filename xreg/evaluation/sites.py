@@ -124,6 +124,7 @@ def site_figures(
     instrument_prob: Sequence[float] = (),
     fracture_true: Sequence[int | None] = (),
     fracture_prob: Sequence[float] = (),
+    held: ArrayLike | None = None,
     n_resamples: int = 5000,
     seed: int = 0,
 ) -> dict[str, SiteFigures]:
@@ -146,13 +147,14 @@ def site_figures(
     names = np.array([s or NO_SOURCE for s in sources], dtype=object)
     inst_y, inst_p = _binary(instrument_true, instrument_prob, n, "instrument")
     frac_y, frac_p = _binary(fracture_true, fracture_prob, n, "fracture")
+    hold = np.zeros(n, dtype=bool) if held is None else np.asarray(held, dtype=bool).ravel()
     order = sorted(set(names), key=lambda s: (s == NO_SOURCE, s))
     out: dict[str, SiteFigures] = {}
     for site in order:
         rows = np.flatnonzero(names == site)
         sr = score_sorting(labels, p[rows], y[rows], min_confidence=min_confidence,
                            truth_sets=None if truth_sets is None else
-                           [truth_sets[i] for i in rows],
+                           [truth_sets[i] for i in rows], held=hold[rows],
                            n_resamples=n_resamples, seed=seed)
         inst, inst_n, inst_pos = _auc(inst_y[rows], inst_p[rows], n_resamples, seed)
         frac, frac_n, frac_pos = _auc(frac_y[rows], frac_p[rows], n_resamples, seed)

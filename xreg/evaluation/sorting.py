@@ -136,14 +136,22 @@ def _inputs(labels: Sequence[str], probs: ArrayLike,
     return p, y
 
 
-def place(labels: Sequence[str], probs: ArrayLike,
-          min_confidence: float) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
-    """Each film's top label index and whether ``xreg sort`` would sort it (not review)."""
+def place(labels: Sequence[str], probs: ArrayLike, min_confidence: float,
+          held: ArrayLike | None = None) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+    """Each film's top label index and whether ``xreg sort`` would sort it (not review).
+
+    ``held`` marks films a second opinion holds back whatever the model says
+    (the unfamiliar-film guard), as the sort does.
+    """
     p = np.asarray(probs, dtype=np.float64).reshape(-1, len(labels))
     pred = p.argmax(axis=1)  # ties go to the first label, as the prediction layer does
     conf = p.max(axis=1)
-    placed = np.array([decide_placement(labels[k], float(c), min_confidence).status == "sorted"
-                       for k, c in zip(pred, conf)], dtype=bool)
+    hold = np.zeros(len(pred), dtype=bool) if held is None else \
+        np.asarray(held, dtype=bool).ravel()
+    placed = np.array([decide_placement(labels[k], float(c), min_confidence,
+                                        unfamiliar="unfamiliar film" if h else None
+                                        ).status == "sorted"
+                       for k, c, h in zip(pred, conf, hold)], dtype=bool)
     return pred.astype(np.int64), placed
 
 
@@ -160,6 +168,7 @@ def score_sorting(
     *,
     min_confidence: float,
     truth_sets: Sequence[Sequence[str]] | None = None,
+    held: ArrayLike | None = None,
     n_resamples: int = 5000,
     seed: int = 0,
 ) -> SortingReport:
@@ -167,8 +176,9 @@ def score_sorting(
 
     ``labels`` are the body_part head's labels, ``probs`` is (N, K) in their
     order, ``truth`` the index of each film's primary label and ``truth_sets``
-    each film's label set (default: just the primary label). The films are
-    resampled as a whole, seeded, for every interval.
+    each film's label set (default: just the primary label); ``held`` marks
+    films the unfamiliar-film guard sends to review. The films are resampled
+    as a whole, seeded, for every interval.
     """
     if not 0.0 <= min_confidence <= 1.0:
         raise ConfigError(f"min_confidence must be between 0 and 1, got {min_confidence}")
@@ -177,7 +187,7 @@ def score_sorting(
         (labels[k],) for k in y]
     if len(sets) != len(y):
         raise ConfigError(f"truth_sets has {len(sets)} entries for {len(y)} films")
-    pred, placed = place(labels, p, min_confidence)
+    pred, placed = place(labels, p, min_confidence, held)
     nine, long_bone = _scopes(labels, y)
     right = pred == y
     in_set = np.array([labels[k] in s for k, s in zip(pred, sets)], dtype=bool)
@@ -241,6 +251,7 @@ def risk_coverage(
     *,
     operating: float | None = None,
     truth_sets: Sequence[Sequence[str]] | None = None,
+    held: ArrayLike | None = None,
 ) -> list[CoverageRow]:
     """Coverage and accuracy of sorting at each min_confidence in ``thresholds``.
 
@@ -257,7 +268,7 @@ def risk_coverage(
     extra = () if operating is None else (operating,)
     rows = []
     for t in _thresholds((*thresholds, *extra)):
-        pred, placed = place(labels, p, t)
+        pred, placed = place(labels, p, t, held)
         into_nine = placed & np.array([labels[k] in BODY_PARTS for k in pred], dtype=bool)
         sorted_in_set = int((nine & placed & in_set).sum())
         n_nine, n_out = int(nine.sum()), int((~nine).sum())

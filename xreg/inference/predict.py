@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from xreg.model.checkpoint import LoadedModel
 
 __all__ = ["Prediction", "SourceFile", "decide", "decode_source", "inference_model",
-           "energy", "predict_files", "resolve_device", "softmax"]
+           "energy", "predict_files", "resolve_device", "softmax", "unfamiliar_reason"]
 
 
 @dataclass(frozen=True)
@@ -59,22 +59,24 @@ class Prediction:
     labels: Mapping[str, str] = field(default_factory=dict)
     error: str | None = None
     energy: float | None = None  # -logsumexp of the body-part logits (low: familiar)
+    unfamiliar: str | None = None  # the guard's reason (see unfamiliar_reason)
 
     def confidence(self, head: str) -> float:
         return self.probabilities[head][self.labels[head]]
 
-    def unfamiliar(self, card: ModelCard) -> str | None:
-        """The guard's reason when this film is unlike the model's training films.
 
-        A card with a ``guard`` gives the highest body-part energy seen on
-        films of the kinds it was trained on (calibrated on held-out films);
-        above it, the film goes to ``_review`` rather than to a confident,
-        possibly wrong folder. None: familiar enough, or no guard.
-        """
-        limit = card.guard.get("energy_max") if card.guard else None
-        if limit is None or self.energy is None or self.energy <= limit:
-            return None
-        return f"unfamiliar film (energy {self.energy:.2f} > {limit:.2f})"
+def unfamiliar_reason(energy: float | None, card: ModelCard) -> str | None:
+    """The guard's reason when a film is unlike the model's training films.
+
+    A card with a ``guard`` gives the highest body-part energy it accepts,
+    calibrated on held-out films of the kinds it was trained on; above it,
+    the film goes to ``_review`` rather than to a confident, possibly wrong
+    folder. None: familiar enough, or no guard.
+    """
+    limit = card.guard.get("energy_max") if card.guard else None
+    if limit is None or energy is None or energy <= limit:
+        return None
+    return f"unfamiliar film (energy {energy:.2f} > {limit:.2f})"
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -215,5 +217,6 @@ def _run_batch(batch: list[_Decoded], model: Model) -> list[Prediction]:
             source=d.source, sha256=d.sha256, status=d.status, meta=d.meta,
             probabilities=probs, labels=decide(probs, card) if probs else {}, error=d.error,
             energy=energy_by_index.get(id(d)),
+            unfamiliar=unfamiliar_reason(energy_by_index.get(id(d)), card),
         ))
     return out

@@ -28,7 +28,15 @@ from typing import Any, cast
 import numpy as np
 
 from xreg.errors import ConfigError
-from xreg.inference.predict import Prediction, SourceFile, decide, decode_source, softmax
+from xreg.inference.predict import (
+    Prediction,
+    SourceFile,
+    decide,
+    decode_source,
+    energy,
+    softmax,
+    unfamiliar_reason,
+)
 from xreg.inference.preprocess import Preprocessor
 from xreg.inference.runtime import Model
 from xreg.io import ImageMeta
@@ -83,13 +91,16 @@ class _Score:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ready = [i for i, t in enumerate(batch["tensor"]) if t is not None]
         probs: list[dict[str, dict[str, float]] | None] = [None] * len(batch["index"])
+        energies = np.full(len(batch["index"]), np.nan)
         if ready:
             logits = self.model.runtime.run(np.stack([batch["tensor"][i] for i in ready]))
             per_head = {h.name: softmax(logits[h.name]).tolist() for h in self.model.card.heads}
+            energies[ready] = energy(logits[self.model.card.heads[0].name])
             for k, i in enumerate(ready):
                 probs[i] = {h.name: dict(zip(h.labels, per_head[h.name][k]))
                             for h in self.model.card.heads}
         out = {k: v for k, v in batch.items() if k != "tensor"}
+        out["energy"] = energies
         out["probabilities"] = np.array(probs + [None], dtype=object)[:-1]
         return out
 
@@ -147,13 +158,15 @@ def _stream(files: list[SourceFile], model: Model, options: RayOptions, device: 
                            num_gpus=options.gpus_per_worker or None))
     for batch in scored.iter_batches(batch_size=options.batch_size, batch_format="numpy"):
         out = []
-        for i, sha, status, error, meta, probs in zip(
+        for i, sha, status, error, meta, probs, e in zip(
                 batch["index"], batch["sha256"], batch["status"], batch["error"],
-                batch["meta"], batch["probabilities"]):
+                batch["meta"], batch["probabilities"], batch["energy"]):
             # Ray's columnar blocks turn a None into NaN: take only real values back.
             probs = probs if isinstance(probs, dict) else {}
             meta = meta if isinstance(meta, ImageMeta) else None
+            e = float(e) if probs and np.isfinite(e) else None
             out.append(Prediction(files[int(i)], str(sha), str(status), meta, probs,
                                   decide(probs, model.card) if probs else {},
-                                  error if isinstance(error, str) else None))
+                                  error if isinstance(error, str) else None, energy=e,
+                                  unfamiliar=unfamiliar_reason(e, model.card)))
         yield out

@@ -25,13 +25,14 @@ def placement(pred: Prediction, min_confidence: float,
 
     ``unreadable`` when nothing could be decoded; otherwise ``review`` (not
     one of the known body parts, below ``min_confidence``, or the first
-    reason among ``second_opinions``) or ``sorted``.
+    reason among ``second_opinions``; first of all, the unfamiliar-film
+    guard's reason) or ``sorted``.
     """
     if pred.status == "unreadable" or not pred.labels:
         return Placement("unreadable", "", pred.error)
     label = pred.labels["body_part"]
     return decide_placement(label, pred.confidence("body_part"), min_confidence,
-                            second_opinions)
+                            second_opinions, unfamiliar=pred.unfamiliar)
 
 
 def judge(pred: Prediction, min_confidence: float, vocabulary: Vocabulary,

@@ -40,15 +40,21 @@ class Placement:
 
 
 def decide_placement(label: str, confidence: float, min_confidence: float,
-                     second_opinions: Iterable[str | None] = ()) -> Placement:
+                     second_opinions: Iterable[str | None] = (), *,
+                     unfamiliar: str | None = None) -> Placement:
     """Where a film with body part ``label`` at ``confidence`` goes (pure).
 
     ``second_opinions`` are reasons, in order, to hold back a film the model
     would sort (None: no objection), e.g. a DICOM header naming another
     class (:mod:`xreg.sort.header_check`); the first reason wins. A film the
-    model itself sends to review keeps the model's reason.
+    model itself sends to review keeps the model's reason, except one the
+    unfamiliar-film guard flags (``unfamiliar``, the guard's reason): unlike
+    anything the model learned, its label and confidence mean little, so the
+    guard's reason is the one recorded.
     """
     scope = body_part_scope(label)
+    if unfamiliar:
+        return Placement("review", scope, unfamiliar)
     if label == OTHER or scope == "other":
         return Placement("review", scope, f"not one of the known body parts ({label})")
     if confidence < min_confidence:
