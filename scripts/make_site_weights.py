@@ -152,7 +152,8 @@ def main() -> int:
         training={**_no_local_paths(t),
                   "data": {**t["data"], "source": "four real sites (scripts/sites.py) and "
                            "phantoms (xreg synth, seed 1000)", "credits": CREDITS},
-                  "calibration": calibration},
+                  "calibration": calibration,
+                  "test_groups": _test_groups(test)},
         metrics={"test_sites": {s: _site_brief(f) for s, f in test_ev["sites"].items()},
                  "test_overall": summary["test_overall"],
                  "out_of_scope_phantoms": summary["out_of_scope_phantoms"],
@@ -182,6 +183,20 @@ def _no_local_paths(training: dict[str, Any]) -> dict[str, Any]:
     data = {**training["data"], "datasets": plain(training["data"].get("datasets", []))}
     recipe = {**training["recipe"], "datasets": plain(training["recipe"].get("datasets", []))}
     return {**training, "data": data, "recipe": recipe}
+
+
+def _test_groups(test: list[Any]) -> dict[str, list[str]]:
+    """Each site's test-split patient groups as short hashes, so tests can pick films
+    the model never trained on or chose a threshold with (no id is stored as such)."""
+    import hashlib
+
+    groups: dict[str, set[str]] = {}
+    for im in test:
+        raw = (im.patient_id or "").split(":", 1)[-1]
+        if raw:
+            groups.setdefault(im.source, set()).add(
+                hashlib.sha256(raw.encode()).hexdigest()[:16])
+    return {site: sorted(keys) for site, keys in sorted(groups.items())}
 
 
 def _site_brief(figures: dict[str, Any]) -> dict[str, Any]:
