@@ -193,7 +193,7 @@ def noise(x: Image, rng: np.random.Generator) -> Image:
 
 def blur(x: Image, rng: np.random.Generator) -> Image:
     """Unsharpness: a Gaussian blur of sigma 0.5-1.8 pixels of the model's input."""
-    return _cv2().GaussianBlur(x, (0, 0), float(rng.uniform(0.5, 1.8)))
+    return np.clip(_cv2().GaussianBlur(x, (0, 0), float(rng.uniform(0.5, 1.8))), 0, 1)
 
 
 #: Step name -> function, in the order they are applied: framing, then the
