@@ -90,7 +90,7 @@ def test_each_film_gets_an_sr_and_an_sc_in_new_series_of_its_study(sorted_dicom:
             if r["body_part"] in SNOMED_BODY_PARTS:
                 assert ("SCT", SNOMED_BODY_PARTS[r["body_part"]][0]) in codes
             texts = {str(e.value) for e in ds.iterall() if e.keyword == "TextValue"}
-            assert {r["model"], "bodypart_real"} <= texts  # the algorithm: name, sha256
+            assert {r["model"], "bodypart_sites"} <= texts  # the algorithm: name, sha256
         else:
             assert ds.SOPClassUID.name == "Secondary Capture Image Storage"
             assert ds.PhotometricInterpretation == "RGB" and ds.pixel_array.ndim == 3
@@ -106,9 +106,9 @@ def test_writing_again_gives_the_same_uids(sorted_dicom: Path, tmp_path: Path) -
     copy = tmp_path / "out"
     shutil.copytree(sorted_dicom, copy)
     model = _outputs(copy)[0]["model"]
-    skipped = write_sort_dicom(copy, copy / "registry.sqlite", "bodypart_real", model)
+    skipped = write_sort_dicom(copy, copy / "registry.sqlite", "bodypart_sites", model)
     assert skipped.written == 0  # a cron rerun writes (and sends) only what is new
-    again = write_sort_dicom(copy, copy / "registry.sqlite", "bodypart_real", model,
+    again = write_sort_dicom(copy, copy / "registry.sqlite", "bodypart_sites", model,
                              again=True)
     assert again.written == 10 and {r["sop_uid"] for r in _outputs(copy)} == before
 

@@ -96,3 +96,26 @@ def test_sort_sends_unfamiliar_films_to_review_with_the_reason(
         assert not (out / "hand").exists()
     else:
         assert all(r is None for r in reasons) and (out / "hand").is_dir()
+
+
+def test_the_shipped_default_holds_back_what_it_never_saw(tmp_path: Path) -> None:
+    """Real non-radiograph DICOM (CT, MR, ultrasound) trips the guard; noise and a photo
+    wait in _review too (as `other`, a class the out-of-scope phantoms taught it)."""
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    src = tmp_path / "in"
+    _films(src)
+    for name in ("CT_small.dcm", "MR_small.dcm", "US1_J2KR.dcm"):
+        shutil.copyfile(get_testdata_file(name), src / name)
+    result = CliRunner().invoke(app, ["sort", str(src), str(tmp_path / "out"), "--json",
+                                      "--min-age", "0"])
+    assert result.exit_code == 0, result.output
+    files = {Path(f["source"]).name: f for f in json.loads(result.output)["files"]}
+    assert all(f["status"] == "review" for f in files.values())
+    for name in ("CT_small.dcm", "MR_small.dcm", "US1_J2KR.dcm"):
+        assert files[name]["reason"].startswith("unfamiliar film"), files[name]["reason"]
+    for name in ("noise.png", "photo.jpg"):
+        reason = files[name]["reason"]
+        assert reason.startswith(("unfamiliar film", "not one of the known body parts"))

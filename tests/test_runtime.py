@@ -30,7 +30,8 @@ from xreg.model.checkpoint import make_random_checkpoint
 from xreg.sort.runner import run_sort
 from xreg.synth.generate import generate_dataset
 
-SHIPPED = ("bodypart_real", "bodypart_instrument_phantom", "hip_fracture_phantom")
+SHIPPED = ("bodypart_sites", "bodypart_real", "bodypart_instrument_phantom",
+           "hip_fracture_phantom")
 # Real radiographs among pydicom's test files (CR of a tibia and a chest), plus the rest.
 REAL_DICOM = ("RG3_J2KR.dcm", "RG1_J2KR.dcm", *DICOM_SAMPLES)
 TOLERANCE = 1e-4

@@ -62,7 +62,7 @@ def test_the_slim_wheel_sorts_hip_scores_and_queries_without_torch(
     counts = json.loads(sort.stdout)["counts"]
     assert counts["sorted"] + counts["review"] == 12 and counts["unreadable"] == 2
     runs = _run([str(slim / "xreg"), "registry", "runs", str(tmp_path / "out")], cwd=cwd)
-    assert runs.returncode == 0 and "bodypart_real" in runs.stdout
+    assert runs.returncode == 0 and "bodypart_sites" in runs.stdout
     hip = _run([str(slim / "xreg"), "hip", str(tmp_path / "in"), "--min-age", "0", "--json"],
                cwd=cwd)
     assert hip.returncode in (0, 1), hip.stderr[-3000:]

@@ -74,7 +74,7 @@ def sort_cmd(
     out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="Sorted output folder.")],
     weights: Annotated[Path | None, typer.Option(
         help="Model checkpoint (.pt) to classify with.  [default: XREG_WEIGHTS, else "
-             "the shipped xreg/weights/bodypart_real.pt]",
+             "the shipped xreg/weights/bodypart_sites.pt]",
         envvar="XREG_WEIGHTS")] = None,
     mode: Annotated[Mode | None, typer.Option(
         help="copy: leave IN as it is; move: delete each source once its copy is verified "

@@ -26,7 +26,7 @@ CARD_FORMAT_VERSION = 1
 #: The checkpoint ``xreg sort`` uses when no --weights is given, shipped as package
 #: data in ``xreg/weights/`` (trained on real FracAtlas films and phantoms; see its
 #: model card).
-DEFAULT_WEIGHTS = "bodypart_real.pt"
+DEFAULT_WEIGHTS = "bodypart_sites.pt"
 
 
 # Card keys added after format version 1 was first written; older cards lack them.
@@ -213,7 +213,7 @@ def shipped_weights(name: str) -> Path:
 
 
 def default_weights() -> Path:
-    """The shipped default checkpoint, ``xreg/weights/bodypart_real.pt``.
+    """The shipped default checkpoint, ``xreg/weights/bodypart_sites.pt``.
 
     Package data, so an installed wheel has it too. Raises ``ConfigError``
     saying what to pass when it is absent.
