@@ -15,7 +15,7 @@
    file names) and score fracture with the shipped two-view model.
 6. Print how to open the sorted folder in the web app (`xreg serve`).
 
-The shipped default was trained on real FracAtlas films plus phantoms, the hip
+The shipped default was trained on real films of four sites plus phantoms, the hip
 model on phantoms only; see xreg/weights/*.md.
 """
 
@@ -64,7 +64,7 @@ def run(*args: str) -> int:
 def main() -> None:
     shutil.rmtree(DEMO, ignore_errors=True)
     make_inputs(DEMO / "in")
-    print("\nNOTE: the default weights were trained on real FracAtlas films and phantoms; "
+    print("\nNOTE: the default weights were trained on real films of four sites and phantoms; "
           "the hip model on phantoms only. Not for clinical use (xreg/weights/*.md).\n")
     run("sort", str(DEMO / "in"), str(DEMO / "out"), "--min-age", "0")
     run("sort", str(DEMO / "in"), str(DEMO / "out"), "--min-age", "0")
