@@ -211,8 +211,8 @@ def test_sources_are_tagged_weighted_and_masked(two_sources: Path, tmp_path: Pat
 
 def test_mixed_source_training_lowers_every_heads_loss(two_sources: Path,
                                                       tmp_path: Path) -> None:
-    cfg = load_train_config(two_sources / "mixed.yaml", {**TINY, "max_epochs": 4,
-                                                          "milestones": [4]})
+    cfg = load_train_config(two_sources / "mixed.yaml", {**TINY, "max_epochs": 6,
+                                                          "milestones": [6]})
     result = train(cfg, None, tmp_path / "m.pt", workers=1)
     loaded = load_checkpoint(result.checkpoint)
     card = loaded.card
