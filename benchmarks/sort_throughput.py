@@ -118,6 +118,12 @@ def generate(root: Path, n: int, seed: int = 0) -> dict[str, Path]:
     return folders
 
 
+def _weights() -> Path | None:
+    """The checkpoint under test (``--weights``; children get it from the environment)."""
+    value = os.environ.get("XREG_BENCH_WEIGHTS")
+    return Path(value) if value else None
+
+
 def child_sort(folder: Path, out: Path, runtime: str, mode: str, batch: int,
                workers: int) -> dict:
     from xreg.config import SortOptions
@@ -135,7 +141,7 @@ def child_sort(folder: Path, out: Path, runtime: str, mode: str, batch: int,
             pass
 
     options = SortOptions(min_age=0, min_confidence=0.0, batch_size=batch, workers=workers,
-                          device="cpu", runtime=runtime, mode=mode)
+                          device="cpu", runtime=runtime, mode=mode, weights=_weights())
     clock = Clock()
     t0 = time.perf_counter()
     result = run_sort(folder, out, options, clock)
@@ -157,7 +163,7 @@ def child_stages(folder: Path, out: Path, runtime: str, n: int, batch: int) -> d
     from xreg.registry import ImageRecord, Registry
     from xreg.sort.placement import Move, apply_move
 
-    model = load_model(default_weights(), runtime=runtime, device="cpu")
+    model = load_model(_weights() or default_weights(), runtime=runtime, device="cpu")
     pre = Preprocessor(model.card)
     files = sorted(folder.iterdir())[:n]
     ms: dict[str, float] = {}
@@ -204,8 +210,10 @@ def child_stages(folder: Path, out: Path, runtime: str, n: int, batch: int) -> d
 def child_process(folder: Path, out: Path, runtime: str) -> dict:
     """A whole `xreg sort` process over a folder: wall time and peak RSS, start-up in."""
     t0 = time.perf_counter()
+    weights = _weights()
     done = subprocess.run([sys.executable, "-m", "xreg", "sort", str(folder), str(out),
-                           "--min-age", "0", "--quiet", "--runtime", runtime], check=False)
+                           "--min-age", "0", "--quiet", "--runtime", runtime,
+                           *(["--weights", str(weights)] if weights else [])], check=False)
     wall = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return {"wall": wall, "child_rss_mb": rss, "code": done.returncode}
@@ -258,7 +266,12 @@ def main() -> None:
     parser.add_argument("--formats", default=",".join(FORMATS))
     parser.add_argument("--stages-n", type=int, default=32, help="files per stage timing")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="a checkpoint to time instead of the shipped default "
+                             "(e.g. the previous default, as a baseline in the same run)")
     args = parser.parse_args()
+    if args.weights is not None:
+        os.environ["XREG_BENCH_WEIGHTS"] = str(args.weights.resolve())
     if args.child:
         kind, *rest = args.child
         if kind == "sort":
