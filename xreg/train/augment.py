@@ -22,6 +22,7 @@ import math
 import string
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -33,7 +34,7 @@ __all__ = ["STEPS", "SITE_DEFAULTS", "augment_film", "check_steps"]
 Image = NDArray[np.float32]
 
 
-def _cv2() -> object:
+def _cv2() -> Any:
     try:
         import cv2
     except ImportError:  # pragma: no cover - the train extra has it

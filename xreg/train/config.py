@@ -110,7 +110,7 @@ class TrainConfig:
     intensity: float = 0.0  # random gamma, contrast and brightness (e.g. 0.2)
     # Site augmentation (xreg/train/augment.py): step -> probability; "default" takes
     # SITE_DEFAULTS, {} or "off" switches it off.
-    site_augment: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    site_augment: Mapping[str, float] | str = dataclasses.field(default_factory=dict)
     cache_size: int = 0  # films cached at this size for crops (0: input_size)
     normalise: str = "none"  # none | percentile: the card's grey-level normalisation
     split: tuple[float, float, float] = (0.7, 0.2, 0.1)  # train, val, test

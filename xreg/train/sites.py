@@ -123,8 +123,8 @@ def _in_order(ev: Evaluation, images: Sequence[LabelledImage], root: Path
             pass
     out = []
     for p in ev.paths:
-        im = by_path.get(p)
-        if im is None:
+        found = by_path.get(p)
+        if found is None:
             raise ConfigError(f"evaluated film {p} is not among the given images")
-        out.append(im)
+        out.append(found)
     return out
