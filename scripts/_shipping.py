@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 from typing import Any
 
 from xreg.model.checkpoint import load_checkpoint, save_checkpoint
@@ -29,3 +30,23 @@ def ship_card(path: str | os.PathLike[str], out: str | os.PathLike[str],
     training["data"] = {**training.get("data", {}), "source": data_description}
     card = dataclasses.replace(loaded.card, notes=PHANTOM_NOTE, training=training)
     return save_checkpoint(out, loaded.model, card)
+
+
+def no_local_paths(training: dict[str, Any]) -> dict[str, Any]:
+    """Dataset paths of this machine become their file names in the shipped card."""
+    def plain(sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{**d, "path": Path(d["path"]).name} if d.get("path") else d for d in sources]
+
+    data = {**training["data"], "datasets": plain(training["data"].get("datasets", []))}
+    recipe = {**training["recipe"], "datasets": plain(training["recipe"].get("datasets", []))}
+    return {**training, "data": data, "recipe": recipe}
+
+
+def confusion_rows(conf: dict[str, Any]) -> list[str]:
+    """Markdown rows of a truth-by-destination table (empty truths left out)."""
+    dest = conf["destination"]
+    rows = ["| truth | " + " | ".join(dest) + " |", "|---|" + "---|" * len(dest)]
+    for name, row in zip(conf["truth"], conf["matrix"]):
+        if sum(row):
+            rows.append(f"| {name} | " + " | ".join(str(v) if v else "." for v in row) + " |")
+    return rows

@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from _shipping import ci
+from _shipping import ci, confusion_rows, no_local_paths
 from fracatlas import write_manifest
 
 from xreg.datasets import load_labels
@@ -146,7 +146,7 @@ def main() -> int:
     blocks = {s: sorted({im.patient_id.split(":", 1)[1] for im in
                          _split_rows(run_dir, s, "fracatlas", labels) if im.patient_id})
               for s in ("val", "test")}
-    card = dataclasses.replace(card, training=_no_local_paths(
+    card = dataclasses.replace(card, training=no_local_paths(
         {**card.training, "fracatlas_blocks": blocks}))
     final = work / f"{NAME}.pt"
     save_checkpoint(final, loaded.model, card)
@@ -193,16 +193,6 @@ def main() -> int:
         shutil.copyfile(work / f"{NAME}.md", ROOT / "xreg" / "weights" / f"{NAME}.md")
         print(f"shipped to {ROOT / 'xreg' / 'weights'}")
     return 0
-
-
-def _no_local_paths(training: dict[str, Any]) -> dict[str, Any]:
-    """Dataset paths of this machine become their file names in the shipped card."""
-    def plain(sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [{**d, "path": Path(d["path"]).name} if d.get("path") else d for d in sources]
-
-    data = {**training["data"], "datasets": plain(training["data"].get("datasets", []))}
-    recipe = {**training["recipe"], "datasets": plain(training["recipe"].get("datasets", []))}
-    return {**training, "data": data, "recipe": recipe}
 
 
 def _spine(*evaluations: Evaluation) -> dict[str, Any]:
@@ -326,7 +316,7 @@ def model_card(loaded: Any, summary: dict[str, Any]) -> str:
         "",
         "Destination of each FracAtlas test film (rows: primary label; columns: folder):",
         "",
-        *_confusion(s["confusion"]),
+        *confusion_rows(s["confusion"]),
         "",
         "## Intended use",
         "Sorting musculoskeletal radiographs into body-part folders for research registries, "
@@ -375,15 +365,6 @@ def _binary(m: dict[str, Any] | None) -> str:
     return (f"AUC {ci(m['auc'])}, sensitivity {ci(m['sensitivity'])}, specificity "
             f"{ci(m['specificity'])} at threshold {m['threshold']:.3f} "
             f"({m.get('positive', '?')} positive of {m.get('labelled', '?')})")
-
-
-def _confusion(conf: dict[str, Any]) -> list[str]:
-    dest = conf["destination"]
-    rows = ["| truth | " + " | ".join(dest) + " |", "|---|" + "---|" * len(dest)]
-    for name, row in zip(conf["truth"], conf["matrix"]):
-        if sum(row):
-            rows.append(f"| {name} | " + " | ".join(str(v) if v else "." for v in row) + " |")
-    return rows
 
 
 if __name__ == "__main__":

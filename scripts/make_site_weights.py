@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from _shipping import ci
+from _shipping import ci, confusion_rows, no_local_paths
 from sites import write_site_manifests
 
 from xreg.evaluation.evaluate import evaluate_images
@@ -149,7 +149,7 @@ def main() -> int:
     t = loaded.card.training
     card = dataclasses.replace(
         loaded.card, name=NAME, notes=NOTE,
-        training={**_no_local_paths(t),
+        training={**no_local_paths(t),
                   "data": {**t["data"], "source": "four real sites (scripts/sites.py) and "
                            "phantoms (xreg synth, seed 1000)", "credits": CREDITS},
                   "calibration": calibration,
@@ -173,16 +173,6 @@ def main() -> int:
                             ROOT / "xreg" / "weights" / f"{NAME}{suffix}")
         print(f"shipped to {ROOT / 'xreg' / 'weights'}")
     return 0
-
-
-def _no_local_paths(training: dict[str, Any]) -> dict[str, Any]:
-    """Dataset paths of this machine become their file names in the shipped card."""
-    def plain(sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [{**d, "path": Path(d["path"]).name} if d.get("path") else d for d in sources]
-
-    data = {**training["data"], "datasets": plain(training["data"].get("datasets", []))}
-    recipe = {**training["recipe"], "datasets": plain(training["recipe"].get("datasets", []))}
-    return {**training, "data": data, "recipe": recipe}
 
 
 def _test_groups(test: list[Any]) -> dict[str, list[str]]:
@@ -216,15 +206,6 @@ def _v(value: Any) -> str:
     if not value or value[0] is None or (isinstance(value[0], float) and math.isnan(value[0])):
         return "n/a"
     return ci(value)
-
-
-def _confusion(conf: dict[str, Any]) -> list[str]:
-    dest = conf["destination"]
-    rows = ["| truth | " + " | ".join(dest) + " |", "|---|" + "---|" * len(dest)]
-    for name, row in zip(conf["truth"], conf["matrix"]):
-        if sum(row):
-            rows.append(f"| {name} | " + " | ".join(str(v) if v else "." for v in row) + " |")
-    return rows
 
 
 def _sweep_rows(sweep: dict[str, Any]) -> list[str]:
@@ -296,7 +277,7 @@ def model_card(loaded: Any, summary: dict[str, Any]) -> str:
     ]
     for s, f in sites.items():
         lines += [f"Destinations, {s} test split (rows: truth; columns: folder):", "",
-                  *_confusion(f["confusion"]), ""]
+                  *confusion_rows(f["confusion"]), ""]
     sweep = summary.get("leave_one_site_out") or {}
     lines += ["## Leave one site out", ""]
     if sweep:

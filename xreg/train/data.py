@@ -77,22 +77,8 @@ def decode_images(
         cached = _read_cache(cache_dir, key)
         if cached is not None:
             return cached
-    if on_start is not None:
-        on_start(len(paths))
-    pixels = np.zeros((len(paths), size, size), dtype=np.float16)
-    kept: list[int] = []
-    dropped: list[tuple[str, str]] = []
-    with ThreadPoolExecutor(max_workers=max(1, workers),
-                            thread_name_prefix="xreg-train-decode") as pool:
-        for i, result in enumerate(pool.map(lambda p: _decode_one(p, size), paths)):
-            if isinstance(result, str):
-                dropped.append((str(paths[i]), result))
-            else:
-                pixels[len(kept)] = result
-                kept.append(i)
-            if on_decoded is not None:
-                on_decoded()
-    decoded = DecodedSet(pixels[: len(kept)].copy(), kept, dropped)
+    decoded = _decode_all(paths, size, lambda p: _decode_one(p, size), workers, on_start,
+                          on_decoded)
     if cache_dir is not None:
         _write_cache(cache_dir, key, decoded)
     return decoded
@@ -155,6 +141,14 @@ def _decode_shared(paths: Sequence[Path], size: int, folder: Path, workers: int,
         os.replace(tmp, cached)
         return result
 
+    return _decode_all(paths, size, one, workers, on_start, on_decoded)
+
+
+def _decode_all(paths: Sequence[Path], size: int,
+                decode: Callable[[Path], NDArray[np.float16] | str], workers: int,
+                on_start: Callable[[int], None] | None,
+                on_decoded: Callable[[], None] | None) -> DecodedSet:
+    """Every film through ``decode`` in threads; the ones it cannot read are dropped."""
     if on_start is not None:
         on_start(len(paths))
     pixels = np.zeros((len(paths), size, size), dtype=np.float16)
@@ -162,7 +156,7 @@ def _decode_shared(paths: Sequence[Path], size: int, folder: Path, workers: int,
     dropped: list[tuple[str, str]] = []
     with ThreadPoolExecutor(max_workers=max(1, workers),
                             thread_name_prefix="xreg-train-decode") as pool:
-        for i, result in enumerate(pool.map(one, paths)):
+        for i, result in enumerate(pool.map(decode, paths)):
             if isinstance(result, str):
                 dropped.append((str(paths[i]), result))
             else:
