@@ -150,7 +150,8 @@ def main() -> int:
     card = dataclasses.replace(
         loaded.card, name=NAME, notes=NOTE,
         training={**no_local_paths(t),
-                  "data": {**t["data"], "source": "four real sites (scripts/sites.py) and "
+                  "data": {**no_local_paths(t)["data"],
+                           "source": "four real sites (scripts/sites.py) and "
                            "phantoms (xreg synth, seed 1000)", "credits": CREDITS},
                   "calibration": calibration,
                   "test_groups": _test_groups(test)},
