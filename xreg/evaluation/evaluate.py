@@ -98,6 +98,8 @@ class Evaluation:
     risk_coverage: list[CoverageRow] = field(default_factory=list)
     sources: list[str | None] = field(default_factory=list)
     sites: dict[str, SiteFigures] = field(default_factory=dict)
+    # Body-part energy of each film (nan where none): what the unfamiliar-film guard reads.
+    energy: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
 
     @property
     def note(self) -> str:
@@ -178,6 +180,7 @@ def score(
     body_part_sets: Sequence[Sequence[str]] | None = None,
     sources: Sequence[str | None] = (),
     held: Sequence[bool] = (),
+    energies: Sequence[float] = (),
     min_confidence: float | None = None,
     data: str = "",
     sha256: str = "",
@@ -235,7 +238,7 @@ def score(
         misclassified=sorted(wrong + inst_wrong + frac_wrong, key=lambda m: (m.path, m.head)),
         skipped=list(skipped), fracture_threshold=f_threshold, fracture_true=ft,
         fracture_prob=fp, fracture=fracture, sorting=sorting, risk_coverage=rows,
-        sources=named, sites=sites,
+        sources=named, sites=sites, energy=np.asarray(energies, dtype=np.float64),
     )
 
 
@@ -337,6 +340,7 @@ def evaluate_images(
     sets: list[tuple[str, ...]] = []
     sites: list[str | None] = []
     held: list[bool] = []
+    energies: list[float] = []
     probs: list[list[float]] = []
     binary: dict[str, tuple[list[int | None], list[float]]] = {
         name: ([], []) for name in (INSTRUMENT, FRACTURE) if name in heads}
@@ -355,6 +359,7 @@ def evaluate_images(
             sets.append(truth.body_parts)
             sites.append(truth.source or None)
             held.append(p.unfamiliar is not None)
+            energies.append(np.nan if p.energy is None else p.energy)
             probs.append([p.probabilities[BODY_PART][label] for label in labels])
             for name, (known, prob) in binary.items():
                 known.append(truth.instrument if name == INSTRUMENT else truth.fracture)
@@ -366,6 +371,7 @@ def evaluate_images(
     ft, fp = binary.get(FRACTURE, ([], []))
     return score(card, paths, y, np.asarray(probs), it, ip, fracture_true=ft,
                  fracture_prob=fp, body_part_sets=sets, sources=sites, held=held,
+                 energies=energies,
                  min_confidence=min_confidence,
                  data=data, sha256=loaded.sha256, skipped=skipped,
                  n_resamples=n_resamples, seed=seed)

@@ -24,13 +24,11 @@ from xreg.datasets import LabelledImage, load_labels
 from xreg.errors import ConfigError
 from xreg.evaluation.calibrate import choose_operating_point
 from xreg.evaluation.evaluate import Evaluation, evaluate_images
-from xreg.inference.predict import SourceFile, predict_files
 from xreg.model.checkpoint import LoadedModel
 from xreg.model.labels import OTHER
 from xreg.train.config import TrainConfig
 
-__all__ = ["GUARD_COVERAGE", "calibrate", "common_root", "energies", "split_images",
-           "without_site"]
+__all__ = ["GUARD_COVERAGE", "calibrate", "common_root", "split_images", "without_site"]
 
 #: Share of held-out familiar films the guard lets through (the rest go to review).
 GUARD_COVERAGE = 0.99
@@ -54,14 +52,6 @@ def split_images(run_dir: Path, split: str, labels: Sequence[str],
         meta = {row["path"]: row for row in csv.DictReader(f)}
     return [im for im in images if meta[str(im.path)]["split"] == split
             and (source is None or meta[str(im.path)].get("source") == source)]
-
-
-def energies(loaded: LoadedModel, paths: Sequence[Path], workers: int = 2) -> np.ndarray:
-    """Body-part energy of each decodable film (in order; unreadable ones left out)."""
-    sources = [SourceFile(p, p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
-    out = [pred.energy for batch in predict_files(sources, loaded, workers=workers)
-           for pred in batch if pred.energy is not None]
-    return np.asarray(out, np.float64)
 
 
 def calibrate(loaded: LoadedModel, val: Sequence[LabelledImage], *,
@@ -91,8 +81,10 @@ def calibrate(loaded: LoadedModel, val: Sequence[LabelledImage], *,
     except ConfigError as exc:  # a model too weak to sort anything: keep its threshold
         threshold = card.thresholds.get("min_confidence", 0.5)
         chosen = {"threshold": threshold, "not_calibrated": str(exc)}
-    msk = [Path(im.path) for im in val if im.body_part != OTHER]
-    energy = energies(loaded, msk, workers=workers)
+    # The evaluation's own pass gave every film's energy: no second pass over the films.
+    msk = ev.body_part_true != labels.index(OTHER) if OTHER in labels else \
+        np.ones(len(ev.body_part_true), dtype=bool)
+    energy = ev.energy[msk & np.isfinite(ev.energy)]
     limit = float(np.quantile(energy, coverage)) if len(energy) else None
     guard = {} if limit is None else {
         "energy_max": round(limit, 4), "coverage": coverage, "films": int(len(energy)),
