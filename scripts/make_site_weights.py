@@ -280,7 +280,7 @@ def model_card(loaded: Any, summary: dict[str, Any]) -> str:
         lines += [f"Destinations, {s} test split (rows: truth; columns: folder):", "",
                   *confusion_rows(f["confusion"]), ""]
     sweep = summary.get("leave_one_site_out") or {}
-    lines += ["## Leave one site out", ""]
+    lines += ["## Leave-one-site-out (held-out sites)", ""]
     if sweep:
         lines += ["Each row: a model trained without that site (the recipe at the sweep's "
                   "short schedule; `benchmarks/site_generalisation.py`), thresholds chosen "
