@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, default=None)
     args = parser.parse_args()
     from xreg.config import SortOptions
-    from xreg.heatmaps import add_sort_heatmaps
+    from xreg.explain.heatmaps import add_sort_heatmaps
     from xreg.model.card import shipped_weights
     from xreg.model.checkpoint import load_checkpoint
     from xreg.sort.audit import load_vocabulary

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from xreg.datasets import load_labels
-from xreg.explain import METHODS
-from xreg.heatmaps import explain_files
+from xreg.explain.heatmaps import explain_files
+from xreg.explain.saliency import METHODS
 from xreg.inference.predict import SourceFile, predict_files
 from xreg.model.checkpoint import default_weights, load_checkpoint
 

@@ -372,7 +372,7 @@ def render(result: dict[str, object]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from xreg.errors import XregError
-    from xreg.explain import METHODS
+    from xreg.explain.saliency import METHODS
 
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--data", type=Path, required=True,

@@ -22,7 +22,7 @@ from typing import Any
 from _shipping import ci, ship_card
 
 from xreg.evaluation.pairs import evaluate_pairs
-from xreg.hip import HIP_WEIGHTS
+from xreg.hip.run import HIP_WEIGHTS
 from xreg.model.checkpoint import LoadedModel, load_checkpoint
 from xreg.synth.generate import generate_dataset
 from xreg.train import load_train_config, train

@@ -14,7 +14,7 @@ from scipy import ndimage
 from typer.testing import CliRunner
 
 from xreg.cli import app
-from xreg.explain import METHODS, Attribution, attribute, write_overlay
+from xreg.explain.saliency import METHODS, Attribution, attribute, write_overlay
 from xreg.model.checkpoint import LoadedModel, ModelCard, load_checkpoint
 from xreg.model.models import STANDARD_HEADS, build_model
 from xreg.model.transforms import Preprocessor
@@ -157,7 +157,7 @@ def test_an_overlay_explains_the_probability_the_sort_records(tmp_path: Path,
                                                              inputs: tuple[Path, dict]) -> None:
     # The attribution's input is decoded as the sort decodes it (not at display size),
     # so the caption's probability is the registry's.
-    from xreg.heatmaps import explain_files
+    from xreg.explain.heatmaps import explain_files
     from xreg.inference.predict import SourceFile, predict_files
     from xreg.model.checkpoint import default_weights, load_checkpoint
 

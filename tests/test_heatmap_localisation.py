@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-import xreg.explain
-from xreg.explain import METHODS, Attribution
+import xreg.explain.saliency
+from xreg.explain.saliency import METHODS, Attribution
 from xreg.model.checkpoint import ModelCard, save_checkpoint
 from xreg.model.models import BODY_PART_HEAD, INSTRUMENT_HEAD, HeadSpec, build_model
 
@@ -209,7 +209,7 @@ def test_peaks_are_scored_where_the_heatmaps_point(
         spots = [(32, 10), (63, 63)][: x.shape[0]]
         return [Attribution(peaked((64, 64), *rc), head, "fracture", 0.9) for rc in spots]
 
-    monkeypatch.setattr(xreg.explain, "attribute", fake)
+    monkeypatch.setattr(xreg.explain.saliency, "attribute", fake)
     out = tmp_path / "loc.json"
     assert hl.main(["--data", str(data), "--weights", str(fracture_weights), "--json", str(out),
                     "--no-progress", "--methods", "saliency", "--sigmas", "0"]) == 0

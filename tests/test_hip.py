@@ -86,7 +86,7 @@ def test_registry_v1_migrates_to_hip_studies_and_heatmaps(tmp_path: Path) -> Non
         with pytest.raises(Exception, match="unknown hip_studies column"):
             reg.add_hip_study(None, {"study": "S2", "status": "paired", "name": "x"})
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] \
-        == SCHEMA_VERSION == 9
+        == SCHEMA_VERSION == 10
 
 
 @pytest.fixture(scope="module")
@@ -179,12 +179,12 @@ def test_hip_heatmaps_need_an_output_folder(hip_folder: Path, hip_weights: Path)
 def test_sort_hip_pairs_from_the_sorts_own_predictions(
         hip_folder: Path, hip_weights: Path, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import xreg.hip
+    import xreg.hip.run
 
     def no_second_pass(*args: object, **kwargs: object) -> None:
         raise AssertionError("sort --hip classified the films a second time")
 
-    monkeypatch.setattr(xreg.hip, "predict_files", no_second_pass)
+    monkeypatch.setattr(xreg.hip.run, "predict_files", no_second_pass)
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["sort", str(hip_folder), str(out), "--min-age", "0",
                                       "--hip", "--hip-weights", str(hip_weights), "--json"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from xreg.errors import ConfigError
-from xreg.pairing import (
+from xreg.hip.pairing import (
     HipImage,
     compile_pattern,
     pair_views,

@@ -55,7 +55,7 @@ def explain_cmd(
 ) -> None:
     require_train("xreg explain")
     from xreg.errors import ConfigError
-    from xreg.heatmaps import explain_files, explain_pairs
+    from xreg.explain.heatmaps import explain_files, explain_pairs
     from xreg.model.checkpoint import default_weights, load_checkpoint
     from xreg.sort.placement import sanitise
 

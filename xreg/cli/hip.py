@@ -84,7 +84,7 @@ def hip_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
-    from xreg.hip import HipOptions, run_hip
+    from xreg.hip.run import HipOptions, run_hip
 
     if heatmaps:
         require_train("xreg hip --heatmaps", ("torch", "torchvision", "captum", "matplotlib"))

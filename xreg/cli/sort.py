@@ -184,7 +184,7 @@ def sort_cmd(
             result = run_sort(in_dir, out_dir, options, reporter)
         drawn = None
         if heatmaps and not options.dry_run:
-            from xreg.heatmaps import add_sort_heatmaps
+            from xreg.explain.heatmaps import add_sort_heatmaps
             from xreg.model.checkpoint import default_weights, load_checkpoint
 
             drawn = add_sort_heatmaps(
@@ -193,7 +193,7 @@ def sort_cmd(
                 batch_size=options.batch_size, workers=options.workers)
         hips = None
         if hip and not options.dry_run:
-            from xreg.hip import HipOptions, run_hip
+            from xreg.hip.run import HipOptions, run_hip
 
             hips = run_hip(in_dir, HipOptions(
                 weights=hip_weights, classifier=options.weights,

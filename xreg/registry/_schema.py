@@ -157,6 +157,13 @@ _MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE runs ADD COLUMN header_check TEXT;     -- review | off (--header-check)
     UPDATE runs SET header_check = 'off';              -- runs before v9 had no header check
     """,
+    """
+    ALTER TABLE images ADD COLUMN study_key TEXT;      -- keyed hash of the --group-by study folder
+    ALTER TABLE runs ADD COLUMN group_by TEXT;         -- the --group-by pattern, e.g. {patient}/{study}
+    CREATE INDEX images_patient ON images(patient_key, study_date);
+    CREATE INDEX images_study ON images(study_uid);
+    CREATE INDEX images_study_key ON images(study_key);
+    """,
 )
 
 #: Columns of ``hip_studies`` a caller sets through :meth:`Registry.add_hip_study`.

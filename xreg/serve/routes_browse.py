@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from xreg.registry.browse import choices, counts, gallery, image_detail, parse_filter, placed_path
-from xreg.serve.app import out_path, render, state, valid_sha
+from xreg.serve.deps import out_path, render, state, valid_sha
 from xreg.serve.thumbs import thumbnail
 
 router = APIRouter()
@@ -104,7 +104,7 @@ def image_picture(request: Request, sha: str, kind: str) -> Response:
 @router.get("/image/{sha}/heatmap.png")
 def image_heatmap(request: Request, sha: str) -> Response:
     """The body-part overlay: the one recorded, else drawn now and kept in ``_heatmaps``."""
-    from xreg.heatmaps import HEATMAP_DIR
+    from xreg.explain.heatmaps import HEATMAP_DIR
 
     current = state(request)
     with current.registry() as reg:

@@ -9,7 +9,7 @@ from fastapi.responses import FileResponse, Response
 
 from xreg.config import SortOptions
 from xreg.errors import LockedError
-from xreg.serve.app import render, require_csrf, state, valid_sha
+from xreg.serve.deps import render, require_csrf, state, valid_sha
 from xreg.serve.uploads import add_to_registry
 
 router = APIRouter()

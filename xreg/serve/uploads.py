@@ -166,7 +166,7 @@ class Analyser:
     def _overlays(self, results: dict[int, UploadResult]) -> None:
         if not self.heatmaps:
             return
-        from xreg.heatmaps import explain_files
+        from xreg.explain.heatmaps import explain_files
 
         todo = [(i, r) for i, r in results.items() if r.status in ("sorted", "review")]
         paths = [self.store.path(r.sha256) for _, r in todo]
@@ -179,7 +179,7 @@ class Analyser:
 
     def analyse_pair(self, ap: tuple[str, bytes], lateral: tuple[str, bytes]) -> PairResult:
         """Score an AP + lateral hip pair with the two-view model, with the joined overlay."""
-        from xreg.heatmaps import explain_pairs
+        from xreg.explain.heatmaps import explain_pairs
         from xreg.inference.pairs import predict_pairs
 
         names = (sanitise(Path(ap[0]).name), sanitise(Path(lateral[0]).name))
@@ -207,7 +207,7 @@ class Analyser:
 
     def explain_placed(self, film: Path, target: Path) -> str | None:
         """Draw the body-part overlay of a placed film at ``target``; None, or why not."""
-        from xreg.heatmaps import explain_files
+        from xreg.explain.heatmaps import explain_files
 
         with self._lock:
             done = explain_files([film], self.loaded, [target], head="body_part")[0]
@@ -215,7 +215,7 @@ class Analyser:
 
     def _hip_model(self) -> LoadedModel:
         if self._hip is None:
-            from xreg.hip import hip_weights
+            from xreg.hip.run import hip_weights
 
             self._hip = load_checkpoint(hip_weights(self._hip_weights))
         return self._hip

@@ -1,7 +1,7 @@
 """Heatmap overlays for files: ``xreg explain``, ``xreg sort --heatmaps``, ``xreg hip --heatmaps``.
 
 Files are decoded in a thread pool (once, at display size), attributed a
-batch at a time (:func:`xreg.explain.attribute`), and each overlay is
+batch at a time (:func:`xreg.explain.saliency.attribute`), and each overlay is
 written atomically. Sorted output keeps overlays in ``OUT/_heatmaps/``, never
 inside the class folders, and the registry row records the path.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xreg.explain import Attribution, attribute, write_overlay
+from xreg.explain.saliency import Attribution, attribute, write_overlay
 from xreg.io import try_load_image
 from xreg.model.checkpoint import LoadedModel
 from xreg.model.transforms import Preprocessor, join_views, resize_grey

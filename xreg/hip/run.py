@@ -1,7 +1,7 @@
 """``xreg hip``: find hip films, pair AP with lateral, score fracture, record, place.
 
 Plan, then act: classification and header reading give each hip film a
-study, view and side; :func:`xreg.pairing.pair_views` (pure) pairs them; the
+study, view and side; :func:`xreg.hip.pairing.pair_views` (pure) pairs them; the
 two-view model scores each pair; then, in one place, rows go to the
 registry's ``hip_studies`` table and, with an output folder, each study's
 films are copied to ``OUT/hip/<fracture|no_fracture|unpaired>/<study>/``
@@ -25,11 +25,7 @@ from xreg import __version__
 from xreg.datasets import load_pairs
 from xreg.errors import ConfigError
 from xreg.hashing import file_sha256
-from xreg.inference.pairs import predict_pairs
-from xreg.inference.predict import Prediction, predict_files
-from xreg.inference.runtime import Model, load_model
-from xreg.model.card import default_weights
-from xreg.pairing import (
+from xreg.hip.pairing import (
     HipImage,
     HipStudy,
     compile_pattern,
@@ -38,6 +34,10 @@ from xreg.pairing import (
     side_from_dicom,
     view_from_dicom,
 )
+from xreg.inference.pairs import predict_pairs
+from xreg.inference.predict import Prediction, predict_files
+from xreg.inference.runtime import Model, load_model
+from xreg.model.card import default_weights
 from xreg.registry import Registry
 from xreg.registry.pseudonym import Pseudonymiser
 from xreg.sort.folders import check_folders, output_lock, scan_inputs
@@ -336,7 +336,7 @@ def _write_joined(s: ScoredStudy, folder: Path, model: Model) -> ScoredStudy:
 
 def _add_heatmaps(studies: list[ScoredStudy], root: Path | None,
                   model: LoadedModel) -> list[ScoredStudy]:
-    from xreg.heatmaps import HEATMAP_DIR, explain_pairs
+    from xreg.explain.heatmaps import HEATMAP_DIR, explain_pairs
 
     assert root is not None  # run_hip checked this before any work
     scored = [s for s in studies if s.decision is not None and s.study.paired]
