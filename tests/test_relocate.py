@@ -233,7 +233,7 @@ def test_review_queue_is_least_confident_first_and_export_prefers_reviews(
     run_sort(tmp_path / "in", out, SortOptions(weights=weights, min_age=0,
                                                min_confidence=middle))
     with Registry(out / "registry.sqlite") as reg:
-        queue, total = review_queue(reg, per_page=100)
+        queue, total = review_queue(reg, per_page=100, order="confidence")
         probs = [q["body_part_prob"] for q in queue]
         assert probs == sorted(probs) and total == len(queue) > 3
         assert {q["status"] for q in queue} == {"sorted", "review"}

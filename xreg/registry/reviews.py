@@ -9,18 +9,22 @@ undone by the next run; :mod:`xreg.sort.relocate` does the moving.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from xreg.errors import ConfigError, RegistryError
 from xreg.registry.core import Registry, _now
 
-__all__ = ["NOT_MSK", "Review", "add_review", "latest_reviews", "review_queue"]
+__all__ = ["NOT_MSK", "QueueOrder", "Review", "add_review", "latest_reviews", "review_queue",
+           "teaching_order"]
 
 #: The reviewer's body part for a film that is not a musculoskeletal radiograph.
 NOT_MSK = "not_msk"
 _MAX_NOTE = 2000
 _MAX_NAME = 80
+#: ``confidence``: least confident first; ``spread``: the same, taken in turn per class.
+QueueOrder = Literal["confidence", "spread"]
 
 
 @dataclass(frozen=True)
@@ -67,27 +71,74 @@ def add_review(registry: Registry, review: Review, body_parts: tuple[str, ...]) 
     return int(cur.lastrowid or 0)
 
 
-def review_queue(registry: Registry, *, page: int = 1, per_page: int = 24,
-                 include_reviewed: bool = False) -> tuple[list[dict[str, Any]], int]:
-    """Films to review, least confident first, and how many there are.
+def teaching_order(predicted: Sequence[str], confidence: Sequence[float]) -> list[int]:
+    """Indices in the order a reviewer should see them: least confident, classes in turn.
 
-    ``_review`` films and sorted ones alike, ordered by the model's body-part
-    confidence (the order that teaches a retrained model most); unreadable
-    files have nothing to review. Reviewed films leave the queue.
+    Least confident first teaches a retrained model most, but twenty unsure
+    "hand" films in a row teach it little more than one. So each predicted
+    class keeps its own least-confident-first line, and the queue takes one
+    film from each line per round; within a round the less confident film
+    goes first. Ties fall to the class name, then the index, so the order
+    never depends on anything but the inputs.
     """
+    if len(predicted) != len(confidence):
+        raise ValueError(f"{len(predicted)} predicted classes but {len(confidence)} "
+                         "confidences")
+    lines: dict[str, list[int]] = {}
+    for i in sorted(range(len(predicted)), key=lambda i: (confidence[i], i)):
+        lines.setdefault(predicted[i], []).append(i)
+    order: list[int] = []
+    for depth in range(max((len(line) for line in lines.values()), default=0)):
+        heads = [(confidence[line[depth]], name, line[depth])
+                 for name, line in lines.items() if depth < len(line)]
+        order.extend(i for _, _, i in sorted(heads))
+    return order
+
+
+_QUEUE_COLUMNS = ("i.sha256, i.status, i.dest_path, i.body_part, i.body_part_prob,"
+                  " i.instrument, i.instrument_prob, i.fracture, i.fracture_prob, i.scope,"
+                  " i.review_reason")
+
+
+def review_queue(registry: Registry, *, page: int = 1, per_page: int = 24,
+                 include_reviewed: bool = False,
+                 order: QueueOrder = "spread") -> tuple[list[dict[str, Any]], int]:
+    """Films to review in ``order`` (see :func:`teaching_order`), and how many there are.
+
+    ``_review`` films and sorted ones alike; unreadable files have nothing to
+    review. Reviewed films leave the queue. ``order="confidence"`` is the
+    plain least-confident-first order, kept so the two can be compared.
+    """
+    if order not in ("confidence", "spread"):
+        raise ConfigError(f"unknown queue order {order!r}; choose confidence or spread")
     clause = ("i.state = 'done' AND i.status IN ('review', 'sorted')"
               " AND i.body_part IS NOT NULL")
     if not include_reviewed:
         clause += " AND NOT EXISTS (SELECT 1 FROM reviews r WHERE r.sha256 = i.sha256)"
     db = registry._db
-    total = int(db.execute(f"SELECT COUNT(*) FROM images i WHERE {clause}").fetchone()[0])
-    rows = db.execute(
-        "SELECT i.sha256, i.status, i.dest_path, i.body_part, i.body_part_prob, i.instrument,"
-        " i.instrument_prob, i.fracture, i.fracture_prob, i.scope, i.review_reason"
-        f" FROM images i WHERE {clause}"
-        " ORDER BY i.body_part_prob ASC, i.sha256 LIMIT ? OFFSET ?",
-        (per_page, (max(1, page) - 1) * per_page)).fetchall()
-    return [dict(r) for r in rows], total
+    offset = (max(1, page) - 1) * per_page
+    if order == "confidence":
+        total = int(db.execute(f"SELECT COUNT(*) FROM images i WHERE {clause}").fetchone()[0])
+        rows = db.execute(
+            f"SELECT {_QUEUE_COLUMNS} FROM images i WHERE {clause}"
+            " ORDER BY i.body_part_prob ASC, i.sha256 LIMIT ? OFFSET ?",
+            (per_page, offset)).fetchall()
+        return [dict(r) for r in rows], total
+    # The spread order needs every candidate's class and confidence (three
+    # small columns); only the page's rows are read in full.
+    keys = db.execute(f"SELECT i.sha256, i.body_part, i.body_part_prob FROM images i"
+                      f" WHERE {clause} ORDER BY i.sha256").fetchall()
+    ranked = teaching_order([k["body_part"] for k in keys],
+                            [k["body_part_prob"] if k["body_part_prob"] is not None
+                             else 0.0 for k in keys])
+    wanted = [keys[i]["sha256"] for i in ranked[offset:offset + per_page]]
+    if not wanted:
+        return [], len(keys)
+    marks = ", ".join("?" * len(wanted))
+    found = {r["sha256"]: dict(r) for r in db.execute(
+        f"SELECT {_QUEUE_COLUMNS} FROM images i WHERE i.sha256 IN ({marks})"
+        " AND i.state = 'done'", wanted)}
+    return [found[sha] for sha in wanted if sha in found], len(keys)
 
 
 def latest_reviews(registry: Registry) -> dict[str, dict[str, Any]]:
