@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from xreg.errors import ConfigError
+from xreg.sort.grouping import parse_group_by
 from xreg.sort.header_check import HEADER_CHECKS
 from xreg.sort.placement import DEFAULT_LAYOUT, MODES, validate_layout
 
@@ -36,6 +37,7 @@ class SortOptions:
     strict: bool = False
     header_vocabulary: Path | None = None  # None: xreg/configs/header_vocabulary.yaml
     header_check: str = "review"  # review: a header naming another class sends to _review
+    group_by: str | None = None  # folder levels under IN: {patient}/{study} (grouping.py)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -62,6 +64,13 @@ class SortOptions:
             raise ConfigError(f"header_check must be {' or '.join(HEADER_CHECKS)}, "
                               f"not {self.header_check!r}")
         validate_layout(self.layout)
+        if self.group_by is not None:
+            parse_group_by(self.group_by)
+            if self.mode == "link":
+                # A symlink in OUT would hold the source path, patient folder and all.
+                raise ConfigError("group_by does not go with mode link: a link's target would "
+                                  "put the patient folder name into OUT; use copy, move or "
+                                  "hardlink")
 
 
 _PATH_KEYS = {"weights", "registry", "header_vocabulary"}

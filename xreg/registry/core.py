@@ -31,6 +31,7 @@ IMAGE_FIELDS: tuple[str, ...] = (
     "view_position", "laterality", "study_date", "model_sha256",
     "scope", "review_reason", "fracture", "fracture_prob", "warning",
     "header_audit", "header_term", "header_class", "header_tag", "header_view_audit",
+    "study_key",
 )
 
 
@@ -137,22 +138,25 @@ class Registry:
         options: Mapping[str, Any],
         runtime: str | None = None,
         header_check: str | None = None,
+        group_by: str | None = None,
     ) -> int:
         """Record the start of a run and return its id.
 
         ``runtime`` names the engine that ran the model and its version
         (``onnxruntime 1.32.0``); ``model_sha256`` is the checkpoint's either way.
-        ``header_check`` is the run's ``--header-check`` mode (review | off).
+        ``header_check`` is the run's ``--header-check`` mode (review | off);
+        ``group_by`` its ``--group-by`` pattern, if any.
         """
         with self._transaction() as db:
             cur = db.execute(
                 "INSERT INTO runs (started, status, xreg_version, user, host, input_root,"
                 " output_root, model_path, model_name, model_sha256, options, runtime,"
-                " header_check) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " header_check, group_by)"
+                " VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (_now(), xreg_version, _user(), socket.gethostname(), input_root,
                  output_root, model_path, model_name, model_sha256,
                  json.dumps(dict(options), sort_keys=True, default=str), runtime,
-                 header_check),
+                 header_check, group_by),
             )
         return int(cur.lastrowid or 0)
 
@@ -310,7 +314,7 @@ class Registry:
         return [dict(r) for r in self._db.execute(
             "SELECT i.sha256, i.dest_path, i.body_part, i.body_part_examined, i.probabilities, "
             "i.study_uid, i.accession_key, i.view_position, i.laterality, s.path AS source, "
-            "i.fracture, i.fracture_prob, i.model_sha256 "
+            "i.fracture, i.fracture_prob, i.model_sha256, i.study_key "
             "FROM images i JOIN sources s ON s.sha256 = i.sha256 "
             "WHERE i.state = 'done' AND i.status IN ('sorted', 'review') "
             "ORDER BY s.path")]
