@@ -159,10 +159,38 @@ _MIGRATIONS: tuple[str, ...] = (
     """,
     """
     ALTER TABLE images ADD COLUMN study_key TEXT;      -- keyed hash of the --group-by study folder
-    ALTER TABLE runs ADD COLUMN group_by TEXT;         -- the --group-by pattern, e.g. {patient}/{study}
+    ALTER TABLE runs ADD COLUMN group_by TEXT;         -- the --group-by pattern ({patient}/{study})
     CREATE INDEX images_patient ON images(patient_key, study_date);
     CREATE INDEX images_study ON images(study_uid);
     CREATE INDEX images_study_key ON images(study_key);
+    CREATE INDEX hip_studies_ap ON hip_studies(ap_sha256);
+    CREATE INDEX hip_studies_lateral ON hip_studies(lateral_sha256);
+    -- One row per placed film with its effective labels: the latest review's where
+    -- there is one (a NULL instrument/fracture there means not judged: the model's
+    -- stands), else the model's. Derived, never stored: xreg.registry.patients.
+    CREATE VIEW film_labels AS
+    SELECT i.sha256, i.patient_key,
+           COALESCE(i.study_uid, i.study_key) AS study,
+           CASE
+             WHEN i.study_date GLOB '[12][0-9][0-9][0-9][01][0-9][0-3][0-9]'
+               THEN substr(i.study_date, 1, 4) || '-' || substr(i.study_date, 5, 2)
+                    || '-' || substr(i.study_date, 7, 2)
+             WHEN i.study_date GLOB '[12][0-9][0-9][0-9][-.][01][0-9][-.][0-3][0-9]'
+               THEN substr(i.study_date, 1, 4) || '-' || substr(i.study_date, 6, 2)
+                    || '-' || substr(i.study_date, 9, 2)
+           END AS date,
+           i.modality, i.view_position, i.laterality, i.status, i.dest_path,
+           COALESCE(r.body_part, i.body_part) AS body_part,
+           COALESCE(r.instrument, i.instrument) AS instrument,
+           COALESCE(r.fracture, i.fracture) AS fracture,
+           (SELECT MAX(h.fracture_prob) FROM hip_studies h
+             WHERE h.ap_sha256 = i.sha256 OR h.lateral_sha256 = i.sha256) AS hip_score,
+           (SELECT MAX(h.decision = 'fracture') FROM hip_studies h
+             WHERE h.ap_sha256 = i.sha256 OR h.lateral_sha256 = i.sha256) AS hip_fracture,
+           CASE WHEN r.id IS NULL THEN 'model' ELSE 'review' END AS label_source
+    FROM images i
+    LEFT JOIN reviews r ON r.id = (SELECT MAX(x.id) FROM reviews x WHERE x.sha256 = i.sha256)
+    WHERE i.state = 'done';
     """,
 )
 

@@ -1,0 +1,307 @@
+"""The registry by patient and study: rollups derived from the image rows.
+
+Nothing here is stored. Every figure is a query over the ``film_labels`` view
+(placed images with their latest review and hip-pair scores, schema v10), so a
+new review or a re-sort changes the answers at once and there is no second
+truth that could disagree with ``images``. A film's *effective* label is its
+latest review where there is one (a review's NULL instrument or fracture means
+not judged, so the model's stands), else the model's. A review of ``not_msk``
+keeps the film in its study's film count but out of every body-part list; a
+label set such as ``hand|wrist`` counts for each of its parts.
+
+A study is ``images.study_uid`` (DICOM StudyInstanceUID), else the keyed
+``images.study_key`` of a ``--group-by`` folder; films with neither belong to
+no study, films without ``patient_key`` to no patient (:func:`unassigned_films`).
+Patient keys are keyed hashes: no PatientID is ever read or returned here.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from xreg.errors import ConfigError
+from xreg.model.labels import EXTENDED_BODY_PARTS
+from xreg.registry.core import Registry
+from xreg.registry.reviews import NOT_MSK
+
+__all__ = ["RegistryFilter", "films_without_study", "patient_timeline", "patients",
+           "studies", "studies_per_month", "unassigned_films"]
+
+#: Page sizes up to this look their patients' details up by key; larger pages
+#: (or no limit) read the details of every patient in one pass.
+_KEYED_PAGE = 500
+
+
+@dataclass(frozen=True)
+class RegistryFilter:
+    """Which studies (and so patients) a rollup covers; ``None`` means any.
+
+    ``body_part``, ``instrument`` and ``fracture`` select studies having one
+    film whose effective labels match all of them; ``since`` and ``until``
+    (ISO dates, inclusive) select on the study date, and leave undated studies out.
+    """
+
+    body_part: str | None = None
+    instrument: bool | None = None
+    fracture: bool | None = None
+    since: str | None = None
+    until: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.body_part is not None and self.body_part not in EXTENDED_BODY_PARTS:
+            raise ConfigError(f"unknown body part {self.body_part!r}; choose one of "
+                              f"{', '.join(EXTENDED_BODY_PARTS)}")
+        for name in ("instrument", "fracture"):
+            if getattr(self, name) not in (None, True, False):
+                raise ConfigError(f"{name} must be true, false or not given")
+        for name in ("since", "until"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_date(name, value)
+        if self.since and self.until and self.since > self.until:
+            raise ConfigError(f"since ({self.since}) is after until ({self.until})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def selects_films(self) -> bool:
+        return (self.body_part, self.instrument, self.fracture) != (None, None, None)
+
+
+def _check_date(name: str, value: str) -> None:
+    try:
+        ok = isinstance(value, str) and len(value) == 10 and bool(
+            _dt.date.fromisoformat(value))
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"{name} must be a date as YYYY-MM-DD, not {value!r}")
+
+
+# -- SQL pieces ------------------------------------------------------------------
+def _film_match(flt: RegistryFilter) -> tuple[str, list[Any]]:
+    """An SQL expression over ``film_labels``: 1 for a film the filter selects."""
+    if not flt.selects_films:
+        return "1", []
+    clauses, params = [f"COALESCE(body_part, '') != '{NOT_MSK}'"], []
+    if flt.body_part is not None:
+        # A label set (hand|wrist) matches each of its parts.
+        clauses.append("instr('|' || body_part || '|', ?) > 0")
+        params.append(f"|{flt.body_part}|")
+    if flt.instrument is not None:
+        clauses.append("instrument = ?")
+        params.append(int(flt.instrument))
+    if flt.fracture is True:
+        clauses.append("(fracture = 1 OR hip_fracture = 1)")
+    elif flt.fracture is False:
+        clauses.append("(fracture = 0 AND COALESCE(hip_fracture, 0) = 0)")
+    return "(" + " AND ".join(clauses) + ")", params
+
+
+def _window(flt: RegistryFilter, column: str) -> tuple[str, list[Any]]:
+    clauses, params = [], []
+    if flt.since is not None:
+        clauses.append(f"{column} >= ?")
+        params.append(flt.since)
+    if flt.until is not None:
+        clauses.append(f"{column} <= ?")
+        params.append(flt.until)
+    return (" AND ".join(clauses) or "1"), params
+
+
+def _sql_limit(limit: int | None, offset: int) -> list[int]:
+    if limit is not None and limit < 0 or offset < 0:
+        raise ConfigError("limit and offset must not be negative")
+    return [-1 if limit is None else limit, offset]
+
+
+def _parts(text: str | None) -> list[str]:
+    """Body parts named in a ``group_concat`` of labels: sets split, ``not_msk`` dropped."""
+    found = {part for label in (text or "").split(",") for part in label.split("|")}
+    return sorted(found - {"", NOT_MSK})
+
+
+def _values(text: str | None) -> list[str]:
+    return sorted({v for v in (text or "").split(",") if v})
+
+
+# -- studies ----------------------------------------------------------------------
+_STUDY_COLUMNS = (
+    "SELECT study, MIN(patient_key) AS patient, MIN(date) AS date,"
+    " group_concat(DISTINCT modality) AS modality, COUNT(*) AS films,"
+    " group_concat(DISTINCT body_part) AS body_parts,"
+    " group_concat(DISTINCT CASE WHEN instrument = 1 THEN body_part END) AS hardware,"
+    " group_concat(DISTINCT view_position) AS views,"
+    " MAX(COALESCE(fracture, 0) = 1 AND COALESCE(body_part, '') != 'not_msk') AS film_fracture,"
+    " MAX(COALESCE(hip_fracture, 0)) AS hip_fracture, MAX(hip_score) AS hip_score,"
+    " SUM(status = 'review') AS in_review, COUNT(*) OVER () AS total"
+)
+
+
+def _study_query(registry: Registry, flt: RegistryFilter, where: str = "1",
+                 params: Sequence[Any] = (), limit: int | None = None,
+                 offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    match, match_params = _film_match(flt)
+    window, window_params = _window(flt, "MIN(date)")
+    rows = registry._db.execute(
+        f"{_STUDY_COLUMNS} FROM film_labels WHERE study IS NOT NULL AND {where}"
+        f" GROUP BY study HAVING {window} AND MAX({match}) = 1"
+        " ORDER BY MIN(date) IS NULL, MIN(date), study LIMIT ? OFFSET ?",
+        [*params, *window_params, *match_params, *_sql_limit(limit, offset)]).fetchall()
+    if rows:
+        total = int(rows[0]["total"])
+    elif offset:  # a page past the end still says how many there are
+        total = len(_study_query(registry, flt, where, params)[0])
+    else:
+        total = 0
+    return [_study_dict(r) for r in rows], total
+
+
+def _study_dict(r: Any) -> dict[str, Any]:
+    return {
+        "study": r["study"], "patient": r["patient"], "date": r["date"],
+        "modality": r["modality"], "films": int(r["films"]),
+        "body_parts": _parts(r["body_parts"]), "views": _values(r["views"]),
+        "hardware": _parts(r["hardware"]),
+        "fracture": bool(r["film_fracture"] or r["hip_fracture"]),
+        "hip_score": r["hip_score"], "in_review": int(r["in_review"] or 0),
+    }
+
+
+def studies(registry: Registry, flt: RegistryFilter = RegistryFilter(), *,
+            limit: int | None = None, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    """One page of studies (oldest first, undated last) and how many match ``flt``."""
+    return _study_query(registry, flt, limit=limit, offset=offset)
+
+
+def studies_per_month(registry: Registry,
+                      flt: RegistryFilter = RegistryFilter()) -> list[dict[str, Any]]:
+    """Dated studies per month and body part (a study counts once for each body
+    part among its films; with ``flt.body_part``, for that body part only)."""
+    rows, _ = _study_query(registry, flt, "date IS NOT NULL")
+    counts: dict[tuple[str, str], int] = {}
+    for study in rows:
+        for part in study["body_parts"]:
+            if flt.body_part is None or part == flt.body_part:
+                key = (study["date"][:7], part)
+                counts[key] = counts.get(key, 0) + 1
+    return [{"month": month, "body_part": part, "studies": n}
+            for (month, part), n in sorted(counts.items())]
+
+
+# -- patients ---------------------------------------------------------------------
+def _patient_query(registry: Registry, flt: RegistryFilter, where: str = "1",
+                   params: Sequence[Any] = (), limit: int | None = None,
+                   offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    match, match_params = _film_match(flt)
+    window, window_params = _window(flt, "date")
+    rows = registry._db.execute(
+        "SELECT patient_key AS patient, MIN(date) AS first_study, MAX(date) AS last_study,"
+        " COUNT(DISTINCT study) AS studies, COUNT(*) AS films,"
+        " group_concat(DISTINCT body_part) AS body_parts, COUNT(*) OVER () AS total"
+        f" FROM film_labels WHERE patient_key IS NOT NULL AND {window} AND {where}"
+        f" GROUP BY patient_key HAVING MAX({match}) = 1"
+        " ORDER BY patient_key LIMIT ? OFFSET ?",
+        [*window_params, *params, *match_params, *_sql_limit(limit, offset)]).fetchall()
+    if rows:
+        total = int(rows[0]["total"])
+    elif offset:
+        total = len(_patient_query(registry, flt, where, params)[0])
+    else:
+        total = 0
+    found = [{"patient": r["patient"], "first_study": r["first_study"],
+              "last_study": r["last_study"], "studies": int(r["studies"]),
+              "films": int(r["films"]), "body_parts": _parts(r["body_parts"]),
+              "hardware": [], "fractures": []} for r in rows]
+    _add_findings(registry, flt, found)
+    return found, total
+
+
+def _add_findings(registry: Registry, flt: RegistryFilter,
+                  found: list[dict[str, Any]]) -> None:
+    """Fill each patient's ``hardware`` (body part, first seen) and ``fractures``."""
+    if not found:
+        return
+    by_key = {p["patient"]: p for p in found}
+    window, params = _window(flt, "date")
+    where, keys = "patient_key IS NOT NULL", []
+    if len(by_key) <= _KEYED_PAGE:
+        where = f"patient_key IN ({', '.join('?' * len(by_key))})"
+        keys = list(by_key)
+    hardware: dict[str, dict[str, str | None]] = {}
+    for key, label, first in registry._db.execute(
+            f"SELECT patient_key, body_part, MIN(date) FROM film_labels WHERE {where}"
+            f" AND {window} AND instrument = 1 GROUP BY 1, 2", [*keys, *params]):
+        if key in by_key:
+            seen = hardware.setdefault(key, {})
+            for part in _parts(label):
+                if part not in seen or _earlier(first, seen[part]):
+                    seen[part] = first
+    fractures: dict[str, set[tuple[str, str | None]]] = {}
+    for key, label, date in registry._db.execute(
+            f"SELECT DISTINCT patient_key, body_part, date FROM film_labels WHERE {where}"
+            f" AND {window} AND (fracture = 1 OR hip_fracture = 1)", [*keys, *params]):
+        if key in by_key:
+            fractures.setdefault(key, set()).update((part, date) for part in _parts(label))
+    for key, patient in by_key.items():
+        patient["hardware"] = [{"body_part": part, "first_seen": first}
+                               for part, first in sorted(hardware.get(key, {}).items())]
+        patient["fractures"] = [{"body_part": part, "date": date} for part, date in
+                                sorted(fractures.get(key, set()),
+                                       key=lambda f: (f[1] is None, f[1] or "", f[0]))]
+
+
+def _earlier(date: str | None, than: str | None) -> bool:
+    """Dated beats undated; otherwise the earlier ISO date."""
+    return date is not None and (than is None or date < than)
+
+
+def patients(registry: Registry, flt: RegistryFilter = RegistryFilter(), *,
+             limit: int | None = None, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    """One page of patients (by key) having a study ``flt`` selects, and how many.
+
+    A patient's figures cover all their films within the filter's dates: with
+    ``body_part='knee', instrument=True`` a patient is in for knee hardware and
+    their row still says what else they had, and since when.
+    """
+    return _patient_query(registry, flt, limit=limit, offset=offset)
+
+
+def patient_timeline(registry: Registry, key: str) -> dict[str, Any] | None:
+    """The patient's rollup plus ``studies`` in date order, each with its films;
+    None for a key the registry does not know."""
+    found, _ = _patient_query(registry, RegistryFilter(), "patient_key = ?", [key])
+    if not found:
+        return None
+    timeline = found[0]
+    studies_, _ = _study_query(registry, RegistryFilter(), "patient_key = ?", [key])
+    by_study = {s["study"]: s | {"films": []} for s in studies_}
+    loose: list[dict[str, Any]] = []
+    for film in registry._db.execute(
+            "SELECT study, sha256, dest_path, body_part, instrument, fracture, view_position,"
+            " status, label_source FROM film_labels WHERE patient_key = ?"
+            " ORDER BY dest_path", (key,)):
+        item = dict(film)
+        study = item.pop("study")
+        (by_study[study]["films"] if study in by_study else loose).append(item)
+    for study in by_study.values():
+        study["film_count"] = len(study["films"])
+    timeline["studies"] = list(by_study.values())
+    timeline["films_without_study"] = loose
+    return timeline
+
+
+def unassigned_films(registry: Registry) -> int:
+    """Placed films without a patient key (no DICOM PatientID, no ``--group-by``)."""
+    return int(registry._db.execute(
+        "SELECT COUNT(*) FROM film_labels WHERE patient_key IS NULL").fetchone()[0])
+
+
+def films_without_study(registry: Registry) -> int:
+    """Placed films with neither a StudyInstanceUID nor a ``--group-by`` study key."""
+    return int(registry._db.execute(
+        "SELECT COUNT(*) FROM film_labels WHERE study IS NULL").fetchone()[0])
