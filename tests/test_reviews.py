@@ -6,9 +6,19 @@ from pathlib import Path
 
 import pytest
 
-from xreg.errors import ConfigError
+from xreg.errors import ConfigError, RegistryError
+from xreg.model.models import BODY_PARTS
 from xreg.registry.core import Registry, _now
-from xreg.registry.reviews import review_queue, teaching_order
+from xreg.registry.reviews import (
+    Review,
+    add_review,
+    finish_apply,
+    journal_apply,
+    queue_hashes,
+    review_queue,
+    teaching_order,
+    undo_review,
+)
 
 # ----------------------------------------------------------------- teaching_order
 
@@ -74,3 +84,51 @@ def test_review_queue_orders_by_spread_by_default_and_by_confidence_on_request(
         assert review_queue(reg, page=9, per_page=2) == ([], 5)
         with pytest.raises(ConfigError, match="unknown queue order"):
             review_queue(reg, order="random")  # type: ignore[arg-type]
+
+
+def test_queue_hashes_lists_the_whole_queue_in_either_order(tmp_path: Path) -> None:
+    shas = _registry_with(tmp_path / "r.sqlite",
+                          [("hand", 0.3), ("knee", 0.2), ("hand", 0.1)])
+    with Registry(tmp_path / "r.sqlite") as reg:
+        assert queue_hashes(reg) == [shas[2], shas[1], shas[0]]
+        assert queue_hashes(reg, order="confidence") == [shas[2], shas[1], shas[0]]
+        add_review(reg, Review(shas[1], "a", "knee"), BODY_PARTS)
+        assert queue_hashes(reg) == [shas[2], shas[0]]
+        assert len(queue_hashes(reg, include_reviewed=True)) == 3
+
+
+# ----------------------------------------------------------------- undo_review
+
+
+def _reviews(reg: Registry) -> list[tuple[str, str, str]]:
+    return [(r["sha256"], r["reviewer"], r["body_part"]) for r in reg._db.execute(
+        "SELECT sha256, reviewer, body_part FROM reviews ORDER BY id")]
+
+
+def test_undo_removes_only_the_reviewers_latest_review(tmp_path: Path) -> None:
+    shas = _registry_with(tmp_path / "r.sqlite", [("hand", 0.3), ("knee", 0.2)])
+    with Registry(tmp_path / "r.sqlite") as reg:
+        add_review(reg, Review(shas[0], "ann", "wrist"), BODY_PARTS)
+        add_review(reg, Review(shas[1], "ann", "hip"), BODY_PARTS)
+        add_review(reg, Review(shas[0], "bob", "hand"), BODY_PARTS)
+        undone = undo_review(reg, " ann ")
+        assert (undone["sha256"], undone["body_part"]) == (shas[1], "hip")
+        assert _reviews(reg) == [(shas[0], "ann", "wrist"), (shas[0], "bob", "hand")]
+        assert shas[1] in queue_hashes(reg)  # back in the queue
+        assert undo_review(reg, "ann")["body_part"] == "wrist"
+        with pytest.raises(RegistryError, match="ann has no review to undo"):
+            undo_review(reg, "ann")
+        assert _reviews(reg) == [(shas[0], "bob", "hand")]
+
+
+def test_undo_refuses_an_applied_review_and_keeps_it(tmp_path: Path) -> None:
+    shas = _registry_with(tmp_path / "r.sqlite", [("hand", 0.3)])
+    with Registry(tmp_path / "r.sqlite") as reg:
+        review_id = add_review(reg, Review(shas[0], "ann", "wrist"), BODY_PARTS)
+        journal_apply(reg, review_id, "_review/x.png", "wrist/x.png")
+        with pytest.raises(RegistryError, match="has been applied"):
+            undo_review(reg, "ann")
+        finish_apply(reg, review_id)
+        with pytest.raises(RegistryError, match="has been applied"):
+            undo_review(reg, "ann")
+        assert _reviews(reg) == [(shas[0], "ann", "wrist")]

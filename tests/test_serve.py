@@ -395,3 +395,123 @@ def test_cli_serve_prints_a_generated_token_beyond_loopback(out: Path,
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+# ----------------------------------------------------------------- review at speed
+
+
+def queue_shas(out: Path) -> list[str]:
+    """The queue in teaching order, recomputed from the registry (every film here is
+    "knee" at one confidence, so the order falls to the content hash)."""
+    return [r["sha256"] for r in rows(
+        out, "SELECT sha256 FROM images WHERE state = 'done' AND status IN ('review',"
+             " 'sorted') AND body_part IS NOT NULL AND sha256 NOT IN (SELECT sha256 FROM"
+             " reviews) ORDER BY body_part_prob, sha256")]
+
+
+def test_review_at_speed_walks_the_queue_as_html_and_json(web: TestClient, out: Path) -> None:
+    order = queue_shas(out)
+    assert len(order) > 3
+    first = web.get("/review/next?format=json").json()
+    assert first["film"]["sha256"] == order[0] and first["film"]["body_part"] == "knee"
+    assert (first["position"], first["total"], first["prev"], first["next"]) == (
+        1, len(order), None, order[1])
+    assert "dest_path" not in first["film"]  # a path may carry a patient folder's name
+    keys = {k["key"]: k["label"] for k in first["keys"]}
+    assert {keys[k] for k in "aefhpksvwn"} == {"ankle", "elbow", "foot", "hand", "hip",
+                                               "knee", "shoulder", "spine", "wrist",
+                                               "not_msk"}
+    assert len(keys) == len(first["keys"]) and not set(keys) & set("iux")
+    second = web.get(f"/review/film/{order[1]}?format=json").json()
+    assert (second["prev"], second["next"], second["position"]) == (order[0], order[2], 2)
+    page = web.get(f"/review/film/{order[1]}")
+    assert page.status_code == 200
+    assert '<script src="/static/review.js"' in page.text and "<script>" not in page.text
+    assert f'src="/image/{order[1]}/preview.jpg"' in page.text
+    assert 'data-key="h"' in page.text and 'name="accept" value="1"' in page.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    script = web.get("/static/review.js")
+    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+    assert "keydown" in script.text
+    assert web.get(f"/review/film/{'0' * 64}?format=json").status_code == 404
+    assert web.get("/review/film/..%2Fregistry.sqlite").status_code == 404
+
+
+def test_a_keystroke_decision_is_a_review_and_names_the_next_film(
+        web: TestClient, out: Path) -> None:
+    order = queue_shas(out)
+    done = web.post(f"/review/film/{order[0]}?format=json",
+                    data={"csrf": csrf(web), "body_part": "hand", "instrument": "1"})
+    assert done.status_code == 200
+    assert (done.json()["sha256"], done.json()["next"]) == (order[0], order[1])
+    model = rows(out, "SELECT instrument, fracture FROM images WHERE sha256 = ?", order[1])[0]
+    accepted = web.post(f"/review/film/{order[1]}?format=json", data={
+        "csrf": csrf(web), "accept": "1", "instrument": str(model["instrument"]),
+        "fracture": str(model["fracture"])}).json()
+    assert accepted["body_part"] == "knee" and accepted["next"] == order[2]
+    # Without JavaScript: the same form posts and is sent on to the next film.
+    plain = web.post(f"/review/film/{order[2]}", data={"csrf": csrf(web),
+                                                       "body_part": "not_msk"},
+                     follow_redirects=False)
+    assert plain.status_code == 303 and plain.headers["location"] == f"/review/film/{order[3]}"
+    got = [tuple(r) for r in rows(out, "SELECT sha256, reviewer, body_part, instrument,"
+                                       " fracture FROM reviews ORDER BY id")]
+    assert got == [(order[0], "Dr Test", "hand", 1, None),
+                   (order[1], "Dr Test", "knee", model["instrument"], model["fracture"]),
+                   (order[2], "Dr Test", "not_msk", None, None)]
+    after = web.get("/review/next?format=json").json()
+    assert after["film"]["sha256"] == order[3] and after["total"] == len(order) - 3
+    # A reviewed film still opens, says how it was reviewed, and leads on to the queue.
+    again = web.get(f"/review/film/{order[0]}?format=json").json()
+    assert again["position"] is None and again["review"]["body_part"] == "hand"
+    assert again["next"] == order[3]
+
+
+def test_review_at_speed_refuses_bad_tokens_origins_and_keys(web: TestClient,
+                                                             out: Path) -> None:
+    sha = queue_shas(out)[0]
+    url = f"/review/film/{sha}?format=json"
+    assert web.post(url, data={"csrf": "wrong" * 5, "body_part": "hand"}).status_code == 403
+    assert web.post(url, data={"csrf": csrf(web), "body_part": "hand"},
+                    headers={"Origin": "http://evil.example"}).status_code == 403
+    assert web.post("/reviews/undo", data={"csrf": "wrong" * 5}).status_code == 403
+    for bad in ({"body_part": "femur"}, {"body_part": "../etc"}, {},
+                {"body_part": "hand", "accept": "1"}, {"accept": "2"},
+                {"body_part": "hand", "instrument": "2"}, {"accept": "1", "fracture": "y"}):
+        response = web.post(url, data={"csrf": csrf(web), **bad})
+        assert response.status_code == 422, bad
+        assert "error" in response.json()
+    assert web.post(f"/review/film/{'0' * 64}?format=json",
+                    data={"csrf": csrf(web), "body_part": "hand"}).status_code == 404
+    assert rows(out, "SELECT COUNT(*) AS n FROM reviews")[0]["n"] == 0
+
+
+def test_undo_takes_back_the_last_decision_but_not_an_applied_one(
+        web: TestClient, out: Path) -> None:
+    order = queue_shas(out)
+    web.post(f"/review/film/{order[0]}", data={"csrf": csrf(web), "body_part": "hip"})
+    web.post(f"/review/film/{order[1]}", data={"csrf": csrf(web), "body_part": "hand"})
+    undone = web.post("/reviews/undo?format=json", data={"csrf": csrf(web)}).json()["undone"]
+    assert (undone["sha256"], undone["body_part"]) == (order[1], "hand")
+    assert [r["sha256"] for r in rows(out, "SELECT sha256 FROM reviews")] == [order[0]]
+    plain = web.post("/reviews/undo", data={"csrf": csrf(web)}, follow_redirects=False)
+    assert plain.status_code == 303 and plain.headers["location"] == f"/review/film/{order[0]}"
+    nothing = web.post("/reviews/undo?format=json", data={"csrf": csrf(web)})
+    assert nothing.status_code == 409 and "no review to undo" in nothing.json()["error"]
+    web.post(f"/review/film/{order[0]}", data={"csrf": csrf(web), "body_part": "hip"})
+    assert web.post("/apply", data={"csrf": csrf(web)}).status_code == 200
+    refused = web.post("/reviews/undo?format=json", data={"csrf": csrf(web)})
+    assert refused.status_code == 409 and "has been applied" in refused.json()["error"]
+    assert [(r["sha256"], r["apply_state"]) for r in rows(
+        out, "SELECT sha256, apply_state FROM reviews")] == [(order[0], "done")]
+
+
+def test_review_at_speed_is_read_only_when_the_server_is(out: Path, knee_model: Path) -> None:
+    sha = queue_shas(out)[0]
+    for c in client(out, knee_model, read_only=True, reviewer="R"):
+        page = c.get(f"/review/film/{sha}")
+        assert page.status_code == 200 and 'id="decide"' not in page.text
+        assert c.post(f"/review/film/{sha}", data={"csrf": csrf(c), "body_part": "hip"}
+                      ).status_code == 403
+        assert c.post("/reviews/undo", data={"csrf": csrf(c)}).status_code == 403
+    assert rows(out, "SELECT COUNT(*) AS n FROM reviews")[0]["n"] == 0

@@ -16,8 +16,8 @@ from typing import Any, Literal
 from xreg.errors import ConfigError, RegistryError
 from xreg.registry.core import Registry, _now
 
-__all__ = ["NOT_MSK", "QueueOrder", "Review", "add_review", "latest_reviews", "review_queue",
-           "teaching_order"]
+__all__ = ["NOT_MSK", "QueueOrder", "Review", "add_review", "film_review", "latest_reviews",
+           "queue_films", "queue_hashes", "review_queue", "teaching_order", "undo_review"]
 
 #: The reviewer's body part for a film that is not a musculoskeletal radiograph.
 NOT_MSK = "not_msk"
@@ -100,6 +100,46 @@ _QUEUE_COLUMNS = ("i.sha256, i.status, i.dest_path, i.body_part, i.body_part_pro
                   " i.review_reason")
 
 
+def _queue_clause(include_reviewed: bool) -> str:
+    clause = ("i.state = 'done' AND i.status IN ('review', 'sorted')"
+              " AND i.body_part IS NOT NULL")
+    if not include_reviewed:
+        clause += " AND NOT EXISTS (SELECT 1 FROM reviews r WHERE r.sha256 = i.sha256)"
+    return clause
+
+
+def queue_hashes(registry: Registry, *, order: QueueOrder = "spread",
+                 include_reviewed: bool = False) -> list[str]:
+    """Every film of the review queue, as content hashes in ``order``.
+
+    Reads three small columns per candidate: what a one-film-at-a-time
+    reviewer needs to know which film comes before and after this one.
+    """
+    if order not in ("confidence", "spread"):
+        raise ConfigError(f"unknown queue order {order!r}; choose confidence or spread")
+    keys = registry._db.execute(
+        "SELECT i.sha256, i.body_part, i.body_part_prob FROM images i"
+        f" WHERE {_queue_clause(include_reviewed)} ORDER BY i.sha256").fetchall()
+    confidence = [k["body_part_prob"] if k["body_part_prob"] is not None else 0.0
+                  for k in keys]
+    if order == "confidence":
+        ranked = sorted(range(len(keys)), key=lambda i: (confidence[i], i))
+    else:
+        ranked = teaching_order([k["body_part"] for k in keys], confidence)
+    return [keys[i]["sha256"] for i in ranked]
+
+
+def queue_films(registry: Registry, shas: Sequence[str]) -> list[dict[str, Any]]:
+    """The queue's view of placed films (what the model said), in the order asked."""
+    if not shas:
+        return []
+    marks = ", ".join("?" * len(shas))
+    found = {r["sha256"]: dict(r) for r in registry._db.execute(
+        f"SELECT {_QUEUE_COLUMNS} FROM images i WHERE i.sha256 IN ({marks})"
+        " AND i.state = 'done'", list(shas))}
+    return [found[sha] for sha in shas if sha in found]
+
+
 def review_queue(registry: Registry, *, page: int = 1, per_page: int = 24,
                  include_reviewed: bool = False,
                  order: QueueOrder = "spread") -> tuple[list[dict[str, Any]], int]:
@@ -109,36 +149,39 @@ def review_queue(registry: Registry, *, page: int = 1, per_page: int = 24,
     review. Reviewed films leave the queue. ``order="confidence"`` is the
     plain least-confident-first order, kept so the two can be compared.
     """
-    if order not in ("confidence", "spread"):
-        raise ConfigError(f"unknown queue order {order!r}; choose confidence or spread")
-    clause = ("i.state = 'done' AND i.status IN ('review', 'sorted')"
-              " AND i.body_part IS NOT NULL")
-    if not include_reviewed:
-        clause += " AND NOT EXISTS (SELECT 1 FROM reviews r WHERE r.sha256 = i.sha256)"
-    db = registry._db
     offset = (max(1, page) - 1) * per_page
     if order == "confidence":
+        clause = _queue_clause(include_reviewed)
+        db = registry._db
         total = int(db.execute(f"SELECT COUNT(*) FROM images i WHERE {clause}").fetchone()[0])
         rows = db.execute(
             f"SELECT {_QUEUE_COLUMNS} FROM images i WHERE {clause}"
             " ORDER BY i.body_part_prob ASC, i.sha256 LIMIT ? OFFSET ?",
             (per_page, offset)).fetchall()
         return [dict(r) for r in rows], total
-    # The spread order needs every candidate's class and confidence (three
-    # small columns); only the page's rows are read in full.
-    keys = db.execute(f"SELECT i.sha256, i.body_part, i.body_part_prob FROM images i"
-                      f" WHERE {clause} ORDER BY i.sha256").fetchall()
-    ranked = teaching_order([k["body_part"] for k in keys],
-                            [k["body_part_prob"] if k["body_part_prob"] is not None
-                             else 0.0 for k in keys])
-    wanted = [keys[i]["sha256"] for i in ranked[offset:offset + per_page]]
-    if not wanted:
-        return [], len(keys)
-    marks = ", ".join("?" * len(wanted))
-    found = {r["sha256"]: dict(r) for r in db.execute(
-        f"SELECT {_QUEUE_COLUMNS} FROM images i WHERE i.sha256 IN ({marks})"
-        " AND i.state = 'done'", wanted)}
-    return [found[sha] for sha in wanted if sha in found], len(keys)
+    shas = queue_hashes(registry, order=order, include_reviewed=include_reviewed)
+    return queue_films(registry, shas[offset:offset + per_page]), len(shas)
+
+
+def undo_review(registry: Registry, reviewer: str) -> dict[str, Any]:
+    """Remove ``reviewer``'s latest review and return it, unless it has been applied.
+
+    The one exception to "reviews are never overwritten": a reviewer taking
+    back the keystroke they just made. An applied review moved a file, and
+    deleting its row would hide why the file is where it is, so that is
+    refused (a later review corrects it instead).
+    """
+    name = reviewer.strip()
+    with registry._transaction() as db:
+        row = db.execute("SELECT * FROM reviews WHERE reviewer = ? ORDER BY id DESC LIMIT 1",
+                         (name,)).fetchone()
+        if row is None:
+            raise RegistryError(f"{name or 'this reviewer'} has no review to undo")
+        if row["apply_state"] is not None:
+            raise RegistryError("your latest review has been applied (its film was moved); "
+                                "record a new review of that film instead of undoing")
+        db.execute("DELETE FROM reviews WHERE id = ?", (row["id"],))
+    return dict(row)
 
 
 def latest_reviews(registry: Registry) -> dict[str, dict[str, Any]]:
@@ -147,6 +190,13 @@ def latest_reviews(registry: Registry) -> dict[str, dict[str, Any]]:
         "SELECT r.* FROM reviews r WHERE r.id = (SELECT MAX(id) FROM reviews x"
         " WHERE x.sha256 = r.sha256)").fetchall()
     return {r["sha256"]: dict(r) for r in rows}
+
+
+def film_review(registry: Registry, sha256: str) -> dict[str, Any] | None:
+    """The most recent review of one film, or ``None`` when it has none."""
+    row = registry._db.execute("SELECT * FROM reviews WHERE sha256 = ? ORDER BY id DESC"
+                               " LIMIT 1", (sha256,)).fetchone()
+    return dict(row) if row else None
 
 
 def get_review(registry: Registry, review_id: int) -> dict[str, Any] | None:
