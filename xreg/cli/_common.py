@@ -39,6 +39,16 @@ RUNTIME_HELP = ("What runs the model: onnx (ONNX Runtime, the export beside the 
                 "torch, or auto (onnx when installed and exported, else torch). Decisions "
                 "are the same.  [default: auto]")
 
+GROUP_BY_HELP = ("Which folder levels under IN are the patient and the study, for archives "
+                 "without DICOM identity (JPEG, PNG): e.g. '{patient}/{study}', or "
+                 "'*/{patient}/{study}' (* skips a level, such as a site folder). A file "
+                 "deeper than the pattern belongs to it; one too shallow gets no patient or "
+                 "study (the summary counts them). The patient is stored only as the "
+                 "registry's keyed hash (as PatientID is), the study as a keyed hash; the "
+                 "folder name is never stored or shown: source paths and names in OUT read "
+                 "the key instead. DICOM header identity (PatientID, StudyInstanceUID) wins "
+                 "where present.")
+
 
 app = typer.Typer(
     help="Sort folders of musculoskeletal radiographs into a patient registry.",

@@ -13,6 +13,7 @@ from rich.table import Table
 from xreg.cli._common import (
     EXIT_ATTENTION,
     EXIT_OK,
+    GROUP_BY_HELP,
     RUNTIME_HELP,
     Device,
     Runtime,
@@ -68,6 +69,10 @@ def hip_cmd(
              "matched case-insensitively against the name without extension.")] = None,
     joined: Annotated[Path | None, typer.Option(
         help="Write each pair's joined two-view image here.")] = None,
+    group_by: Annotated[str | None, typer.Option(
+        help=GROUP_BY_HELP + " Each hip film's study is then its study folder (after the "
+             "DICOM header, before the file name), so an AP and a lateral in one study "
+             "folder pair.")] = None,
     heatmaps: Annotated[bool, typer.Option(
         "--heatmaps", help="Write an overlay of each scored pair's joined input to "
                            "OUT/_heatmaps/hip/ and record it (needs OUT).")] = False,
@@ -92,7 +97,7 @@ def hip_cmd(
     options = HipOptions(weights=weights, classifier=classifier, out=out_dir, pairs=pairs,
                          pattern=pattern, joined=joined, registry=registry,
                          batch_size=batch_size, device=device.value, runtime=runtime.value,
-                         min_age=min_age, heatmaps=heatmaps)
+                         min_age=min_age, heatmaps=heatmaps, group_by=group_by)
     progress = None if (quiet or as_json) else \
         (lambda text: err.print(f"xreg: {text}", highlight=False))
     with handle_errors():
@@ -110,12 +115,22 @@ def print_hip_table(result: Any) -> None:
                         f"{result.threshold:.3f})")
     for col in ("study", "side", "AP file", "lateral file", "P(fracture)", "decision"):
         table.add_column(col, overflow="fold")
+    # Films with no study at all would fill the table with one identical row
+    # each; one line counts them (the registry still has a row per film).
+    no_study = [s for s in result.studies if s.study.no_study]
     for s in result.studies:
         st = s.study
+        if st.no_study:
+            continue
         prob = "" if s.fracture_prob is None else f"{s.fracture_prob:.3f}"
         decision = s.decision or f"{st.status}: {s.error or st.reason}"
         table.add_row(st.study, st.side or "", Path(st.ap).name if st.ap else "",
                       Path(st.lateral).name if st.lateral else "", prob, decision)
+    if no_study:
+        table.add_row("(no study)", "", "", "", "",
+                      f"unknown: {len(no_study)} film(s) with no study (no DICOM study UID or "
+                      "accession, and the file name does not match --pattern; --group-by "
+                      "can give them their folder's)")
     out.print(table)
     if result.registry is not None:
         out.print(f"recorded {len(result.studies)} stud(ies) in {result.registry} "

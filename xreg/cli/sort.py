@@ -14,6 +14,7 @@ from rich.table import Table
 from xreg.cli._common import (
     EXIT_ATTENTION,
     EXIT_OK,
+    GROUP_BY_HELP,
     RUNTIME_HELP,
     Device,
     Runtime,
@@ -116,6 +117,9 @@ def sort_cmd(
              "[default: {body_part}/{instrument}/{name}]")] = None,
     registry: Annotated[Path | None, typer.Option(
         help="Registry database.  [default: OUT/registry.sqlite]")] = None,
+    group_by: Annotated[str | None, typer.Option(
+        help=GROUP_BY_HELP + " Not with --mode link (a link would name the folder). "
+             "With --hip, the hip studies use it too.")] = None,
     header_vocabulary: Annotated[Path | None, typer.Option(
         help="YAML that maps DICOM header terms to body parts, for the header audit "
              "recorded per film (and {header_agrees} in --layout).  [default: "
@@ -179,6 +183,7 @@ def sort_cmd(
             "min_age": min_age, "layout": layout, "registry": registry, "strict": strict,
             "header_vocabulary": header_vocabulary,
             "header_check": header_check.value if header_check else None,
+            "group_by": group_by,
         })
         with progress_reporter(quiet or as_json) as reporter:
             result = run_sort(in_dir, out_dir, options, reporter)
@@ -200,7 +205,7 @@ def sort_cmd(
                 registry=options.registry or out_dir / "registry.sqlite",
                 batch_size=options.batch_size, workers=options.workers,
                 device=options.device, runtime=options.runtime, min_age=options.min_age,
-                heatmaps=heatmaps,
+                heatmaps=heatmaps, group_by=options.group_by,
                 heatmap_root=out_dir, from_registry=True))
         dicom = None
         if dicom_out and not options.dry_run:
@@ -264,9 +269,11 @@ def _print_sort_summary(result: Any, out_dir: Path, min_age: float) -> None:
     long_bone = sum(o.status == "sorted" and o.scope == "long_bone" for o in result.outcomes)
     other = sum(o.status == "review" and o.scope == "other" for o in result.outcomes)
     warned = sum(o.warning is not None for o in result.outcomes)
+    outside = result.outside_group if result.group_by is not None else 0
     for label, n in (("  of sorted: long-bone folders", long_bone),
                      ("  of review: not a known body part", other),
-                     ("decoded with a warning", warned)):
+                     ("decoded with a warning", warned),
+                     ("outside --group-by (no patient or study from folders)", outside)):
         if n:
             table.add_row(label, str(n))
     out.print(table)

@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 AP, LAT = "AP", "LAT"
+NO_STUDY = "?"  # prefix of the study name of a film nobody gave a study
 
 #: ``<study><sep>[<side><sep>]<view>[<sep><side>]`` where sep is ``_``, ``-``,
 #: ``.`` or a space, case-insensitive: ``1234_AP``, ``smith-hip-R-lat``, ``A17 L AXIAL``.
@@ -85,6 +86,11 @@ class HipStudy:
     @property
     def paired(self) -> bool:
         return self.status == "paired"
+
+    @property
+    def no_study(self) -> bool:
+        """A lone film with no study at all (named ``?<file name>``)."""
+        return self.status == "unknown" and self.study.startswith(NO_STUDY)
 
 
 def _words(text: str) -> list[str]:
@@ -167,7 +173,7 @@ def pair_views(images: Iterable[HipImage],
             continue
         if im.study is None:
             name = im.path.replace("\\", "/").rsplit("/", 1)[-1]
-            studies.append(HipStudy(f"?{name}", im.side, None, None, "unknown",
+            studies.append(HipStudy(f"{NO_STUDY}{name}", im.side, None, None, "unknown",
                                     "no study: no DICOM study UID or accession, and the "
                                     "file name does not match the pattern", (im.path,)))
             continue

@@ -41,6 +41,7 @@ from xreg.model.card import default_weights
 from xreg.registry import Registry
 from xreg.registry.pseudonym import Pseudonymiser
 from xreg.sort.folders import check_folders, output_lock, scan_inputs
+from xreg.sort.grouping import Grouper, parse_group_by
 from xreg.sort.placement import Move, apply_move, sanitise
 from xreg.sort.runner import REGISTRY_NAME
 
@@ -72,6 +73,7 @@ class HipOptions:
     from_registry: bool = False  # take the films a sort placed (OUT = heatmap_root)
     heatmaps: bool = False  # write overlays of the joined input to <root>/_heatmaps/hip/
     heatmap_root: Path | None = None  # default OUT
+    group_by: str | None = None  # folder levels under IN: {patient}/{study} (sort.grouping)
 
 
 @dataclass(frozen=True)
@@ -151,13 +153,19 @@ def _hip_image(path: str, name: str, *, body_part: str | None, header_part: str 
     return HipImage(path, study, view, side, source)
 
 
-def _describe(p: Prediction, pattern: Any, pseudonymise: Pseudonymiser) -> HipImage | None:
-    """A freshly classified film as a HipImage (None if not a hip)."""
+def _describe(p: Prediction, pattern: Any, pseudonymise: Pseudonymiser,
+              grouper: Grouper) -> HipImage | None:
+    """A freshly classified film as a HipImage (None if not a hip).
+
+    Its study: the DICOM header's, else the ``--group-by`` study folder's key,
+    else the file name's (whose patient name, if any, reads as the key).
+    """
     dicom = dict(p.meta.dicom) if p.meta is not None else {}
     return _hip_image(
-        str(p.source.path), p.source.path.name, body_part=p.labels.get("body_part"),
-        header_part=dicom.get("BodyPartExamined"),
-        study=dicom.get("StudyInstanceUID") or pseudonymise(dicom.get("AccessionNumber")),
+        str(p.source.path), grouper.file_name(p.source.path),
+        body_part=p.labels.get("body_part"), header_part=dicom.get("BodyPartExamined"),
+        study=dicom.get("StudyInstanceUID") or pseudonymise(dicom.get("AccessionNumber"))
+        or grouper.keys(p.source.path)[1],
         view=view_from_dicom(dicom.get("ViewPosition"), dicom.get("SeriesDescription")),
         laterality=dicom.get("Laterality"), model_view=p.labels.get("view"), pattern=pattern)
 
@@ -180,6 +188,8 @@ def run_hip(in_root: Path, options: HipOptions,
     registry_path = options.registry or (out / REGISTRY_NAME if out is not None else None)
     pseudonymise = (Pseudonymiser.for_registry(registry_path) if registry_path is not None
                     else Pseudonymiser(os.urandom(32)))
+    grouper = Grouper(parse_group_by(options.group_by) if options.group_by else None,
+                      in_root, pseudonymise)
     explicit: dict[str, tuple[str, str]] = {}
     if options.pairs is not None:
         explicit = {p.study: (str(p.ap.absolute()), str(p.lateral.absolute()))
@@ -198,7 +208,7 @@ def run_hip(in_root: Path, options: HipOptions,
         for batch in predict_files(to_classify, classifier, batch_size=options.batch_size,
                                    workers=options.workers):
             for p in batch:
-                im = _describe(p, pattern, pseudonymise) if p.status == "ok" else None
+                im = _describe(p, pattern, pseudonymise, grouper) if p.status == "ok" else None
                 if im is None:
                     continue
                 images.append(im)
@@ -242,16 +252,37 @@ def run_hip(in_root: Path, options: HipOptions,
                                load_checkpoint(hip_weights(options.weights)))
     result = HipResult(scored, hip_model.sha256, threshold, len(images) + len(listed))
     if registry_path is None:
+        result.studies = [_masked(s, grouper) for s in result.studies]
         return result
     # Placement and the registry both need each film's sha256: read each file once.
+    # The registry keeps masked paths (see _masked), so look hashes up by those.
     sha = functools.cache(lambda path: file_sha256(Path(path)))
+    labels = {grouper.label(Path(p)): p for s in result.studies for p in s.study.candidates
+              if s.study.ap == p or s.study.lateral == p}
+    sha_of = (lambda masked: sha(labels.get(masked, masked)))  # noqa: E731
     if out is not None:
         with output_lock(out):
-            result.studies = [_place(s, out, sha) for s in result.studies]
-            _record(result, registry_path, in_root, out, hip_model, options, sha)
+            result.studies = [_masked(_place(s, out, sha, grouper), grouper)
+                              for s in result.studies]
+            _record(result, registry_path, in_root, out, hip_model, options, sha_of)
     else:
-        _record(result, registry_path, in_root, None, hip_model, options, sha)
+        result.studies = [_masked(s, grouper) for s in result.studies]
+        _record(result, registry_path, in_root, None, hip_model, options, sha_of)
     return result
+
+
+def _masked(s: ScoredStudy, grouper: Grouper) -> ScoredStudy:
+    """``s`` with its film paths as they may be stored and shown (``--group-by``:
+    the patient folder reads as its key); the files were read by now."""
+    if grouper.group_by is None:
+        return s
+    label = lambda path: grouper.label(Path(path)) if path else path  # noqa: E731
+    st = s.study
+    study = dataclasses.replace(st, ap=label(st.ap), lateral=label(st.lateral),
+                                candidates=tuple(label(p) for p in st.candidates))
+    error = grouper.scrub(s.error, Path(st.ap or st.lateral or "")) if s.error else None
+    return dataclasses.replace(s, study=study, error=error,
+                               view_sources={label(k): v for k, v in s.view_sources.items()})
 
 
 @dataclass(frozen=True)
@@ -280,7 +311,7 @@ def _registry_images(registry_path: Path, out_root: Path, pattern: Any,
         image = _hip_image(
             path, Path(row["source"] or path).name, body_part=row["body_part"],
             header_part=row["body_part_examined"],
-            study=row["study_uid"] or row["accession_key"],
+            study=row["study_uid"] or row["accession_key"] or row["study_key"],
             view=view_from_dicom(row["view_position"]), laterality=row["laterality"],
             model_view=max(probs, key=probs.__getitem__) if probs else None, pattern=pattern)
         # One content filed under two names that say the same thing is one film.
@@ -300,14 +331,15 @@ def study_folder(s: ScoredStudy) -> PurePosixPath:
     return PurePosixPath("hip", group, name)
 
 
-def _place(s: ScoredStudy, out: Path, sha: Callable[[str], str]) -> ScoredStudy:
+def _place(s: ScoredStudy, out: Path, sha: Callable[[str], str],
+           grouper: Grouper) -> ScoredStudy:
     folder = study_folder(s)
     files = [p for p in (s.study.ap, s.study.lateral) if p] if s.study.paired \
         else list(s.study.candidates)
     for path in files:
         src = Path(path)
         st = src.stat()
-        move = Move(src, sha(path), folder / sanitise(src.name), "sorted")
+        move = Move(src, sha(path), folder / sanitise(grouper.file_name(src)), "sorted")
         apply_move(move, out, "copy", (st.st_size, st.st_mtime_ns))
     return dataclasses.replace(s, dest=str(folder))
 
@@ -356,6 +388,7 @@ def _record(result: HipResult, registry_path: Path, in_root: Path, out: Path | N
             output_root=str(out.absolute()) if out is not None else "",
             model_path=str(model.path), model_name=model.card.name,
             model_sha256=model.sha256, runtime=model.runtime_label,
+            group_by=options.group_by,
             options={"command": "hip", "pairs": str(options.pairs or ""),
                      "pattern": options.pattern or "", "joined": str(options.joined or "")})
         counts: dict[str, int] = {}

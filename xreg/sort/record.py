@@ -1,7 +1,8 @@
 """From a prediction to the values the planner and the registry store.
 
 Header values are copied only from a short list of non-identifying DICOM
-fields; PatientID and AccessionNumber pass only through a keyed hash.
+fields; PatientID and AccessionNumber pass only through a keyed hash, and so
+do the ``--group-by`` patient and study folders (already keyed by the caller).
 """
 
 from __future__ import annotations
@@ -52,9 +53,14 @@ def judge(pred: Prediction, min_confidence: float, vocabulary: Vocabulary,
     return placement(pred, min_confidence, opinions), audit
 
 
-def layout_fields(pred: Prediction, audit: HeaderAudit | None = None) -> dict[str, str]:
-    """Values for ``--layout``; the sorter sanitises each before use."""
-    name = pred.source.path.name
+def layout_fields(pred: Prediction, audit: HeaderAudit | None = None, *,
+                  name: str | None = None) -> dict[str, str]:
+    """Values for ``--layout``; the sorter sanitises each before use.
+
+    ``name`` replaces the source's file name (``--group-by`` masks the
+    patient's name in it before it can reach OUT).
+    """
+    name = pred.source.path.name if name is None else name
     if pred.meta is not None and not PurePosixPath(name).suffix:
         # DICOM files often have no extension; viewers need one.
         name += _EXTENSIONS.get(pred.meta.format, "")
@@ -82,8 +88,13 @@ def layout_fields(pred: Prediction, audit: HeaderAudit | None = None) -> dict[st
 def image_fields(
     pred: Prediction, model_sha256: str, pseudonymise: Callable[[str | None], str | None],
     where: Placement | None = None, audit: HeaderAudit | None = None,
+    folder_keys: tuple[str | None, str | None] = (None, None),
 ) -> dict[str, Any]:
-    """Columns of the registry's ``images`` row for one prediction."""
+    """Columns of the registry's ``images`` row for one prediction.
+
+    ``folder_keys`` is the keyed (patient, study) of the ``--group-by``
+    folders; the DICOM header's PatientID and StudyInstanceUID win where present.
+    """
     meta = pred.meta
     dicom = meta.dicom if meta is not None else {}
     fields: dict[str, Any] = {
@@ -123,7 +134,8 @@ def image_fields(
         view_position=dicom.get("ViewPosition"),
         laterality=dicom.get("Laterality"),
         study_date=dicom.get("StudyDate"),
-        patient_key=pseudonymise(dicom.get("PatientID")),
+        patient_key=pseudonymise(dicom.get("PatientID")) or folder_keys[0],
         accession_key=pseudonymise(dicom.get("AccessionNumber")),
+        study_key=None if dicom.get("StudyInstanceUID") else folder_keys[1],
     )
     return fields

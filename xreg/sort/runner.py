@@ -25,6 +25,7 @@ from xreg.model.card import default_weights
 from xreg.registry import ImageRecord, Pseudonymiser, Registry
 from xreg.sort.audit import HeaderAudit, Vocabulary, load_vocabulary
 from xreg.sort.folders import check_folders, output_lock, scan_inputs
+from xreg.sort.grouping import GroupBy, Grouper, parse_group_by
 from xreg.sort.placement import (
     Move,
     PlanItem,
@@ -89,6 +90,8 @@ class SortResult:
     recovered: int = 0
     model_name: str = ""
     header_check: str = "review"  # the run's --header-check mode
+    group_by: str | None = None  # the run's --group-by pattern
+    outside_group: int = 0  # files outside --group-by: no patient or study from folders
 
     def add(self, outcome: FileOutcome) -> FileOutcome:
         self.counts[outcome.status] += 1
@@ -103,6 +106,8 @@ class SortResult:
             "header_check": self.header_check,
             "counts": {k: self.counts.get(k, 0) for k in STATUSES},
             "recovered": self.recovered,
+            "group_by": None if self.group_by is None else {
+                "pattern": self.group_by, "outside": self.outside_group},
             "files": [asdict(o) for o in self.outcomes],
         }
 
@@ -117,24 +122,28 @@ def run_sort(
         from xreg.sort.ray_engine import require_ray
 
         require_ray()  # before any work
+    group_by = parse_group_by(options.group_by) if options.group_by else None
     weights = options.weights if options.weights is not None else default_weights()
     loaded = _load(weights, options)
     registry_path = options.registry or out_root / REGISTRY_NAME
     if options.dry_run:
         # Plan only: no folders, no lock, no registry writes (read it if it exists).
+        # The registry's key, if it has one, so masked source paths match it.
         result = SortResult(None, True, loaded.sha256, model_name=loaded.card.name,
                             header_check=options.header_check)
         files, result.counts["too_new"] = scan_inputs(in_root, exclude, options.min_age)
         registry = Registry(registry_path, readonly=True) if registry_path.exists() else None
+        pseudonymise = Pseudonymiser.for_registry(registry_path, create=False)
         try:
             _sort_files(files, registry, 0, out_root, options, loaded, result,
-                        reporter, Pseudonymiser(b""))
+                        reporter, pseudonymise, Grouper(group_by, in_root, pseudonymise))
         finally:
             if registry is not None:
                 registry.close()
         return result
     return _sort_locked(out_root, options, loaded, weights, str(in_root.absolute()),
-                        lambda: scan_inputs(in_root, exclude, options.min_age), reporter)
+                        lambda: scan_inputs(in_root, exclude, options.min_age), reporter,
+                        (group_by, in_root))
 
 
 def sort_sources(
@@ -156,26 +165,31 @@ def sort_sources(
 def _sort_locked(
     out_root: Path, options: SortOptions, loaded: Model, weights: Path,
     input_root: str, get_files: Callable[[], tuple[list[SourceFile], int]],
-    reporter: Reporter,
+    reporter: Reporter, grouping: tuple[GroupBy | None, Path] | None = None,
 ) -> SortResult:
-    """Lock OUT, recover a killed run, then sort what ``get_files`` finds."""
+    """Lock OUT, recover a killed run, then sort what ``get_files`` finds.
+
+    ``grouping`` is the parsed ``--group-by`` and the IN it is relative to.
+    """
     registry_path = options.registry or out_root / REGISTRY_NAME
     with output_lock(out_root), Registry(registry_path) as registry:
         result = SortResult(None, False, loaded.sha256, model_name=loaded.card.name,
                             header_check=options.header_check)
         result.recovered = _recover(registry, out_root)
         files, result.counts["too_new"] = get_files()
+        pseudonymise = Pseudonymiser.for_registry(registry_path)
+        grouper = Grouper(*(grouping or (None, Path(input_root))), pseudonymise)
         run_id = registry.start_run(
             xreg_version=__version__, input_root=input_root,
             output_root=str(out_root.absolute()), model_path=str(weights),
             model_name=loaded.card.name, model_sha256=loaded.sha256,
             options=asdict(options), runtime=loaded.runtime_label,
-            header_check=options.header_check,
+            header_check=options.header_check, group_by=grouper.pattern,
         )
         result.run_id = run_id
         try:
             _sort_files(files, registry, run_id, out_root, options, loaded, result,
-                        reporter, Pseudonymiser.for_registry(registry_path))
+                        reporter, pseudonymise, grouper)
         except BaseException:
             registry.finish_run(run_id, result.counts, status="interrupted")
             raise
@@ -203,23 +217,29 @@ def _recover(registry: Registry, out_root: Path) -> int:
 def _sort_files(
     files: list[SourceFile], registry: Registry | None, run_id: int, out_root: Path,
     options: SortOptions, loaded: Model, result: SortResult,
-    reporter: Reporter, pseudonymise: Pseudonymiser,
+    reporter: Reporter, pseudonymise: Pseudonymiser, grouper: Grouper,
 ) -> None:
+    # With --group-by every source path kept or shown is the masked one
+    # (patient level as its key), so a second run finds it the same way.
+    result.group_by = grouper.pattern
+    if grouper.pattern is not None:
+        result.outside_group = sum(grouper.identity(f.path) is None for f in files)
     todo = []
     for f in files:
-        known = registry.known_source(str(f.path), f.size, f.mtime_ns) if registry else None
+        label = grouper.label(f.path)
+        known = registry.known_source(label, f.size, f.mtime_ns) if registry else None
         if known is None:
             todo.append(f)
             continue
         sha, removed = known
         if (options.mode == "move" and not options.dry_run and registry is not None
                 and not removed and f.path.exists() and remove_source(f.path, sha)):
-            registry.mark_source_removed(str(f.path))
-        result.add(FileOutcome(str(f.path), "already_done"))
+            registry.mark_source_removed(label)
+        result.add(FileOutcome(label, "already_done"))
     reporter.start(len(todo))
     ctx = _Context(registry, run_id, out_root, options, loaded,
                    _min_confidence(options, loaded), pseudonymise,
-                   load_vocabulary(options.header_vocabulary))
+                   load_vocabulary(options.header_vocabulary), grouper)
     placed: set[str] = registry.done_hashes() if registry else set()
     if options.engine == "ray":
         from xreg.sort.ray_engine import RayOptions, predict_files_ray
@@ -257,10 +277,18 @@ class _Context:
     min_confidence: float
     pseudonymise: Pseudonymiser
     vocabulary: Vocabulary
+    grouper: Grouper
 
     @property
     def dry(self) -> bool:
         return self.options.dry_run
+
+    def label(self, path: Path) -> str:
+        """A source path as the registry keeps it and outcomes show it."""
+        return self.grouper.label(path)
+
+    def failed(self, path: Path, error: str | None) -> FileOutcome:
+        return FileOutcome(self.label(path), "failed", error=self.grouper.scrub(error, path))
 
 
 def _load(weights: Path, options: SortOptions) -> Model:
@@ -290,14 +318,15 @@ def _start_batch(
     audits: dict[Path, HeaderAudit | None] = {}
     for p in batch:
         if p.status == "failed":
-            yield FileOutcome(str(p.source.path), "failed", error=p.error)
+            yield ctx.failed(p.source.path, p.error)
         elif p.status == "known" or _done(ctx.registry, p.sha256):
             yield _record_duplicate(p, ctx)
         else:
             where[p.source.path], audits[p.source.path] = judge(
                 p, ctx.min_confidence, ctx.vocabulary, ctx.options.header_check)
             items.append(PlanItem(p.source.path, p.sha256, where[p.source.path].status,
-                                  layout_fields(p, audits[p.source.path])))
+                                  layout_fields(p, audits[p.source.path],
+                                                name=ctx.grouper.file_name(p.source.path))))
             by_source[p.source.path] = p
     moves = plan_moves(items, layout=ctx.options.layout)
     if ctx.dry or ctx.registry is None:
@@ -306,13 +335,14 @@ def _start_batch(
             if move.duplicate_of is not None:
                 yield _record_duplicate(pred, ctx, str(move.dest))
             else:
-                yield _outcome(pred, move.status, str(move.dest), where[move.source])
+                yield _outcome(pred, move.status, str(move.dest), where[move.source], ctx)
         return
     ctx.registry.begin_images(ctx.run_id, [
         ImageRecord(m.sha256, by_source[m.source].source.size, m.status, str(m.dest),
-                    ctx.options.mode, str(m.source), by_source[m.source].source.mtime_ns,
+                    ctx.options.mode, ctx.label(m.source), by_source[m.source].source.mtime_ns,
                     image_fields(by_source[m.source], ctx.loaded.sha256, ctx.pseudonymise,
-                                 where[m.source], audits[m.source]))
+                                 where[m.source], audits[m.source],
+                                 folder_keys=ctx.grouper.keys(m.source)))
         for m in moves if m.duplicate_of is None
     ])
     for move in moves:
@@ -331,7 +361,7 @@ def _finish(jobs: list[_Job], ctx: _Context) -> Iterator[FileOutcome]:
             if _done(ctx.registry, job.move.sha256):
                 yield _record_duplicate(job.pred, ctx, str(job.move.dest))
             else:
-                yield FileOutcome(str(job.move.source), "failed",
+                yield FileOutcome(ctx.label(job.move.source), "failed",
                                   error="identical file failed to place; retried next run")
         else:
             yield _commit(job.move, job.pred, job.placed, ctx, job.where)
@@ -343,13 +373,13 @@ def _done(registry: Registry | None, sha256: str) -> bool:
 
 
 def _outcome(pred: Prediction, status: str, dest: str | None,
-             where: Placement | None = None) -> FileOutcome:
+             where: Placement | None, ctx: _Context) -> FileOutcome:
     body_part = pred.labels.get("body_part")
     fracture = pred.probabilities.get("fracture", {}).get("fracture")
     return FileOutcome(
-        str(pred.source.path), status, dest, body_part,
+        ctx.label(pred.source.path), status, dest, body_part,
         round(pred.confidence("body_part"), 4) if body_part else None,
-        pred.labels.get("instrument"), pred.error,
+        pred.labels.get("instrument"), ctx.grouper.scrub(pred.error, pred.source.path),
         scope=(where.scope or None) if where is not None else None,
         reason=where.reason if where is not None and status == "review" else None,
         fracture=pred.labels.get("fracture"),
@@ -367,20 +397,20 @@ def _commit(
         dest = placed.result()
     except (XregError, OSError) as exc:
         ctx.registry.discard_pending(move.sha256)
-        return FileOutcome(str(move.source), "failed", error=str(exc))
+        return ctx.failed(move.source, str(exc))
     ctx.registry.complete_image(move.sha256, str(dest))
     if ctx.options.mode == "move" and remove_source(move.source, move.sha256):
-        ctx.registry.mark_source_removed(str(move.source))
-    return _outcome(pred, move.status, str(dest), where)
+        ctx.registry.mark_source_removed(ctx.label(move.source))
+    return _outcome(pred, move.status, str(dest), where, ctx)
 
 
 def _record_duplicate(p: Prediction, ctx: _Context, dest: str | None = None) -> FileOutcome:
     """Content already placed: record this path too; ``--mode move`` removes it."""
     registry = ctx.registry
+    label = ctx.label(p.source.path)
     if registry is not None and not ctx.dry:
-        registry.add_source(p.sha256, str(p.source.path), p.source.size, p.source.mtime_ns,
-                            ctx.run_id)
+        registry.add_source(p.sha256, label, p.source.size, p.source.mtime_ns, ctx.run_id)
         if ctx.options.mode == "move" and remove_source(p.source.path, p.sha256):
-            registry.mark_source_removed(str(p.source.path))
+            registry.mark_source_removed(label)
     stored = registry.get_image(p.sha256) if registry else None
-    return FileOutcome(str(p.source.path), "duplicate", stored.dest_path if stored else dest)
+    return FileOutcome(label, "duplicate", stored.dest_path if stored else dest)
