@@ -174,15 +174,19 @@ def _registry_rows(root: Path, body_parts: Sequence[str],
     except RegistryError:
         return None
     for row in rows:
-        if row["body_part"] not in body_parts:
+        # A set review (hand|wrist) trains as a set, as a manifest's does.
+        try:
+            members = parse_body_parts(row["body_part"], body_parts)
+        except ValueError:
             raise ConfigError(f"{row['path']}: body part {row['body_part']!r} is not one of "
-                              f"{', '.join(body_parts)}")
+                              f"{', '.join(body_parts)}") from None
         path = Path(row["path"])
         if not path.exists():
             continue  # removed from OUT by hand since it was placed
         images.append(LabelledImage(
-            path, row["body_part"], _INSTRUMENT_VALUES[row["instrument"]],
-            row["patient_id"] or None, None, fracture=_INSTRUMENT_VALUES[row["fracture"]]))
+            path, members[0], _INSTRUMENT_VALUES[row["instrument"]],
+            row["patient_id"] or None, None, fracture=_INSTRUMENT_VALUES[row["fracture"]],
+            body_parts=members))
     return images
 
 

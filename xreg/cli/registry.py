@@ -8,12 +8,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, TextIO
+from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 from rich.table import Table
 
 from xreg.cli._common import (
+    EXIT_ATTENTION,
     EXIT_USAGE,
     err,
     handle_errors,
@@ -22,6 +23,9 @@ from xreg.cli._common import (
     require_train,
     weights_app,
 )
+
+if TYPE_CHECKING:
+    from xreg.registry.imports import ImportReport
 
 
 class ExportFormat(str, Enum):
@@ -193,6 +197,241 @@ def _open_output(output: Path | None) -> Iterator[TextIO]:
         return
     with open(output, "w", newline="", encoding="utf-8") as fh:
         yield fh
+
+
+# -- registry import-reviews ---------------------------------------------------
+
+_SHOWN_BAD_ROWS = 50
+
+
+@registry_app.command("import-reviews")
+def registry_import_reviews(
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="A sorted folder.")],
+    file: Annotated[Path, typer.Argument(
+        metavar="FILE.csv", help="The labels: columns sha256 or path, body_part, and "
+                                 "optionally instrument and fracture.")],
+    reviewer: Annotated[str, typer.Option(
+        help="Who the labels are from (recorded with each review; a person or a "
+             "source, e.g. 'PACS report 2024').")],
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Check every row and report; import nothing.")] = False,
+    header_vocabulary: Annotated[Path | None, typer.Option(
+        help="YAML whose coarse section names the region words body_part may use "
+             "(UPPER EXTREMITY -> elbow|hand|shoulder|wrist).  [default: "
+             "xreg/configs/header_vocabulary.yaml]")] = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print the report as JSON (keys: file, reviewer, rows, valid, added, "
+                       "already_imported, duplicates, bad, disagree_with_model, dry_run, "
+                       "labels, bad_rows[row, reason]).")] = False,
+    registry: Annotated[Path | None, typer.Option(help="Registry file if not in OUT.")] = None,
+) -> None:
+    """Import labels you already have (e.g. from radiology reports) as reviews.
+
+    Each row names a placed film by `sha256` or by `path`: the source path the
+    sort saw (absolute, or relative to the sort's input folder). `body_part`
+    is a body part the model knows, `not_msk`, a set `hand|wrist` (trained as
+    "one of these"), or a region word of the header vocabulary (`UPPER
+    EXTREMITY`); `instrument` and `fracture` take 1/0/true/false/yes/no, empty
+    for not judged. The model's labels are kept; reviews sit beside them, as
+    from `xreg serve`, and `registry export --reviewed --format manifest` and
+    `xreg train --data OUT` use them.
+
+    All or nothing: if any row is bad (unknown value, no such film) nothing is
+    imported, every bad row is listed with its reason, and the exit code is 1.
+    Importing the same file again adds nothing (a film whose latest review by
+    this reviewer has the same labels counts as already imported).
+    """
+    from xreg.errors import RegistryError
+    from xreg.registry import Registry
+    from xreg.registry.imports import import_reviews
+    from xreg.sort.audit import load_vocabulary
+
+    path = registry or out_dir / "registry.sqlite"
+    with handle_errors():
+        if not path.is_file():
+            raise RegistryError(f"no registry at {path}")
+        vocabulary = load_vocabulary(header_vocabulary)
+        with Registry(path, readonly=dry_run) as reg:
+            report = import_reviews(reg, file, reviewer, dry_run=dry_run,
+                                    vocabulary=vocabulary)
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
+    else:
+        _print_import(report)
+    if not report.ok:
+        raise typer.Exit(EXIT_ATTENTION)
+
+
+def _print_import(report: ImportReport) -> None:
+    from rich.markup import escape
+
+    table = Table(title=f"import {escape(report.file)} as {escape(report.reviewer)}")
+    table.add_column("rows")
+    table.add_column("count", justify="right")
+    for label, value in (("read", report.rows), ("valid, new", len(report.reviews)),
+                         ("already imported", report.already),
+                         ("repeated in the file", report.duplicates),
+                         ("bad", len(report.bad)),
+                         ("disagree with the model", report.disagree),
+                         ("reviews to add (dry run)", len(report.reviews)) if report.dry_run
+                         else ("reviews added", report.added)):
+        table.add_row(label, str(value), style="bold red" if label == "bad" and value
+                      else None)
+    out.print(table)
+    if report.reviews:
+        labels = Table(title="labels of the new reviews")
+        labels.add_column("body part")
+        labels.add_column("reviews", justify="right")
+        for name, count in report.labels().items():
+            labels.add_row(name, str(count))
+        out.print(labels)
+    if report.bad:
+        bad = Table(title=f"{len(report.bad)} bad row(s)")
+        bad.add_column("row", justify="right")
+        bad.add_column("reason")
+        for row in report.bad[:_SHOWN_BAD_ROWS]:
+            bad.add_row(str(row.number), escape(row.reason))
+        out.print(bad)
+        more = len(report.bad) - _SHOWN_BAD_ROWS
+        if more > 0:
+            out.print(f"... and {more} more (--json lists every one)")
+        err.print(f"[bold red]nothing imported:[/] {len(report.bad)} bad row(s); fix them "
+                  "and import the file again")
+    elif report.dry_run:
+        err.print(f"dry run: {len(report.reviews)} review(s) would be added, "
+                  f"{report.already} already imported", highlight=False)
+    else:
+        err.print(f"added {report.added} review(s); already imported: {report.already}",
+                  highlight=False)
+
+
+# -- the registry by patient and study (xreg.registry.patients) ------------------------
+class ViewFormat(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+_RegistryOpt = Annotated[Path | None, typer.Option(help="Registry file if not in OUT.")]
+_BodyPartOpt = Annotated[str | None, typer.Option(
+    "--body-part", help="Only studies (patients) with a film of this body part.")]
+_InstrumentOpt = Annotated[bool | None, typer.Option(
+    "--instrument/--no-instrument", help="Only studies (patients) with a film with / "
+                                         "without hardware.", show_default=False)]
+_FractureOpt = Annotated[bool | None, typer.Option(
+    "--fracture/--no-fracture", help="Only studies (patients) with a film with / without "
+                                     "a fracture (a hip pair's decision counts).",
+    show_default=False)]
+_SinceOpt = Annotated[str | None, typer.Option(help="Studies on or after this date "
+                                                     "(YYYY-MM-DD).")]
+_UntilOpt = Annotated[str | None, typer.Option(help="Studies on or before this date "
+                                                     "(YYYY-MM-DD).")]
+_FormatOpt = Annotated[ViewFormat, typer.Option("--format", help="table, csv or json "
+                                                "(shape: docs/registry.md).")]
+_LimitOpt = Annotated[int | None, typer.Option(min=0, help="At most this many rows.")]
+_OffsetOpt = Annotated[int, typer.Option(min=0, help="Skip this many rows first.")]
+
+
+@registry_app.command("patients")
+def registry_patients(
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="A sorted folder.")],
+    body_part: _BodyPartOpt = None, instrument: _InstrumentOpt = None,
+    fracture: _FractureOpt = None, since: _SinceOpt = None, until: _UntilOpt = None,
+    fmt: _FormatOpt = ViewFormat.table, limit: _LimitOpt = None, offset: _OffsetOpt = 0,
+    registry: _RegistryOpt = None,
+) -> None:
+    """Patients (keyed hashes, never PatientIDs) with their studies, body parts, the
+    date hardware was first seen in each body part, and fractures. Labels are the
+    latest review's where there is one, else the model's."""
+    from xreg.cli import _registry_views as views
+    from xreg.registry import Registry
+    from xreg.registry.patients import RegistryFilter, patients, unassigned_films
+
+    with handle_errors(), Registry(registry or out_dir / "registry.sqlite", readonly=True) as reg:
+        flt = RegistryFilter(body_part, instrument, fracture, since, until)
+        rows, total = patients(reg, flt, limit=limit, offset=offset)
+        loose = unassigned_films(reg)
+    if fmt is ViewFormat.json:
+        views.write_json("patients", {"filter": flt.to_dict(), "total": total, "limit": limit,
+                                      "offset": offset, "unassigned_films": loose,
+                                      "rows": rows})
+    elif fmt is ViewFormat.csv:
+        views.write_csv(rows, views.PATIENT_COLUMNS)
+    else:
+        views.print_table(f"{len(rows)} of {total} patient(s)", rows, views.PATIENT_COLUMNS)
+        err.print(f"{loose} film(s) without a patient key", highlight=False)
+
+
+@registry_app.command("studies")
+def registry_studies(
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="A sorted folder.")],
+    body_part: _BodyPartOpt = None, instrument: _InstrumentOpt = None,
+    fracture: _FractureOpt = None, since: _SinceOpt = None, until: _UntilOpt = None,
+    fmt: _FormatOpt = ViewFormat.table, limit: _LimitOpt = None, offset: _OffsetOpt = 0,
+    per_month: Annotated[bool, typer.Option(
+        "--per-month", help="Count dated studies per month and body part instead.")] = False,
+    registry: _RegistryOpt = None,
+) -> None:
+    """Studies (StudyInstanceUID, else the keyed --group-by study), oldest first: films,
+    body parts, views, hardware, fracture, hip pair score, films waiting in _review."""
+    from xreg.cli import _registry_views as views
+    from xreg.registry import Registry
+    from xreg.registry.patients import (
+        RegistryFilter,
+        films_without_study,
+        studies,
+        studies_per_month,
+    )
+
+    with handle_errors(), Registry(registry or out_dir / "registry.sqlite", readonly=True) as reg:
+        flt = RegistryFilter(body_part, instrument, fracture, since, until)
+        if per_month:
+            rows, total = studies_per_month(reg, flt), None
+        else:
+            rows, total = studies(reg, flt, limit=limit, offset=offset)
+        loose = films_without_study(reg)
+    kind, columns = (("studies_per_month", views.MONTH_COLUMNS) if per_month
+                     else ("studies", views.STUDY_COLUMNS))
+    if fmt is ViewFormat.json:
+        payload: dict[str, Any] = {"filter": flt.to_dict(), "total": total}
+        if not per_month:
+            payload |= {"limit": limit, "offset": offset, "films_without_study": loose}
+        views.write_json(kind, payload | {"rows": rows})
+    elif fmt is ViewFormat.csv:
+        views.write_csv(rows, columns)
+    else:
+        title = (f"studies per month ({sum(r['studies'] for r in rows)})" if per_month
+                 else f"{len(rows)} of {total} studies")
+        views.print_table(title, rows, columns)
+
+
+@registry_app.command("patient")
+def registry_patient(
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="A sorted folder.")],
+    key: Annotated[str, typer.Argument(help="The patient key (as `registry patients` "
+                                            "lists it).")],
+    fmt: Annotated[ViewFormat, typer.Option("--format", help="table or json.")] = (
+        ViewFormat.table),
+    registry: _RegistryOpt = None,
+) -> None:
+    """One patient's timeline: every study in date order with its films."""
+    from xreg.cli import _registry_views as views
+    from xreg.cli._common import EXIT_ATTENTION
+    from xreg.registry import Registry
+    from xreg.registry.patients import patient_timeline
+
+    if fmt is ViewFormat.csv:
+        err.print("[bold red]error:[/] a timeline prints as table or json")
+        raise typer.Exit(EXIT_USAGE)
+    with handle_errors(), Registry(registry or out_dir / "registry.sqlite", readonly=True) as reg:
+        timeline = patient_timeline(reg, key)
+    if timeline is None:
+        err.print("[bold red]error:[/] no patient with that key in this registry")
+        raise typer.Exit(EXIT_ATTENTION)
+    if fmt is ViewFormat.json:
+        views.write_json("patient", {"patient": timeline})
+    else:
+        views.print_timeline(timeline)
 
 
 @weights_app.command("info")

@@ -63,7 +63,9 @@ def manifest_rows(registry: Registry, out_root: Path, *, reviewed_only: bool = F
     ``_review`` film's model label is exactly what was in doubt). A film
     reviewed as not musculoskeletal is labelled ``other`` (``other=None``:
     left out, for a nine-class head). Labels a reviewer did not judge keep
-    the model's. ``patient_id`` is the registry's keyed hash, never the ID.
+    the model's. A set review (``hand|wrist``) is written as the set, which
+    :func:`xreg.datasets.load_labels` reads as "one of these". ``patient_id``
+    is the registry's keyed hash, never the ID.
     """
     from xreg.registry.reviews import NOT_MSK, latest_reviews
 

@@ -16,8 +16,9 @@ from typing import Any, Literal
 from xreg.errors import ConfigError, RegistryError
 from xreg.registry.core import Registry, _now
 
-__all__ = ["NOT_MSK", "QueueOrder", "Review", "add_review", "film_review", "latest_reviews",
-           "queue_films", "queue_hashes", "review_queue", "teaching_order", "undo_review"]
+__all__ = ["NOT_MSK", "QueueOrder", "Review", "add_review", "add_reviews", "body_part_members",
+           "film_review", "latest_reviews", "queue_films", "queue_hashes", "review_queue",
+           "teaching_order", "undo_review"]
 
 #: The reviewer's body part for a film that is not a musculoskeletal radiograph.
 NOT_MSK = "not_msk"
@@ -41,9 +42,16 @@ class Review:
     def check(self, body_parts: tuple[str, ...]) -> None:
         if not self.reviewer.strip() or len(self.reviewer) > _MAX_NAME:
             raise ConfigError(f"a review needs a reviewer name of 1 to {_MAX_NAME} characters")
-        if self.body_part != NOT_MSK and self.body_part not in body_parts:
-            raise ConfigError(f"unknown body part {self.body_part!r}; choose one of "
-                              f"{', '.join(body_parts)} or {NOT_MSK}")
+        members = body_part_members(self.body_part)
+        if len(members) > 1 and (NOT_MSK in members or len(set(members)) < len(members)
+                                 or "" in members):
+            raise ConfigError(f"a body-part set is distinct body parts joined by '|' "
+                              f"(e.g. hand|wrist), without {NOT_MSK}; got {self.body_part!r}")
+        for member in members:
+            if member != NOT_MSK and member not in body_parts:
+                raise ConfigError(f"unknown body part {member!r}; choose one of "
+                                  f"{', '.join(body_parts)}, a set of them joined by '|' "
+                                  f"(hand|wrist) or {NOT_MSK}")
         for name in ("instrument", "fracture"):
             if getattr(self, name) not in (None, 0, 1):
                 raise ConfigError(f"{name} must be 1, 0 or not given")
@@ -51,24 +59,48 @@ class Review:
             raise ConfigError(f"a note is at most {_MAX_NOTE} characters")
 
 
+def body_part_members(body_part: str) -> tuple[str, ...]:
+    """``"hand|wrist"`` -> ``("hand", "wrist")``: a set review's members, primary first.
+
+    A reviewer unsure between two classes (or a hospital label that names
+    only a region) records a set; training reads it as "the truth is one of
+    these", as manifests do (:func:`xreg.datasets.parse_body_parts`).
+    """
+    return tuple(body_part.split("|"))
+
+
 def add_review(registry: Registry, review: Review, body_parts: tuple[str, ...]) -> int:
     """Record ``review`` with the model's labels as they are now; return its id."""
-    review.check(body_parts)
+    return add_reviews(registry, [review], body_parts)[0]
+
+
+def add_reviews(registry: Registry, reviews: Sequence[Review],
+                body_parts: tuple[str, ...]) -> list[int]:
+    """Record several reviews in one transaction (all or none); return their ids.
+
+    Each keeps a copy of the model's labels as they are now. One film that
+    is not placed rolls the whole batch back, so an import never lands half.
+    """
+    for review in reviews:
+        review.check(body_parts)
+    ids = []
     with registry._transaction() as db:
-        row = db.execute("SELECT body_part, body_part_prob, instrument, fracture, model_sha256"
-                         " FROM images WHERE sha256 = ? AND state = 'done'",
-                         (review.sha256,)).fetchone()
-        if row is None:
-            raise RegistryError("no placed image with that content hash")
-        cur = db.execute(
-            "INSERT INTO reviews (sha256, reviewer, created, model_sha256, model_body_part,"
-            " model_body_part_prob, model_instrument, model_fracture, body_part, instrument,"
-            " fracture, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (review.sha256, review.reviewer.strip(), _now(), row["model_sha256"],
-             row["body_part"], row["body_part_prob"], row["instrument"], row["fracture"],
-             review.body_part, review.instrument, review.fracture,
-             (review.note or "").strip() or None))
-    return int(cur.lastrowid or 0)
+        for review in reviews:
+            row = db.execute("SELECT body_part, body_part_prob, instrument, fracture,"
+                             " model_sha256 FROM images WHERE sha256 = ? AND state = 'done'",
+                             (review.sha256,)).fetchone()
+            if row is None:
+                raise RegistryError("no placed image with that content hash")
+            cur = db.execute(
+                "INSERT INTO reviews (sha256, reviewer, created, model_sha256, model_body_part,"
+                " model_body_part_prob, model_instrument, model_fracture, body_part,"
+                " instrument, fracture, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (review.sha256, review.reviewer.strip(), _now(), row["model_sha256"],
+                 row["body_part"], row["body_part_prob"], row["instrument"], row["fracture"],
+                 review.body_part, review.instrument, review.fracture,
+                 (review.note or "").strip() or None))
+            ids.append(int(cur.lastrowid or 0))
+    return ids
 
 
 def teaching_order(predicted: Sequence[str], confidence: Sequence[float]) -> list[int]:

@@ -30,6 +30,7 @@ from xreg.errors import PlacementError, RegistryError
 from xreg.registry import Registry
 from xreg.registry.reviews import (
     NOT_MSK,
+    body_part_members,
     commit_apply,
     finish_apply,
     get_review,
@@ -41,6 +42,7 @@ from xreg.registry.reviews import (
 )
 from xreg.sort.placement import (
     DEFAULT_LAYOUT,
+    REVIEW_DIR,
     Move,
     PlanItem,
     apply_move,
@@ -50,7 +52,8 @@ from xreg.sort.placement import (
     plan_moves,
 )
 
-__all__ = ["Applied", "apply_reviews", "plan_review_move", "recover_applies"]
+__all__ = ["Applied", "apply_reviews", "plan_review_move", "recover_applies",
+           "set_review_note"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class Applied:
     to_path: str | None
     moved: bool
     error: str | None = None
+    note: str | None = None  # why a set review kept the film where it was or sent it to _review
 
 
 def _layout(image: dict[str, Any]) -> str:
@@ -80,9 +84,12 @@ def plan_review_move(image: dict[str, Any], review: dict[str, Any], out_root: Pa
     """Where ``review`` sends ``image`` (pure): its layout, the reviewer's labels.
 
     Labels the reviewer did not judge keep the model's value; a film that is
-    not musculoskeletal stays in (or goes to) ``_review``.
+    not musculoskeletal stays in (or goes to) ``_review``. A set review
+    (``hand|wrist``) names no single folder: a sorted film whose body part
+    is in the set keeps it, any other goes to (or stays in) ``_review``
+    (:func:`set_review_note` says which, and why).
     """
-    status = "review" if review["body_part"] == NOT_MSK else "sorted"
+    body_part, status = _review_folder(image, review["body_part"])
     instrument = review["instrument"] if review["instrument"] is not None \
         else image["instrument"]
     fracture = review["fracture"] if review["fracture"] is not None else image["fracture"]
@@ -91,7 +98,7 @@ def plan_review_move(image: dict[str, Any], review: dict[str, Any], out_root: Pa
     date = image.get("study_date") or ""
     stem, _, ext = name.partition(".")
     fields = {
-        "body_part": review["body_part"], "instrument": _flag(instrument, "instrument"),
+        "body_part": body_part, "instrument": _flag(instrument, "instrument"),
         "fracture": _flag(fracture, "fracture"), "view": image.get("view_position") or "",
         "laterality": image.get("laterality") or "", "study_date": date, "year": date[:4],
         "modality": image.get("modality") or "", "study_uid": image.get("study_uid") or "",
@@ -99,6 +106,28 @@ def plan_review_move(image: dict[str, Any], review: dict[str, Any], out_root: Pa
     }
     item = PlanItem(out_root / current, image["sha256"], status, fields)
     return plan_moves([item], layout=_layout(image))[0]
+
+
+def _review_folder(image: dict[str, Any], reviewed: str) -> tuple[str, str]:
+    """The body-part folder and status a review's body part earns ``image``."""
+    if reviewed == NOT_MSK:
+        return reviewed, "review"
+    members = body_part_members(reviewed)
+    if len(members) == 1:
+        return reviewed, "sorted"
+    if image.get("status") == "sorted" and image.get("body_part") in members:
+        return str(image["body_part"]), "sorted"
+    return reviewed, "review"
+
+
+def set_review_note(image: dict[str, Any], reviewed: str) -> str | None:
+    """Why a set review left ``image`` where it is or sent it to ``_review`` (else None)."""
+    if len(body_part_members(reviewed)) < 2:
+        return None
+    body_part, status = _review_folder(image, reviewed)
+    if status == "sorted":
+        return f"reviewed as {reviewed}: kept under {body_part}, which is in the set"
+    return f"reviewed as {reviewed}: a set names no single folder, so the film is in _review"
 
 
 def apply_reviews(registry: Registry, out_root: Path,
@@ -125,19 +154,21 @@ def _apply_one(registry: Registry, out_root: Path, review: dict[str, Any]) -> Ap
     if image is None:
         raise RegistryError("the reviewed image is no longer in the registry")
     move = plan_review_move(image, review, out_root)
+    note = set_review_note(image, review["body_part"])
     current = image["dest_path"]
     if str(move.dest) == current:
         commit_apply(registry, review["id"], image["sha256"], current, move.status)
         finish_apply(registry, review["id"])
-        return Applied(review["id"], image["sha256"], current, current, moved=False)
+        return Applied(review["id"], image["sha256"], current, current, moved=False,
+                       note=note)
     journal_apply(registry, review["id"], current, str(move.dest))
     try:
         dest = _place(move, image, out_root)
     except (PlacementError, OSError) as exc:
         undo_apply(registry, review["id"], f"not moved: {exc}")
-        return Applied(review["id"], image["sha256"], current, None, False, str(exc))
+        return Applied(review["id"], image["sha256"], current, None, False, str(exc), note)
     _finish(registry, review["id"], image, current, str(dest), move.status, out_root)
-    return Applied(review["id"], image["sha256"], current, str(dest), moved=True)
+    return Applied(review["id"], image["sha256"], current, str(dest), moved=True, note=note)
 
 
 def _link_target(path: Path) -> Path:
@@ -205,7 +236,9 @@ def recover_applies(registry: Registry, out_root: Path) -> int:
             undo_apply(registry, row["id"], "interrupted before the file was placed; "
                                             "apply again")
             continue
-        status = "review" if row["body_part"] == NOT_MSK else "sorted"
+        # The plan that journalled this apply chose the folder (a set review may
+        # have chosen _review); the placed path says which.
+        status = "review" if PurePosixPath(placed).parts[0] == REVIEW_DIR else "sorted"
         _finish(registry, row["id"], image, old, placed, status, out_root)
     return len(rows)
 
