@@ -168,6 +168,7 @@ _MIGRATIONS: tuple[str, ...] = (
     -- One row per placed film with its effective labels: the latest review's where
     -- there is one (a NULL instrument/fracture there means not judged: the model's
     -- stands), else the model's. Derived, never stored: xreg.registry.patients.
+    -- Scalar subqueries, not joins: a query pays only for the columns it reads.
     CREATE VIEW film_labels AS
     SELECT i.sha256, i.patient_key,
            COALESCE(i.study_uid, i.study_key) AS study,
@@ -180,16 +181,19 @@ _MIGRATIONS: tuple[str, ...] = (
                     || '-' || substr(i.study_date, 9, 2)
            END AS date,
            i.modality, i.view_position, i.laterality, i.status, i.dest_path,
-           COALESCE(r.body_part, i.body_part) AS body_part,
-           COALESCE(r.instrument, i.instrument) AS instrument,
-           COALESCE(r.fracture, i.fracture) AS fracture,
+           COALESCE((SELECT r.body_part FROM reviews r WHERE r.sha256 = i.sha256
+                     ORDER BY r.id DESC LIMIT 1), i.body_part) AS body_part,
+           COALESCE((SELECT r.instrument FROM reviews r WHERE r.sha256 = i.sha256
+                     ORDER BY r.id DESC LIMIT 1), i.instrument) AS instrument,
+           COALESCE((SELECT r.fracture FROM reviews r WHERE r.sha256 = i.sha256
+                     ORDER BY r.id DESC LIMIT 1), i.fracture) AS fracture,
            (SELECT MAX(h.fracture_prob) FROM hip_studies h
              WHERE h.ap_sha256 = i.sha256 OR h.lateral_sha256 = i.sha256) AS hip_score,
            (SELECT MAX(h.decision = 'fracture') FROM hip_studies h
              WHERE h.ap_sha256 = i.sha256 OR h.lateral_sha256 = i.sha256) AS hip_fracture,
-           CASE WHEN r.id IS NULL THEN 'model' ELSE 'review' END AS label_source
+           CASE WHEN EXISTS (SELECT 1 FROM reviews r WHERE r.sha256 = i.sha256)
+                THEN 'review' ELSE 'model' END AS label_source
     FROM images i
-    LEFT JOIN reviews r ON r.id = (SELECT MAX(x.id) FROM reviews x WHERE x.sha256 = i.sha256)
     WHERE i.state = 'done';
     """,
 )

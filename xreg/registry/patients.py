@@ -130,35 +130,80 @@ def _values(text: str | None) -> list[str]:
 
 
 # -- studies ----------------------------------------------------------------------
-_STUDY_COLUMNS = (
+# Two steps: which studies (one pass over the study and date columns, plus the
+# label columns a filter needs), then the rollups of just those studies.
+_STUDY_ROLLUP = (
     "SELECT study, MIN(patient_key) AS patient, MIN(date) AS date,"
     " group_concat(DISTINCT modality) AS modality, COUNT(*) AS films,"
     " group_concat(DISTINCT body_part) AS body_parts,"
     " group_concat(DISTINCT CASE WHEN instrument = 1 THEN body_part END) AS hardware,"
     " group_concat(DISTINCT view_position) AS views,"
-    " MAX(COALESCE(fracture, 0) = 1 AND COALESCE(body_part, '') != 'not_msk') AS film_fracture,"
-    " MAX(COALESCE(hip_fracture, 0)) AS hip_fracture, MAX(hip_score) AS hip_score,"
-    " SUM(status = 'review') AS in_review, COUNT(*) OVER () AS total"
+    f" MAX(COALESCE(fracture, 0) = 1 AND COALESCE(body_part, '') != '{NOT_MSK}')"
+    " AS film_fracture, SUM(status = 'review') AS in_review FROM film_labels"
 )
+
+
+def _study_keys(registry: Registry, flt: RegistryFilter, where: str, params: Sequence[Any],
+                limit: int | None, offset: int) -> tuple[list[str], int]:
+    """The keys of one page of studies ``flt`` selects (oldest first, undated last)."""
+    match, match_params = _film_match(flt)
+    window, window_params = _window(flt, "MIN(date)")
+    having = f"{window} AND MAX({match}) = 1"
+    rows = registry._db.execute(
+        f"SELECT study, COUNT(*) OVER () FROM film_labels WHERE study IS NOT NULL AND {where}"
+        f" GROUP BY study HAVING {having}"
+        " ORDER BY MIN(date) IS NULL, MIN(date), study LIMIT ? OFFSET ?",
+        [*params, *window_params, *match_params, *_sql_limit(limit, offset)]).fetchall()
+    if rows:
+        return [r[0] for r in rows], int(rows[0][1])
+    if not offset:
+        return [], 0
+    return [], len(_study_keys(registry, flt, where, params, None, 0)[0])  # past the end
+
+
+def _study_rollups(registry: Registry, keys: list[str]) -> dict[str, dict[str, Any]]:
+    """Study key -> its rollup, for ``keys`` (looked up by index on a small page)."""
+    if not keys:
+        return {}
+    db = registry._db
+    if len(keys) <= _KEYED_PAGE:
+        marks = ", ".join("?" * len(keys))
+        rows = db.execute(
+            f"{_STUDY_ROLLUP} WHERE sha256 IN (SELECT sha256 FROM images WHERE study_uid"
+            f" IN ({marks}) UNION ALL SELECT sha256 FROM images WHERE study_key IN ({marks}))"
+            " GROUP BY study", [*keys, *keys]).fetchall()
+    else:
+        rows = db.execute(f"{_STUDY_ROLLUP} WHERE study IS NOT NULL GROUP BY study").fetchall()
+    wanted = set(keys)
+    found = {r["study"]: _study_dict(r) for r in rows if r["study"] in wanted}
+    for study, score, fracture in _hip_scores(registry, keys):
+        if study in found:
+            found[study]["hip_score"] = score
+            found[study]["fracture"] = found[study]["fracture"] or bool(fracture)
+    return found
+
+
+def _hip_scores(registry: Registry, keys: list[str]) -> list[tuple[str, float, int]]:
+    """(study, highest fracture probability, any fracture decision) of scored hip pairs.
+
+    Read from the hip_studies side: far fewer rows than films, each joined to
+    its two films by primary key.
+    """
+    wanted = set(keys)
+    rows = registry._db.execute(
+        "SELECT COALESCE(i.study_uid, i.study_key), MAX(h.fracture_prob),"
+        " MAX(h.decision = 'fracture') FROM hip_studies h JOIN images i"
+        " ON i.sha256 IN (h.ap_sha256, h.lateral_sha256) WHERE i.state = 'done'"
+        " GROUP BY 1").fetchall()
+    return [(r[0], r[1], r[2]) for r in rows if r[0] in wanted]
 
 
 def _study_query(registry: Registry, flt: RegistryFilter, where: str = "1",
                  params: Sequence[Any] = (), limit: int | None = None,
                  offset: int = 0) -> tuple[list[dict[str, Any]], int]:
-    match, match_params = _film_match(flt)
-    window, window_params = _window(flt, "MIN(date)")
-    rows = registry._db.execute(
-        f"{_STUDY_COLUMNS} FROM film_labels WHERE study IS NOT NULL AND {where}"
-        f" GROUP BY study HAVING {window} AND MAX({match}) = 1"
-        " ORDER BY MIN(date) IS NULL, MIN(date), study LIMIT ? OFFSET ?",
-        [*params, *window_params, *match_params, *_sql_limit(limit, offset)]).fetchall()
-    if rows:
-        total = int(rows[0]["total"])
-    elif offset:  # a page past the end still says how many there are
-        total = len(_study_query(registry, flt, where, params)[0])
-    else:
-        total = 0
-    return [_study_dict(r) for r in rows], total
+    keys, total = _study_keys(registry, flt, where, params, limit, offset)
+    rollups = _study_rollups(registry, keys)
+    return [rollups[k] for k in keys if k in rollups], total
 
 
 def _study_dict(r: Any) -> dict[str, Any]:
@@ -166,9 +211,8 @@ def _study_dict(r: Any) -> dict[str, Any]:
         "study": r["study"], "patient": r["patient"], "date": r["date"],
         "modality": r["modality"], "films": int(r["films"]),
         "body_parts": _parts(r["body_parts"]), "views": _values(r["views"]),
-        "hardware": _parts(r["hardware"]),
-        "fracture": bool(r["film_fracture"] or r["hip_fracture"]),
-        "hip_score": r["hip_score"], "in_review": int(r["in_review"] or 0),
+        "hardware": _parts(r["hardware"]), "fracture": bool(r["film_fracture"]),
+        "hip_score": None, "in_review": int(r["in_review"] or 0),
     }
 
 
@@ -182,60 +226,76 @@ def studies_per_month(registry: Registry,
                       flt: RegistryFilter = RegistryFilter()) -> list[dict[str, Any]]:
     """Dated studies per month and body part (a study counts once for each body
     part among its films; with ``flt.body_part``, for that body part only)."""
-    rows, _ = _study_query(registry, flt, "date IS NOT NULL")
+    match, match_params = _film_match(flt)
+    window, window_params = _window(flt, "MIN(date)")
     counts: dict[tuple[str, str], int] = {}
-    for study in rows:
-        for part in study["body_parts"]:
+    for date, labels in registry._db.execute(
+            "SELECT MIN(date), group_concat(DISTINCT body_part) FROM film_labels"
+            " WHERE study IS NOT NULL AND date IS NOT NULL GROUP BY study"
+            f" HAVING {window} AND MAX({match}) = 1", [*window_params, *match_params]):
+        for part in _parts(labels):
             if flt.body_part is None or part == flt.body_part:
-                key = (study["date"][:7], part)
-                counts[key] = counts.get(key, 0) + 1
+                counts[(date[:7], part)] = counts.get((date[:7], part), 0) + 1
     return [{"month": month, "body_part": part, "studies": n}
             for (month, part), n in sorted(counts.items())]
 
 
 # -- patients ---------------------------------------------------------------------
-def _patient_query(registry: Registry, flt: RegistryFilter, where: str = "1",
-                   params: Sequence[Any] = (), limit: int | None = None,
-                   offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+def _patient_keys(registry: Registry, flt: RegistryFilter, where: str, params: Sequence[Any],
+                  limit: int | None, offset: int) -> tuple[list[str], int]:
+    """The keys of one page of patients ``flt`` selects, in key order."""
     match, match_params = _film_match(flt)
     window, window_params = _window(flt, "date")
     rows = registry._db.execute(
-        "SELECT patient_key AS patient, MIN(date) AS first_study, MAX(date) AS last_study,"
-        " COUNT(DISTINCT study) AS studies, COUNT(*) AS films,"
-        " group_concat(DISTINCT body_part) AS body_parts, COUNT(*) OVER () AS total"
-        f" FROM film_labels WHERE patient_key IS NOT NULL AND {window} AND {where}"
-        f" GROUP BY patient_key HAVING MAX({match}) = 1"
-        " ORDER BY patient_key LIMIT ? OFFSET ?",
+        "SELECT patient_key, COUNT(*) OVER () FROM film_labels"
+        f" WHERE patient_key IS NOT NULL AND {window} AND {where}"
+        f" GROUP BY patient_key HAVING MAX({match}) = 1 ORDER BY patient_key LIMIT ? OFFSET ?",
         [*window_params, *params, *match_params, *_sql_limit(limit, offset)]).fetchall()
     if rows:
-        total = int(rows[0]["total"])
-    elif offset:
-        total = len(_patient_query(registry, flt, where, params)[0])
-    else:
-        total = 0
-    found = [{"patient": r["patient"], "first_study": r["first_study"],
-              "last_study": r["last_study"], "studies": int(r["studies"]),
-              "films": int(r["films"]), "body_parts": _parts(r["body_parts"]),
-              "hardware": [], "fractures": []} for r in rows]
-    _add_findings(registry, flt, found)
-    return found, total
+        return [r[0] for r in rows], int(rows[0][1])
+    if not offset:
+        return [], 0
+    return [], len(_patient_keys(registry, flt, where, params, None, 0)[0])
 
 
-def _add_findings(registry: Registry, flt: RegistryFilter,
-                  found: list[dict[str, Any]]) -> None:
+def _patient_query(registry: Registry, flt: RegistryFilter, where: str = "1",
+                   params: Sequence[Any] = (), limit: int | None = None,
+                   offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    keys, total = _patient_keys(registry, flt, where, params, limit, offset)
+    if not keys:
+        return [], total
+    window, window_params = _window(flt, "date")
+    among, among_params = _among(keys)
+    found = {r["patient"]: {
+        "patient": r["patient"], "first_study": r["first_study"],
+        "last_study": r["last_study"], "studies": int(r["studies"]), "films": int(r["films"]),
+        "body_parts": _parts(r["body_parts"]), "hardware": [], "fractures": []}
+        for r in registry._db.execute(
+            "SELECT patient_key AS patient, MIN(date) AS first_study, MAX(date) AS last_study,"
+            " COUNT(DISTINCT study) AS studies, COUNT(*) AS films,"
+            " group_concat(DISTINCT body_part) AS body_parts"
+            f" FROM film_labels WHERE {among} AND {window} GROUP BY patient_key",
+            [*among_params, *window_params])}
+    _add_findings(registry, flt, found, among, among_params)
+    return [found[k] for k in keys if k in found], total
+
+
+def _among(keys: list[str]) -> tuple[str, list[Any]]:
+    """An SQL condition selecting ``keys``' films: by index for a page, else all."""
+    if len(keys) <= _KEYED_PAGE:
+        return f"patient_key IN ({', '.join('?' * len(keys))})", list(keys)
+    return "patient_key IS NOT NULL", []
+
+
+def _add_findings(registry: Registry, flt: RegistryFilter, by_key: dict[str, dict[str, Any]],
+                  among: str, among_params: list[Any]) -> None:
     """Fill each patient's ``hardware`` (body part, first seen) and ``fractures``."""
-    if not found:
-        return
-    by_key = {p["patient"]: p for p in found}
-    window, params = _window(flt, "date")
-    where, keys = "patient_key IS NOT NULL", []
-    if len(by_key) <= _KEYED_PAGE:
-        where = f"patient_key IN ({', '.join('?' * len(by_key))})"
-        keys = list(by_key)
+    window, window_params = _window(flt, "date")
+    params = [*among_params, *window_params]
     hardware: dict[str, dict[str, str | None]] = {}
     for key, label, first in registry._db.execute(
-            f"SELECT patient_key, body_part, MIN(date) FROM film_labels WHERE {where}"
-            f" AND {window} AND instrument = 1 GROUP BY 1, 2", [*keys, *params]):
+            f"SELECT patient_key, body_part, MIN(date) FROM film_labels WHERE {among}"
+            f" AND {window} AND instrument = 1 GROUP BY 1, 2", params):
         if key in by_key:
             seen = hardware.setdefault(key, {})
             for part in _parts(label):
@@ -243,8 +303,8 @@ def _add_findings(registry: Registry, flt: RegistryFilter,
                     seen[part] = first
     fractures: dict[str, set[tuple[str, str | None]]] = {}
     for key, label, date in registry._db.execute(
-            f"SELECT DISTINCT patient_key, body_part, date FROM film_labels WHERE {where}"
-            f" AND {window} AND (fracture = 1 OR hip_fracture = 1)", [*keys, *params]):
+            f"SELECT DISTINCT patient_key, body_part, date FROM film_labels WHERE {among}"
+            f" AND {window} AND (fracture = 1 OR hip_fracture = 1)", params):
         if key in by_key:
             fractures.setdefault(key, set()).update((part, date) for part in _parts(label))
     for key, patient in by_key.items():
