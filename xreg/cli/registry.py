@@ -8,12 +8,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, TextIO
+from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 from rich.table import Table
 
 from xreg.cli._common import (
+    EXIT_ATTENTION,
     EXIT_USAGE,
     err,
     handle_errors,
@@ -22,6 +23,9 @@ from xreg.cli._common import (
     require_train,
     weights_app,
 )
+
+if TYPE_CHECKING:
+    from xreg.registry.imports import ImportReport
 
 
 class ExportFormat(str, Enum):
@@ -193,6 +197,112 @@ def _open_output(output: Path | None) -> Iterator[TextIO]:
         return
     with open(output, "w", newline="", encoding="utf-8") as fh:
         yield fh
+
+
+# -- registry import-reviews ---------------------------------------------------
+
+_SHOWN_BAD_ROWS = 50
+
+
+@registry_app.command("import-reviews")
+def registry_import_reviews(
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="A sorted folder.")],
+    file: Annotated[Path, typer.Argument(
+        metavar="FILE.csv", help="The labels: columns sha256 or path, body_part, and "
+                                 "optionally instrument and fracture.")],
+    reviewer: Annotated[str, typer.Option(
+        help="Who the labels are from (recorded with each review; a person or a "
+             "source, e.g. 'PACS report 2024').")],
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Check every row and report; import nothing.")] = False,
+    header_vocabulary: Annotated[Path | None, typer.Option(
+        help="YAML whose coarse section names the region words body_part may use "
+             "(UPPER EXTREMITY -> elbow|hand|shoulder|wrist).  [default: "
+             "xreg/configs/header_vocabulary.yaml]")] = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print the report as JSON (keys: file, reviewer, rows, valid, added, "
+                       "already_imported, duplicates, bad, disagree_with_model, dry_run, "
+                       "labels, bad_rows[row, reason]).")] = False,
+    registry: Annotated[Path | None, typer.Option(help="Registry file if not in OUT.")] = None,
+) -> None:
+    """Import labels you already have (e.g. from radiology reports) as reviews.
+
+    Each row names a placed film by `sha256` or by `path`: the source path the
+    sort saw (absolute, or relative to the sort's input folder). `body_part`
+    is a body part the model knows, `not_msk`, a set `hand|wrist` (trained as
+    "one of these"), or a region word of the header vocabulary (`UPPER
+    EXTREMITY`); `instrument` and `fracture` take 1/0/true/false/yes/no, empty
+    for not judged. The model's labels are kept; reviews sit beside them, as
+    from `xreg serve`, and `registry export --reviewed --format manifest` and
+    `xreg train --data OUT` use them.
+
+    All or nothing: if any row is bad (unknown value, no such film) nothing is
+    imported, every bad row is listed with its reason, and the exit code is 1.
+    Importing the same file again adds nothing (a film whose latest review by
+    this reviewer has the same labels counts as already imported).
+    """
+    from xreg.errors import RegistryError
+    from xreg.registry import Registry
+    from xreg.registry.imports import import_reviews
+    from xreg.sort.audit import load_vocabulary
+
+    path = registry or out_dir / "registry.sqlite"
+    with handle_errors():
+        if not path.is_file():
+            raise RegistryError(f"no registry at {path}")
+        vocabulary = load_vocabulary(header_vocabulary)
+        with Registry(path, readonly=dry_run) as reg:
+            report = import_reviews(reg, file, reviewer, dry_run=dry_run,
+                                    vocabulary=vocabulary)
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
+    else:
+        _print_import(report)
+    if not report.ok:
+        raise typer.Exit(EXIT_ATTENTION)
+
+
+def _print_import(report: ImportReport) -> None:
+    from rich.markup import escape
+
+    table = Table(title=f"import {escape(report.file)} as {escape(report.reviewer)}")
+    table.add_column("rows")
+    table.add_column("count", justify="right")
+    for label, value in (("read", report.rows), ("valid, new", len(report.reviews)),
+                         ("already imported", report.already),
+                         ("repeated in the file", report.duplicates),
+                         ("bad", len(report.bad)),
+                         ("disagree with the model", report.disagree),
+                         ("reviews to add (dry run)", len(report.reviews)) if report.dry_run
+                         else ("reviews added", report.added)):
+        table.add_row(label, str(value), style="bold red" if label == "bad" and value
+                      else None)
+    out.print(table)
+    if report.reviews:
+        labels = Table(title="labels of the new reviews")
+        labels.add_column("body part")
+        labels.add_column("reviews", justify="right")
+        for name, count in report.labels().items():
+            labels.add_row(name, str(count))
+        out.print(labels)
+    if report.bad:
+        bad = Table(title=f"{len(report.bad)} bad row(s)")
+        bad.add_column("row", justify="right")
+        bad.add_column("reason")
+        for row in report.bad[:_SHOWN_BAD_ROWS]:
+            bad.add_row(str(row.number), escape(row.reason))
+        out.print(bad)
+        more = len(report.bad) - _SHOWN_BAD_ROWS
+        if more > 0:
+            out.print(f"... and {more} more (--json lists every one)")
+        err.print(f"[bold red]nothing imported:[/] {len(report.bad)} bad row(s); fix them "
+                  "and import the file again")
+    elif report.dry_run:
+        err.print(f"dry run: {len(report.reviews)} review(s) would be added, "
+                  f"{report.already} already imported", highlight=False)
+    else:
+        err.print(f"added {report.added} review(s); already imported: {report.already}",
+                  highlight=False)
 
 
 # -- the registry by patient and study (xreg.registry.patients) ------------------------
