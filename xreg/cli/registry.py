@@ -217,12 +217,12 @@ def registry_import_reviews(
         "--dry-run", help="Check every row and report; import nothing.")] = False,
     header_vocabulary: Annotated[Path | None, typer.Option(
         help="YAML whose coarse section names the region words body_part may use "
-             "(UPPER EXTREMITY -> elbow|hand|shoulder|wrist).  [default: "
-             "xreg/configs/header_vocabulary.yaml]")] = None,
+             "(UPPER EXTREMITY -> elbow|hand|shoulder|wrist); default: the shipped "
+             "xreg/configs/header_vocabulary.yaml.")] = None,
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print the report as JSON (keys: file, reviewer, rows, valid, added, "
                        "already_imported, duplicates, bad, disagree_with_model, dry_run, "
-                       "labels, bad_rows[row, reason]).")] = False,
+                       "labels, bad_rows: each with row and reason).")] = False,
     registry: Annotated[Path | None, typer.Option(help="Registry file if not in OUT.")] = None,
 ) -> None:
     """Import labels you already have (e.g. from radiology reports) as reviews.
