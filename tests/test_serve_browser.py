@@ -6,7 +6,10 @@ the forms as rendered actually work together: the CSRF cookie the gate sets
 is echoed by the hidden field, the ``Origin`` a real browser sends passes the
 same-origin check, the 303 redirects land on the right page, the reviewer
 cookie sticks, a file input really uploads multipart data, and thumbnails
-decode as images under the app's Content-Security-Policy.
+decode as images under the app's Content-Security-Policy. The one page with
+a script, review at speed (``static/review.js``), is driven by real
+keystrokes, and once more with JavaScript turned off, where its forms must
+do the same work.
 
 Each test sorts a few small phantoms (tiny random weights, so predictions
 are meaningless but fast) into a fresh OUT, serves it with uvicorn on a free
@@ -22,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,7 +43,9 @@ try:
     from selenium import webdriver
     from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.remote.webdriver import WebDriver
     from selenium.webdriver.remote.webelement import WebElement
     from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -56,20 +62,23 @@ NOTE = "corrected by the browser test"
 # -- the browser ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[WebDriver]:
-    """One headless chromium for the whole module (starting one costs a second or two)."""
+@contextmanager
+def chromium(*, javascript: bool = True) -> Iterator[WebDriver]:
+    """A headless chromium (``javascript=False``: as a browser with scripts turned off)."""
     if webdriver is None:
         pytest.skip(f"selenium is not installed; {_MISSING}")
-    driver_path, chromium = shutil.which("chromedriver"), shutil.which("chromium")
-    if driver_path is None or chromium is None:
+    driver_path, binary = shutil.which("chromedriver"), shutil.which("chromium")
+    if driver_path is None or binary is None:
         pytest.skip(f"chromedriver or chromium is not on PATH; {_MISSING}")
     pytest.importorskip("uvicorn", reason="the serve extra is not installed")
     options = webdriver.ChromeOptions()
-    options.binary_location = chromium
+    options.binary_location = binary
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                 "--window-size=1280,900", "--no-first-run", "--disable-extensions"):
         options.add_argument(arg)
+    if not javascript:
+        options.add_experimental_option(
+            "prefs", {"profile.managed_default_content_settings.javascript": 2})
     try:
         driver = webdriver.Chrome(service=Service(executable_path=driver_path),
                                   options=options)
@@ -80,6 +89,13 @@ def browser() -> Iterator[WebDriver]:
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[WebDriver]:
+    """One headless chromium for the whole module (starting one costs a second or two)."""
+    with chromium() as driver:
+        yield driver
 
 
 def fresh(driver: WebDriver) -> WebDriver:
@@ -327,3 +343,133 @@ def test_read_only_review_page_has_no_forms(browser: WebDriver, phantoms: Phanto
         assert not driver.find_elements(By.CSS_SELECTOR, "form[action='/apply']")
     with registry(out) as db:
         assert db.execute("SELECT apply_state FROM reviews").fetchone()[0] is None
+
+
+# -- review at speed ---------------------------------------------------------------------
+
+_FLIP = {None: 1, 0: 1, 1: 0}  # what i/x make of the model's flag
+
+
+@pytest.fixture(scope="module")
+def many_sorted(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Fourteen phantoms sorted into body-part folders: a queue long enough to time."""
+    root = tmp_path_factory.mktemp("many")
+    generate_dataset(root / "synth", 14, seed=5, size=128, workers=1)
+    run_sort(root / "synth" / "images", root / "out",
+             SortOptions(weights=tiny_weights, min_age=0, min_confidence=0.0, workers=1,
+                         device="cpu", header_check="off"))
+    with registry(root / "out") as db:
+        assert db.execute("SELECT COUNT(*) FROM images WHERE status = 'sorted' AND"
+                          " body_part IS NOT NULL").fetchone()[0] == 14
+    return root / "out"
+
+
+def _on_film(driver: WebDriver) -> str:
+    """The film the keystroke page shows once its script is idle and the picture is in."""
+    shown: str = WebDriverWait(driver, _WAIT_S, poll_frequency=0.01).until(
+        lambda d: d.execute_script(
+            "var r = document.getElementById('fast-review'), i = document.getElementById("
+            "'film'); return r && r.dataset.ready && !r.hasAttribute('aria-busy') && i &&"
+            " i.complete && i.naturalWidth > 0 ? r.dataset.sha : null;"),
+        f"the review page never settled: {page_error(driver)}")
+    return shown
+
+
+def _press(driver: WebDriver, key: str, leaving: str | None = None) -> str:
+    """One real keystroke; with ``leaving``, wait until another film is shown."""
+    ActionChains(driver).send_keys(key).perform()
+    if leaving is None:
+        return ""
+    WebDriverWait(driver, _WAIT_S, poll_frequency=0.01).until(
+        lambda d: d.execute_script("return document.getElementById('fast-review')"
+                                   ".dataset.sha;") != leaving,
+        f"still on the same film after {key!r}: {driver.find_element(By.ID, 'flash').text}")
+    return _on_film(driver)
+
+
+def _model(out: Path, sha: str) -> dict[str, Any]:
+    with registry(out) as db:
+        return dict(db.execute("SELECT body_part, instrument, fracture FROM images"
+                               " WHERE sha256 = ?", (sha,)).fetchone())
+
+
+def _reviews(out: Path) -> list[tuple[Any, ...]]:
+    with registry(out) as db:
+        return [tuple(r) for r in db.execute(
+            "SELECT sha256, reviewer, body_part, instrument, fracture FROM reviews"
+            " ORDER BY id")]
+
+
+def test_keystroke_review_decides_undoes_skips_and_accepts(
+        browser: WebDriver, many_sorted: Path, tiny_weights: Path, tmp_path: Path) -> None:
+    """Keys label, flip instrument, undo, skip and accept, with no page load; then a
+    timed run of ten films gives decisions per minute and keystrokes per film."""
+    out = tmp_path / "out"
+    shutil.copytree(many_sorted, out)
+    driver = fresh(browser)
+    with serving(out, tiny_weights, reviewer="Dr Keys") as base:
+        driver.get(f"{base}/review/next")
+        a = _on_film(driver)
+        keys = {str(b.get_attribute("data-key")): str(b.get_attribute("value"))
+                for b in driver.find_elements(By.CSS_SELECTOR, "button[data-key]")}
+        assert keys["w"] == "wrist" and keys["h"] == "hand" and keys["n"] == "not_msk"
+        driver.execute_script("window.__xreg_same_page = true;")
+        _press(driver, "i")                # flip instrument on film A ...
+        b = _press(driver, "w", leaving=a)  # ... and call it a wrist
+        c = _press(driver, "h", leaving=b)  # film B: hand
+        back = _press(driver, "u", leaving=c)  # undo: B again, unreviewed
+        assert back == b and "Undid hand" in driver.find_element(By.ID, "flash").text
+        assert _press(driver, Keys.ARROW_RIGHT, leaving=b) == c  # skip B
+        assert _press(driver, Keys.ARROW_LEFT, leaving=c) == b   # and look back
+        assert _press(driver, Keys.ARROW_RIGHT, leaving=b) == c
+        d = _press(driver, Keys.ENTER, leaving=c)  # film C: the model's answer
+        model = {sha: _model(out, sha) for sha in (a, b, c)}
+        assert _reviews(out) == [
+            (a, "Dr Keys", "wrist", _FLIP[model[a]["instrument"]], model[a]["fracture"]),
+            (c, "Dr Keys", model[c]["body_part"], model[c]["instrument"],
+             model[c]["fracture"])]
+
+        # The timed run: ten films, a fracture flip on every third, Enter on every other.
+        classes = [k for k in keys if keys[k] != "not_msk"]
+        expected, pressed, shown = [], 0, d
+        started = time.perf_counter()
+        for n in range(10):
+            fracture = _model(out, shown)["fracture"]
+            if n % 3 == 0:
+                _press(driver, "x")
+                pressed += 1
+                fracture = _FLIP[fracture]
+            key = Keys.ENTER if n % 2 else classes[n % len(classes)]
+            label = _model(out, shown)["body_part"] if n % 2 else keys[key]
+            expected.append((shown, label, fracture))
+            shown = _press(driver, key, leaving=shown)
+            pressed += 1
+        elapsed = time.perf_counter() - started
+        assert driver.execute_script("return window.__xreg_same_page === true;"), \
+            "a decision reloaded the page"
+    rate = 10 / elapsed * 60
+    print(f"\nkeystroke review: 10 decisions in {elapsed:.1f} s = {rate:.0f}/min, "
+          f"{pressed / 10:.1f} keys per film")
+    got = _reviews(out)[2:]
+    assert [(r[0], r[2], r[4]) for r in got] == expected
+    assert len({r[0] for r in _reviews(out)}) == 12 and b not in {r[0] for r in got}
+
+
+def test_review_at_speed_works_with_javascript_off(many_sorted: Path, tiny_weights: Path,
+                                                   tmp_path: Path) -> None:
+    """Scripts off: a class button posts the plain form and the 303 shows the next film."""
+    out = tmp_path / "out"
+    shutil.copytree(many_sorted, out)
+    with chromium(javascript=False) as driver, \
+            serving(out, tiny_weights, reviewer="Dr Plain") as base:
+        driver.get(f"{base}/review/next")
+        root = driver.find_element(By.ID, "fast-review")
+        first = str(root.get_attribute("data-sha"))
+        assert not root.get_attribute("data-ready"), "the script ran with JavaScript off"
+        follow = str(driver.find_element(By.ID, "next").get_attribute("href")).rsplit("/", 1)[-1]
+        Select(driver.find_element(By.ID, "fracture")).select_by_value("1")
+        submit(driver, driver.find_element(By.ID, "class-hand"), (By.ID, "fast-review"))
+        assert driver.current_url == f"{base}/review/film/{follow}", page_error(driver)
+        assert driver.find_element(By.ID, "fast-review").get_attribute("data-sha") == follow
+        instrument = _model(out, first)["instrument"]
+    assert _reviews(out) == [(first, "Dr Plain", "hand", instrument, 1)]
