@@ -32,7 +32,7 @@ __all__ = ["RegistryFilter", "films_without_study", "patient_timeline", "patient
 
 #: Page sizes up to this look their patients' details up by key; larger pages
 #: (or no limit) read the details of every patient in one pass.
-_KEYED_PAGE = 500
+_KEYED_PAGE = 5000
 
 
 @dataclass(frozen=True)
