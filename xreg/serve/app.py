@@ -14,7 +14,8 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -24,7 +25,7 @@ from xreg.model.checkpoint import LoadedModel, default_weights, load_checkpoint
 from xreg.registry import Registry
 from xreg.serve import routes_browse, routes_fastreview, routes_review, routes_upload
 from xreg.serve.config import ServeConfig
-from xreg.serve.deps import AppState
+from xreg.serve.deps import AppState, page_format
 from xreg.serve.security import Gate
 from xreg.serve.uploads import Analyser, UploadStore
 
@@ -60,7 +61,7 @@ def create_app(config: ServeConfig, *, loaded: LoadedModel | None = None,
                                        heatmaps=heatmaps), templates)
     app.mount("/static", StaticFiles(directory=str(files / "static")), name="static")
     for module in (routes_browse, routes_review, routes_fastreview, routes_upload):
-        app.include_router(module.router)
+        app.include_router(module.router, dependencies=[Depends(page_format)])
 
     @app.exception_handler(HTTPException)
     async def _error(request: Request, exc: HTTPException) -> Response:
@@ -72,6 +73,13 @@ def create_app(config: ServeConfig, *, loaded: LoadedModel | None = None,
             title=f"{exc.status_code}", message=exc.detail, read_only=config.read_only,
             reviewer=None, version=__version__, model_name=model.card.name)
         return HTMLResponse(body, exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        # Name the parameter and the rule, never echo the value back (it may be huge).
+        where = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ())[1:])}: {e.get('msg')}"
+                          for e in exc.errors()[:5])
+        return await _error(request, HTTPException(422, f"invalid request: {where}"))
 
     return Gate(app, config)
 

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Annotated, Any, Literal
 from urllib.parse import unquote
 
-from fastapi import HTTPException, Request
+from fastapi import HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.templating import Jinja2Templates
 
@@ -28,10 +28,28 @@ from xreg.serve.config import ServeConfig
 from xreg.serve.security import check_csrf
 from xreg.serve.uploads import Analyser, UploadStore
 
-__all__ = ["AppState", "out_path", "render", "require_csrf", "reviewer_of", "state",
-           "valid_sha"]
+__all__ = ["MAX_PAGE", "AppState", "Label", "Page", "out_path", "page_format", "render",
+           "require_csrf", "reviewer_of", "state", "valid_sha"]
 
 _SHA = 64
+
+#: The highest page number a pager accepts: beyond any registry's last page, and
+#: far inside SQLite's 64-bit OFFSET (a bigger int is a 500 from sqlite3, not a 404).
+MAX_PAGE = 1_000_000
+
+#: A page number from the query string: 1 to :data:`MAX_PAGE`, else 422.
+Page = Annotated[int, Query(ge=1, le=MAX_PAGE)]
+
+#: A label filter (status, body part, scope): lower-case words, short, or empty for any.
+Label = Annotated[str, Query(max_length=40, pattern=r"^[a-z0-9_]*$")]
+
+
+def page_format(fmt: Annotated[Literal["html", "json"], Query(alias="format")] = "html",
+                ) -> None:
+    """Refuse ``?format=`` values other than html and json (422), on every route.
+
+    :func:`render` reads the value itself; this dependency only validates it.
+    """
 
 
 @dataclass

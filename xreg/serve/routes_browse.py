@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from xreg.registry.browse import choices, counts, gallery, image_detail, parse_filter, placed_path
-from xreg.serve.deps import out_path, render, state, valid_sha
+from xreg.serve.deps import Label, Page, out_path, render, state, valid_sha
 from xreg.serve.thumbs import thumbnail
 
 router = APIRouter()
+
+#: A yes/no gallery filter: 1, 0 or its label; empty or ``unknown`` (the overview's
+#: chart links to it) for any.
+_Flag = Literal["", "0", "1", "unknown"]
 
 _IMAGE_CACHE = {"Cache-Control": "private, max-age=3600"}
 _SIZES = {"thumb": 256, "preview": 768}
@@ -43,14 +47,18 @@ def overview(request: Request) -> Response:
 
 
 @router.get("/gallery")
-def gallery_page(request: Request, page: int = 1) -> Response:
-    query = dict(request.query_params)
+def gallery_page(request: Request, page: Page = 1, status: Label = "", body_part: Label = "",
+                 scope: Label = "",
+                 instrument: _Flag | Literal["instrument", "no_instrument"] = "",
+                 fracture: _Flag | Literal["fracture", "no_fracture"] = "",
+                 reviewed: Literal["", "yes", "no"] = "") -> Response:
+    query = {"status": status, "body_part": body_part, "scope": scope,
+             "instrument": instrument, "fracture": fracture, "reviewed": reviewed}
     where = parse_filter(query)
     with state(request).registry() as reg:
         found = gallery(reg, where, page=page)
         values = choices(reg)
-    keep = {k: v for k, v in query.items() if k in ("status", "body_part", "instrument",
-                                                      "fracture", "scope", "reviewed") and v}
+    keep = {k: v for k, v in query.items() if v}
     return render(request, "gallery.html", {
         "items": found.items, "total": found.total, "page": found.page,
         "pages": found.pages, "filters": keep, "choices": values})

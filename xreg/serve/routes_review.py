@@ -11,7 +11,7 @@ from fastapi.responses import RedirectResponse, Response
 from xreg.errors import ConfigError, LockedError, RegistryError
 from xreg.registry.browse import counts
 from xreg.registry.reviews import NOT_MSK, Review, add_review, latest_reviews, review_queue
-from xreg.serve.deps import render, require_csrf, reviewer_of, state, valid_sha
+from xreg.serve.deps import Page, render, require_csrf, reviewer_of, state, valid_sha
 from xreg.sort.folders import output_lock
 from xreg.sort.relocate import apply_reviews
 
@@ -25,7 +25,7 @@ def _choices(body_parts: tuple[str, ...]) -> list[str]:
 
 
 @router.get("/review")
-def queue_page(request: Request, page: int = 1) -> Response:
+def queue_page(request: Request, page: Page = 1) -> Response:
     current = state(request)
     with current.registry() as reg:
         items, total = review_queue(reg, page=page)
