@@ -31,9 +31,11 @@ body-part classifier (--classifier, default the shipped one) says hip. Each
 film's study, view and side come from, in order: --pairs CSV (study,
 ap_path, lateral_path); DICOM headers (StudyInstanceUID or AccessionNumber;
 ViewPosition or SeriesDescription words such as AP, LAT, AXIAL, CROSS-TABLE;
-ImageLaterality); the file name (--pattern, default names like 1234_AP.png,
-1234-L-lat.jpg); for the view only, the classifier's view head. Studies with
-a missing or doubled view are listed with the reason, never guessed.
+ImageLaterality); the --group-by study folder (as a keyed hash); the file
+name (--pattern, default names like 1234_AP.png, 1234-L-lat.jpg); for the
+view only, the classifier's view head. Studies with a missing or doubled view
+are listed with the reason, never guessed; films with no study at all are
+counted in one line of the table (the registry keeps a row each).
 
 Each pair goes to the two-view model (--weights, default the shipped
 xreg/weights/hip_fracture_phantom.pt): AP and lateral side by side, as in the
