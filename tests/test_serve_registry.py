@@ -93,3 +93,135 @@ def sorted_out(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def web(sorted_out: tuple[Path, Path]) -> Iterator[TestClient]:
     yield from serve(*sorted_out)
+
+
+def keys(out: Path) -> tuple[str, str]:
+    found = patient_keys(out)
+    return found["knee"], found["hand"]
+
+
+# ----------------------------------------------------------------- pages
+
+
+def test_the_pages_render_with_data_and_link_from_the_nav(
+        web: TestClient, sorted_out: tuple[Path, Path]) -> None:
+    knee, hand = keys(sorted_out[0])
+    for url in ("/patients", "/studies", f"/patient/{knee}", f"/patient/{hand}"):
+        page = web.get(url)
+        assert page.status_code == 200, url
+        assert "text/html" in page.headers["content-type"]
+        assert "<script" not in page.text and " style=" not in page.text  # the CSP allows neither
+        assert 'href="/patients"' in page.text and 'href="/studies"' in page.text
+    listing = web.get("/patients").text
+    assert f'href="/patient/{knee}"' in listing and f'href="/patient/{hand}"' in listing
+    studies = web.get("/studies").text
+    table = studies[studies.index('id="studies"'):]
+    assert table[:table.index("</table>")].count("<tr>") - 1 == 4  # 4 studies, 1 header row
+    assert 'id="per-month"' in studies
+
+
+def test_the_timeline_lists_studies_by_date_with_their_films(
+        web: TestClient, sorted_out: tuple[Path, Path]) -> None:
+    out = sorted_out[0]
+    knee, _ = keys(out)
+    timeline = web.get(f"/patient/{knee}?format=json").json()["patient"]
+    assert timeline["patient"] == knee
+    assert [s["date"] for s in timeline["studies"]] == ["2023-01-05", "2023-06-10"]
+    assert [len(s["films"]) for s in timeline["studies"]] == [2, 1]
+    film = timeline["studies"][0]["films"][0]
+    assert {"sha256", "dest_path", "body_part", "instrument", "fracture", "view_position",
+            "status"} <= set(film)
+    assert {f["view_position"] for f in timeline["studies"][0]["films"]} == {"AP", "LAT"}
+    page = web.get(f"/patient/{knee}").text
+    shas = [f["sha256"] for s in timeline["studies"] for f in s["films"]]
+    for sha in shas:  # a thumbnail (and a link) per film, in date order
+        assert f'src="/image/{sha}/thumb.jpg"' in page
+    assert page.index(shas[0]) < page.index(shas[2])
+    thumb = web.get(f"/image/{shas[0]}/thumb.jpg")
+    assert thumb.status_code == 200 and thumb.content[:3] == b"\xff\xd8\xff"
+
+
+def test_filters_narrow_the_rows(web: TestClient, sorted_out: tuple[Path, Path]) -> None:
+    knee, hand = keys(sorted_out[0])
+
+    def patients(query: str) -> list[str]:
+        return [r["patient"] for r in web.get(f"/patients?{query}&format=json").json()["rows"]]
+
+    def study_dates(query: str) -> list[str]:
+        return [r["date"] for r in web.get(f"/studies?{query}&format=json").json()["rows"]]
+
+    assert sorted(patients("")) == sorted([knee, hand])
+    assert patients("body_part=knee") == [knee]
+    assert patients("fracture=1") == [hand] and patients("fracture=0") == [knee]
+    assert patients("instrument=1") == []
+    assert patients("since=2024-01-01") == [hand]
+    assert study_dates("") == ["2023-01-05", "2023-02-20", "2023-06-10", "2024-03-01"]
+    assert study_dates("body_part=hand") == ["2023-02-20", "2024-03-01"]
+    assert study_dates("since=2023-02-01&until=2023-12-31") == ["2023-02-20", "2023-06-10"]
+    # The form keeps what was chosen, and the page says so.
+    page = web.get("/studies?body_part=hand&fracture=1").text
+    assert '<option value="hand" selected>' in page
+    assert '<option value="1" selected>fracture</option>' in page
+    assert f'href="/patient/{knee}"' not in page
+
+
+def test_json_shapes(web: TestClient) -> None:
+    listing = web.get("/patients?format=json").json()
+    assert {"rows", "total", "page", "pages", "per_page", "filters"} <= set(listing)
+    assert listing["total"] == 2 and listing["page"] == 1 and listing["pages"] == 1
+    assert set(listing["filters"]) == {"body_part", "instrument", "fracture", "since", "until"}
+    assert {"patient", "first_study", "last_study", "studies", "films", "body_parts",
+            "hardware", "fractures"} <= set(listing["rows"][0])
+    studies = web.get("/studies?body_part=knee&format=json").json()
+    assert studies["filters"]["body_part"] == "knee" and studies["total"] == 2
+    assert {"study", "patient", "date", "films", "body_parts", "views", "fracture"} <= set(
+        studies["rows"][0])
+    assert studies["per_month"] == [{"month": "2023-01", "body_part": "knee", "studies": 1},
+                                    {"month": "2023-06", "body_part": "knee", "studies": 1}]
+    assert "chart" not in studies  # drawing coordinates are the HTML page's business
+
+
+def test_pages_of_patients(web: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from xreg.serve import routes_registry
+
+    monkeypatch.setattr(routes_registry, "PER_PAGE", 1)
+    first = web.get("/patients?format=json").json()
+    second = web.get("/patients?page=2&format=json").json()
+    assert first["pages"] == 2 and first["total"] == second["total"] == 2
+    assert len(first["rows"]) == len(second["rows"]) == 1
+    assert first["rows"][0]["patient"] != second["rows"][0]["patient"]
+    assert web.get("/patients?page=3&format=json").json()["rows"] == []
+    assert 'href="/studies?body_part=knee&amp;page=2"' in web.get("/studies?body_part=knee").text
+
+
+def test_unknown_or_malformed_patient_keys_are_404(web: TestClient,
+                                                   sorted_out: tuple[Path, Path]) -> None:
+    knee, _ = keys(sorted_out[0])
+    for key in ("0" * 32, knee.upper(), knee + "0", knee[:-1], "PID-734215-A", "x' OR 1=1"):
+        assert web.get(f"/patient/{key}").status_code == 404, key
+        answer = web.get(f"/patient/{key}?format=json")
+        assert answer.status_code == 404 and answer.json() == {"error": "no such patient"}
+
+
+def test_bad_filters_are_422(web: TestClient) -> None:
+    for query in ("body_part=nose", "since=2023-13-45", "since=2024-01-01&until=2023-01-01",
+                  "instrument=2", "fracture=yes", "since=yesterday", "page=0"):
+        for url in (f"/patients?{query}", f"/studies?{query}"):
+            assert web.get(url).status_code == 422, url
+
+
+def test_the_raw_patient_id_appears_on_no_page(web: TestClient,
+                                               sorted_out: tuple[Path, Path]) -> None:
+    out = sorted_out[0]
+    knee, hand = keys(out)
+    db = sqlite3.connect(out / "registry.sqlite")
+    shas = [r[0] for r in db.execute("SELECT sha256 FROM images WHERE state = 'done'")]
+    db.close()
+    urls = ["/patients", "/studies", f"/patient/{knee}", f"/patient/{hand}", "/gallery", "/",
+            *[f"/image/{sha}" for sha in shas]]
+    for url in urls:
+        for suffix in ("", "&format=json" if "?" in url else "?format=json"):
+            page = web.get(url + suffix)
+            assert page.status_code == 200, url
+            for secret in SECRETS:
+                assert secret not in page.text, (url, secret)

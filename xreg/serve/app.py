@@ -23,7 +23,13 @@ from fastapi.templating import Jinja2Templates
 from xreg import __version__
 from xreg.model.checkpoint import LoadedModel, default_weights, load_checkpoint
 from xreg.registry import Registry
-from xreg.serve import routes_browse, routes_fastreview, routes_review, routes_upload
+from xreg.serve import (
+    routes_browse,
+    routes_fastreview,
+    routes_registry,
+    routes_review,
+    routes_upload,
+)
 from xreg.serve.config import ServeConfig
 from xreg.serve.deps import AppState, page_format
 from xreg.serve.security import Gate
@@ -60,7 +66,8 @@ def create_app(config: ServeConfig, *, loaded: LoadedModel | None = None,
                               Analyser(model, store, hip_weights=config.hip_weights,
                                        heatmaps=heatmaps), templates)
     app.mount("/static", StaticFiles(directory=str(files / "static")), name="static")
-    for module in (routes_browse, routes_review, routes_fastreview, routes_upload):
+    for module in (routes_browse, routes_registry, routes_review, routes_fastreview,
+                   routes_upload):
         app.include_router(module.router, dependencies=[Depends(page_format)])
 
     @app.exception_handler(HTTPException)
