@@ -225,3 +225,30 @@ def test_the_raw_patient_id_appears_on_no_page(web: TestClient,
             assert page.status_code == 200, url
             for secret in SECRETS:
                 assert secret not in page.text, (url, secret)
+
+
+def test_the_chart_draws_a_segment_per_month_and_body_part(web: TestClient) -> None:
+    per_month = web.get("/studies?format=json").json()["per_month"]
+    page = web.get("/studies").text
+    svg = page[page.index('id="per-month"'):]
+    svg = svg[:svg.index("</svg>")]
+    assert svg.count("<rect ") == len(per_month) == 4
+    assert web.get("/studies?body_part=knee").text.count('class="series-') == 2 + 1  # + legend
+
+
+def test_month_bars_fill_gaps_and_stack_to_scale() -> None:
+    from xreg.serve.charts import month_bars, months_between
+
+    assert months_between("2023-11", "2024-02") == ["2023-11", "2023-12", "2024-01", "2024-02"]
+    chart = month_bars([{"month": "2023-11", "body_part": "knee", "studies": 2},
+                        {"month": "2023-11", "body_part": "hand", "studies": 1},
+                        {"month": "2024-01", "body_part": "knee", "studies": 1}],
+                       ("hand", "knee"))
+    assert chart["months"] == ["2023-11", "2023-12", "2024-01"] and chart["top"] == 3
+    first, gap, last = chart["bars"]
+    assert [s["body_part"] for s in first["segments"]] == ["hand", "knee"]
+    assert first["segments"][1]["height"] == pytest.approx(2 * first["segments"][0]["height"],
+                                                         abs=0.02)
+    assert first["segments"][1]["y"] == pytest.approx(chart["plot_top"], abs=0.02)  # tallest
+    assert gap["segments"] == [] and last["segments"][0]["series"] == 1
+    assert month_bars([], ("knee",))["bars"] == []

@@ -58,6 +58,7 @@ def month_bars(rows: Sequence[dict[str, Any]], order: Sequence[str]) -> dict[str
                 segments.append({"body_part": part, "studies": n, "y": round(y, 2),
                                  "height": round(n * scale, 2), "series": colour[part]})
         bars.append({"month": month, "x": round(x, 2), "width": _BAR,
+                     "centre": round(x + _BAR / 2, 2),
                      "total": sum(counts.get(month, {}).values()), "segments": segments,
                      "label": month if i % _label_every(len(months)) == 0 else ""})
     return {"months": months, "bars": bars, "top": top, "bar_width": _BAR,
