@@ -8,6 +8,7 @@ there. One module per command group; this package assembles them.
 from __future__ import annotations
 
 from xreg.cli import (  # noqa: F401  (registers the commands)
+    adapt,
     evaluate,
     explain,
     hip,

@@ -1,0 +1,189 @@
+"""``xreg adapt``: tune a model to one hospital from the films reviewed there."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from xreg.cli._common import EXIT_ATTENTION, app, err, handle_errors, out, require_train
+
+ADAPT_HELP = """Adapt a model to this hospital from the films reviewed in OUT.
+
+OUT is a folder `xreg sort` wrote, whose films a person reviewed in
+`xreg serve` (or whose labels came in with `xreg registry import-reviews`).
+Only reviews are truth: a model label nobody confirmed never trains, and an
+instrument or fracture the reviewer left unjudged stays unknown.
+
+The base (--weights, default the shipped model) is fine-tuned on the
+reviewed films while keeping what it knew: its own answers on OUT's
+unreviewed films are a second target (learning without forgetting), an L2
+pull holds the weights near the base, and --replay-data adds labelled films
+of the base's own sources when you have them. --unlabelled instead only
+re-estimates the batch-norm statistics on OUT's films (AdaBN); no labels
+train, the reviews only judge it.
+
+The reviewed films are split by patient (else study, else source folder):
+a quarter is held out. The hold-out prints before (base) and after, sets
+the new min_confidence, and decides: a model that sorts the hold-out worse
+than the base (a film in a wrong folder costs two sorted right) is NOT
+written, and the command exits 1 saying why, unless --force.
+
+Writes --out (a checkpoint), its ONNX export and a Markdown card beside it:
+base sha256, reviewed films per class, reviewers, date, hold-out figures,
+and that it is tuned to this site. Use it with `xreg sort --weights` and
+`xreg serve --weights`; the registry's model sha256 then names it for every
+film it places. Writing is atomic: a killed adapt leaves no partial file.
+
+Exit codes: 0 written; 1 refused (worse than the base, or nothing to check
+against); 2 usage, data or weights error.
+"""
+
+
+@app.command("adapt", help=ADAPT_HELP)
+def adapt_cmd(
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="A sorted, reviewed folder.")],
+    target: Annotated[Path, typer.Option("--out", "-o", help="Where to write the adapted "
+                                         "checkpoint (.pt).")],
+    weights: Annotated[Path | None, typer.Option(help="The base checkpoint (default: the "
+                                                 "shipped model).")] = None,
+    replay_data: Annotated[list[Path] | None, typer.Option(
+        "--replay-data", help="A manifest of the base's own training films, replayed "
+        "alongside the reviews (repeatable).")] = None,
+    unlabelled: Annotated[bool, typer.Option(
+        "--unlabelled", help="AdaBN only: re-estimate batch-norm statistics on OUT's films; "
+        "no fine-tuning.")] = False,
+    force: Annotated[bool, typer.Option(help="Write even a model worse than the base on "
+                                        "the hold-out (or with nothing to check it on).")
+                     ] = False,
+    holdout: Annotated[float, typer.Option(help="Share of reviewed films held out.")] = 0.25,
+    epochs: Annotated[int, typer.Option(help="Passes over the reviewed training films.")
+                      ] = 15,
+    steps: Annotated[int | None, typer.Option(help="Optimiser steps, overriding --epochs.")
+                     ] = None,
+    lr: Annotated[float, typer.Option(help="Learning rate (Adam).")] = 2e-4,
+    seed: Annotated[int, typer.Option(help="Seed for the split and the training.")] = 0,
+    threads: Annotated[int, typer.Option(help="CPU threads for torch.")] = 2,
+    registry: Annotated[Path | None, typer.Option(help="Registry file if not in OUT.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    require_train("xreg adapt", ("torch", "torchvision", "onnx"))
+    import torch
+
+    from xreg.model.checkpoint import default_weights, load_checkpoint
+    from xreg.train.adapt import AdaptOptions, adapt, site_films, write_adapted
+
+    with handle_errors():
+        if target.suffix != ".pt":
+            raise _usage("--out must name a .pt file")
+        if weights is not None and target.resolve() == weights.resolve():
+            raise _usage("--out must not overwrite the base checkpoint")
+        torch.set_num_threads(max(1, threads))
+        base = load_checkpoint(weights or default_weights())
+        labels = base.card.head("body_part").labels
+        reviewed, unreviewed = site_films(out_dir, labels, registry)
+        replay = [_replay_film(im) for path in replay_data or ()
+                  for im in _manifest(path, labels)]
+        fixed = {} if steps is None else {"min_steps": steps, "max_steps": steps}
+        options = AdaptOptions(epochs=epochs, holdout=holdout, seed=seed, lr=lr,
+                               workers=max(1, threads), adabn=unlabelled,
+                               fine_tune=not unlabelled, **fixed)
+        with _progress(quiet or as_json) as (stage, advance):
+            result = adapt(base, reviewed, unreviewed, options, replay=replay,
+                           on_stage=stage, on_advance=advance)
+        written: dict[str, Any] = {}
+        if result.accepted or force:
+            sha, onnx, card = write_adapted(result, target)
+            written = {"checkpoint": str(target), "sha256": sha, "onnx": str(onnx),
+                       "card": str(card)}
+    if as_json:
+        out.print_json(json.dumps({**result.to_dict(), "written": written or None}))
+    else:
+        _print(result, written)
+    if not written:
+        err.print("[bold red]not written:[/] the adapted model is worse than the base on "
+                  "the hold-out; review more films, or pass --force to write it anyway")
+        raise typer.Exit(EXIT_ATTENTION)
+
+
+def _usage(message: str) -> Exception:
+    from xreg.errors import ConfigError
+
+    return ConfigError(message)
+
+
+def _manifest(path: Path, labels: Any) -> list[Any]:
+    from xreg.datasets import load_labels
+
+    return load_labels(path, labels)
+
+
+def _replay_film(im: Any) -> Any:
+    from xreg.train.adapt import Film
+
+    return Film(Path(im.path), im.body_parts, im.instrument, im.fracture,
+                group=im.patient_id or str(im.path))
+
+
+@contextmanager
+def _progress(quiet: bool) -> Iterator[tuple[Any, Any]]:
+    if quiet:
+        yield None, None
+        return
+    if not err.is_terminal:
+        yield (lambda name, total: err.print(f"xreg: {name} {total or ''}".rstrip(),
+                                             highlight=False)), None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=False) as progress:
+        state: dict[str, Any] = {}
+
+        def stage(name: str, total: int) -> None:
+            state["task"] = progress.add_task(name, total=total or None)
+
+        def advance() -> None:
+            progress.advance(state["task"])
+
+        yield stage, advance
+
+
+def _print(result: Any, written: dict[str, Any]) -> None:
+    c = result.counts
+    out.print(f"base {result.base.card.name} (sha256 {result.base.sha256[:12]}); "
+              f"{c['reviewed']} reviewed films: {c['train']} trained, {c['holdout']} held "
+              f"out; {c['unreviewed_used']} unreviewed films kept the base's answers; "
+              f"{result.steps} steps in {result.seconds:.0f} s", highlight=False)
+    table = Table(title="Hold-out (reviewed films that trained nothing)")
+    for col in ("model", "films", "correct folder", "wrong folder", "review"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for name, fig in (("base", result.before), ("adapted", result.after)):
+        table.add_row(name, str(fig["films"]), _cell(fig["correct_folder"], fig["correct"]),
+                      _cell(fig["wrong_folder"], fig["wrong"]),
+                      _cell(fig["review_rate"], fig["review"]))
+    out.print(table)
+    out.print(f"{result.verdict}", highlight=False)
+    thresholds = result.loaded.card.thresholds
+    out.print(f"min_confidence {thresholds.get('min_confidence')} (chosen on the hold-out)",
+              highlight=False)
+    if written:
+        out.print(f"wrote {written['checkpoint']} (sha256 {written['sha256'][:12]}), "
+                  f"{written['onnx']} and {written['card']}", highlight=False)
+
+
+def _cell(share: float | None, count: int) -> str:
+    return f"– ({count})" if share is None else f"{share:.3f} ({count})"

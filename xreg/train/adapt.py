@@ -1,0 +1,656 @@
+"""Adapt a model to one hospital from a few reviewed films (``xreg adapt``).
+
+The base model (the shipped default, or any checkpoint) is fine-tuned on the
+films a person reviewed in one sorted folder, and kept close to what it knew:
+
+* **reviews only.** A film's truth is its latest review; a label the model
+  gave and nobody confirmed is never training truth (an unjudged
+  instrument or fracture stays unknown, not the model's guess).
+* **learning without forgetting.** The base's own answers on the site's
+  unreviewed films are a second target (distillation, temperature ``T``),
+  so classes the reviews never mention are not forgotten. Labelled films of
+  the base's training sources (``replay``) join the batches when given.
+* **an anchor.** An L2 pull towards the base weights (L2-SP) limits how far
+  a handful of films can move them; batch-norm statistics stay frozen.
+* **AdaBN** (``adabn=True``, ``xreg adapt --unlabelled``): the batch-norm
+  statistics re-estimated on the site's own films, no labels needed.
+
+The reviewed films are split by patient (else study, else source folder)
+into train and hold-out. The hold-out gives the before/after figures, the
+new ``min_confidence``, and the verdict: a model worse than its base on the
+hold-out is refused (:attr:`AdaptResult.accepted`) and, unless forced, never
+written.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xreg.errors import ConfigError
+from xreg.evaluation.calibrate import choose_operating_point
+from xreg.evaluation.sorting import place
+from xreg.inference.preprocess import normalise_intensity, resize_grey
+from xreg.io import try_load_image
+from xreg.model.card import ModelCard
+from xreg.model.checkpoint import LoadedModel
+from xreg.model.labels import BODY_PARTS, OTHER
+from xreg.model.transforms import augment_batch
+from xreg.train.sites import GUARD_COVERAGE
+
+__all__ = ["AdaptOptions", "AdaptResult", "Film", "adapt", "group_split", "site_films",
+           "write_adapted"]
+
+BODY_PART, INSTRUMENT, FRACTURE = "body_part", "instrument", "fracture"
+
+#: A film sorted into a wrong folder costs this many films sorted right (the verdict).
+WRONG_COST = 2.0
+
+
+@dataclass(frozen=True)
+class Film:
+    """One film of the site; ``truth`` is the reviewed body-part set (None: unreviewed)."""
+
+    path: Path
+    truth: tuple[str, ...] | None = None
+    instrument: int | None = None
+    fracture: int | None = None
+    group: str = ""  # patient, study or folder: a group never straddles the split
+    reviewer: str | None = None
+
+
+@dataclass(frozen=True)
+class AdaptOptions:
+    """How to adapt; the defaults are the measured recipe (benchmarks/label_efficiency.py)."""
+
+    epochs: int = 15           # passes over the reviewed training films ...
+    min_steps: int = 60        # ... but at least this many optimiser steps
+    max_steps: int = 400
+    batch_size: int = 16
+    lr: float = 2e-4
+    distill: float = 1.0       # weight of the base's answers on unreviewed films (0: off)
+    distill_films: int = 600   # at most this many unreviewed films are kept for it
+    temperature: float = 2.0
+    anchor: float = 0.01       # L2-SP pull towards the base weights (0: off)
+    adabn: bool = False        # re-estimate batch-norm statistics on the site's films first
+    fine_tune: bool = True     # False with adabn: AdaBN alone (--unlabelled)
+    holdout: float = 0.25      # share of reviewed groups held out for the verdict
+    target_accuracy: float = 0.97
+    seed: int = 0
+    workers: int = 2
+
+    def check(self) -> None:
+        if not 0.0 < self.holdout < 1.0:
+            raise ConfigError(f"--holdout must be between 0 and 1, got {self.holdout}")
+        for name in ("epochs", "min_steps", "max_steps", "batch_size", "workers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        for name in ("lr", "distill", "anchor", "temperature"):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be a finite number >= 0")
+        if not (self.adabn or self.fine_tune):
+            raise ConfigError("nothing to do: neither AdaBN nor fine-tuning")
+
+
+@dataclass
+class AdaptResult:
+    """The adapted model (its card filled in), the hold-out figures and the verdict."""
+
+    loaded: LoadedModel
+    base: LoadedModel
+    before: dict[str, Any]
+    after: dict[str, Any]
+    accepted: bool
+    verdict: str
+    counts: dict[str, Any]
+    seconds: float
+    steps: int = 0
+    log: list[dict[str, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"accepted": self.accepted, "verdict": self.verdict,
+                "base": {"name": self.base.card.name, "sha256": self.base.sha256},
+                "holdout": {"before": self.before, "after": self.after},
+                "counts": self.counts, "seconds": round(self.seconds, 1),
+                "steps": self.steps,
+                "thresholds": dict(self.loaded.card.thresholds),
+                "guard": dict(self.loaded.card.guard)}
+
+
+# -- the site's films ------------------------------------------------------------------
+
+
+def site_films(out_root: Path, labels: Sequence[str], registry_path: Path | None = None
+               ) -> tuple[list[Film], list[Film]]:
+    """The reviewed and the unreviewed films placed in ``out_root``.
+
+    A reviewed film's truth is its latest review (``not_msk`` reads as
+    ``other`` when the model has that class, else the film is left out); an
+    instrument or fracture the reviewer did not judge stays unknown. Films
+    missing from disk are left out.
+    """
+    from xreg.registry import Registry
+    from xreg.registry.reviews import NOT_MSK, latest_reviews
+
+    path = registry_path or out_root / "registry.sqlite"
+    if not path.is_file():
+        raise ConfigError(f"{out_root} has no registry ({path.name}): run xreg sort into it "
+                          "and review some films first")
+    reviewed: list[Film] = []
+    unreviewed: list[Film] = []
+    with Registry(path, readonly=True) as reg:
+        reviews = latest_reviews(reg)
+        for row in reg.iter_images():
+            film_path = out_root / row["dest_path"]
+            if row["status"] == "unreadable" or not film_path.is_file():
+                continue
+            group = row["patient_key"] or row["study_uid"] or row.get("study_key") or \
+                _folder(row["source_paths"], row["dest_path"])
+            review = reviews.get(row["sha256"])
+            if review is None:
+                unreviewed.append(Film(film_path, group=group))
+                continue
+            truth = _truth(review["body_part"], labels, NOT_MSK)
+            if truth is None:
+                continue
+            reviewed.append(Film(film_path, truth, review["instrument"], review["fracture"],
+                                 group, review["reviewer"]))
+    return reviewed, unreviewed
+
+
+def _truth(body_part: str, labels: Sequence[str], not_msk: str) -> tuple[str, ...] | None:
+    if body_part == not_msk:
+        return (OTHER,) if OTHER in labels else None
+    members = tuple(m for m in body_part.split("|") if m)
+    unknown = [m for m in members if m not in labels]
+    if not members or unknown:
+        raise ConfigError(f"a review says {body_part!r}, which the model cannot learn "
+                          f"(it knows {', '.join(labels)})")
+    return members
+
+
+def _folder(sources: Sequence[str], dest: str) -> str:
+    """The folder a film came from (its group when there is no patient or study)."""
+    first = sorted(sources)[0] if sources else dest
+    return "folder:" + str(PurePosixPath(first.replace("\\", "/")).parent)
+
+
+def group_split(films: Sequence[Film], holdout: float, seed: int = 0
+                ) -> tuple[list[int], list[int]]:
+    """Indices of train and hold-out films; each group falls wholly on one side.
+
+    Groups are ordered by a seeded hash and the first ``holdout`` share of
+    films (at least one group) is held out; with a single group nothing can be
+    held out and ``ConfigError`` says so.
+    """
+    groups: dict[str, list[int]] = {}
+    for i, film in enumerate(films):
+        groups.setdefault(film.group or f"film:{film.path}", []).append(i)
+    if len(groups) < 2:
+        raise ConfigError(f"{len(films)} reviewed film(s) from one patient/study/folder: "
+                          "review films of at least two, so some can be held out")
+    order = sorted(groups, key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
+    held: list[int] = []
+    target = holdout * len(films)
+    for g in order:
+        if held and len(held) + len(groups[g]) > target:
+            continue
+        held += groups[g]
+        if len(held) >= target:
+            break
+    held_set = set(held)
+    if len(held_set) == len(films):
+        raise ConfigError("every reviewed film fell into the hold-out; review more films")
+    return [i for i in range(len(films)) if i not in held_set], sorted(held_set)
+
+
+# -- pixels -----------------------------------------------------------------------------
+
+
+def decode_grey(paths: Sequence[Path], size: int, workers: int = 2,
+                on_decoded: Callable[[], None] | None = None,
+                cache: dict[Path, np.ndarray | None] | None = None,
+                ) -> tuple[torch.Tensor, list[int]]:
+    """Films at the model's size, grey in [0, 1] (N, S, S) float16, and which decoded.
+
+    ``cache`` (path -> pixels, None: undecodable) spares a caller that adapts
+    several times from the same films (the label-efficiency benchmark) the
+    decoding.
+    """
+    def one(path: Path) -> np.ndarray | None:
+        if cache is not None and path in cache:
+            return cache[path]
+        image = try_load_image(path, target_size=size)
+        x = None if isinstance(image, str) else \
+            resize_grey(image.pixels, size).astype(np.float16)
+        if cache is not None:
+            cache[path] = x
+        return x
+
+    kept: list[int] = []
+    arrays: list[np.ndarray] = []
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xreg-adapt") as pool:
+        for i, x in enumerate(pool.map(one, paths)):
+            if on_decoded is not None:
+                on_decoded()
+            if x is not None:
+                kept.append(i)
+                arrays.append(x)
+    stacked = np.stack(arrays) if arrays else np.zeros((0, size, size), np.float32)
+    return torch.from_numpy(stacked.astype(np.float16, copy=False)), kept
+
+
+def _inputs(grey: torch.Tensor, card: ModelCard) -> torch.Tensor:
+    """Grey [0, 1] (B, S, S) -> the network's input, exactly as the sort prepares it."""
+    x = normalise_intensity(grey.float().numpy(), card.normalise)
+    x = (torch.from_numpy(np.ascontiguousarray(x)) - card.mean) / card.std
+    return x.unsqueeze(1).expand(-1, 3, -1, -1)
+
+
+@torch.no_grad()
+def predict_grey(model: nn.Module, grey: torch.Tensor, card: ModelCard,
+                 batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """Logits of every head for films already decoded (eval mode)."""
+    model.eval()
+    out: dict[str, list[torch.Tensor]] = {h.name: [] for h in card.heads}
+    for start in range(0, len(grey), batch_size):
+        logits = model(_inputs(grey[start:start + batch_size], card))
+        for name in out:
+            out[name].append(logits[name].float())
+    return {name: torch.cat(parts) if parts else torch.zeros((0, len(card.head(name).labels)))
+            for name, parts in out.items()}
+
+
+@torch.no_grad()
+def adabn(model: nn.Module, grey: torch.Tensor, card: ModelCard, batch_size: int = 32,
+          seed: int = 0) -> int:
+    """Re-estimate every batch-norm layer's statistics on ``grey``; returns the layers."""
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not layers or len(grey) < 2:
+        return 0
+    saved = [(m, m.momentum) for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over every batch
+    model.train()
+    order = torch.randperm(len(grey), generator=torch.Generator().manual_seed(seed))
+    for start in range(0, len(grey), batch_size):
+        rows = order[start:start + batch_size]
+        if len(rows) < 2:
+            break
+        model(_inputs(grey[rows], card))
+    for m, momentum in saved:
+        m.momentum = momentum
+    model.eval()
+    return len(layers)
+
+
+# -- figures and verdict ----------------------------------------------------------------
+
+
+def energy_of(logits: torch.Tensor) -> np.ndarray:
+    return (-torch.logsumexp(logits, dim=1)).numpy().astype(np.float64)
+
+
+def sort_figures(labels: Sequence[str], probs: np.ndarray, truth: Sequence[tuple[str, ...]],
+                 min_confidence: float, held: np.ndarray) -> dict[str, Any]:
+    """What ``xreg sort`` would do with these films: correct, wrong, review (counts + shares)."""
+    pred, placed = place(labels, probs, min_confidence, held)
+    nine = np.array([t[0] in BODY_PARTS for t in truth], dtype=bool)
+    in_set = np.array([labels[k] in t for k, t in zip(pred, truth)], dtype=bool)
+    correct = int((placed & in_set & nine).sum())
+    wrong = int((placed & ~in_set).sum())
+    n = len(truth)
+    return {"films": n, "nine": int(nine.sum()), "correct": correct, "wrong": wrong,
+            "review": int((~placed).sum()),
+            "correct_folder": correct / int(nine.sum()) if nine.any() else None,
+            "wrong_folder": wrong / n if n else None,
+            "review_rate": int((~placed).sum()) / n if n else None,
+            "utility": correct - WRONG_COST * wrong}
+
+
+def _held(logits: torch.Tensor, card: ModelCard) -> np.ndarray:
+    limit = card.guard.get("energy_max") if card.guard else None
+    if limit is None:
+        return np.zeros(len(logits), dtype=bool)
+    return energy_of(logits) > float(limit)
+
+
+def holdout_figures(card: ModelCard, logits: dict[str, torch.Tensor],
+                    truth: Sequence[tuple[str, ...]]) -> dict[str, Any]:
+    labels = card.head(BODY_PART).labels
+    probs = torch.softmax(logits[BODY_PART], dim=1).numpy()
+    return sort_figures(labels, probs, truth, float(card.thresholds.get("min_confidence", 0.5)),
+                        _held(logits[BODY_PART], card))
+
+
+# -- training ---------------------------------------------------------------------------
+
+
+def _set_loss(logits: torch.Tensor, sets: torch.Tensor) -> torch.Tensor:
+    """-log P(truth in its set): a set label (``hand|wrist``) is right on any member."""
+    log_p = F.log_softmax(logits, dim=1)
+    return -(torch.logsumexp(log_p.masked_fill(~sets, -1e9), dim=1)).mean()
+
+
+def _distill_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor],
+                  t: float) -> torch.Tensor:
+    loss = torch.zeros(())
+    for name, target in teacher.items():
+        log_q = F.log_softmax(student[name] / t, dim=1)
+        p = F.softmax(target / t, dim=1)
+        loss = loss + F.kl_div(log_q, p, reduction="batchmean") * t * t
+    return loss
+
+
+def _freeze_batch_norm(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def _binary_targets(films: Sequence[Film], name: str) -> torch.Tensor:
+    return torch.tensor([-1 if getattr(f, name) is None else int(getattr(f, name))
+                         for f in films], dtype=torch.long)
+
+
+def fine_tune(model: nn.Module, card: ModelCard, grey: torch.Tensor, films: Sequence[Film],
+              pool: torch.Tensor, pool_logits: dict[str, torch.Tensor], options: AdaptOptions,
+              on_step: Callable[[int, int, float], None] | None = None
+              ) -> tuple[int, list[dict[str, float]]]:
+    """Fine-tune ``model`` in place on the reviewed ``films`` (their pixels ``grey``).
+
+    ``pool`` (unreviewed site films and replay films) with the base's logits
+    ``pool_logits`` is the distillation target. Returns the steps taken and a
+    per-step log.
+    """
+    labels = card.head(BODY_PART).labels
+    heads = {h.name for h in card.heads}
+    sets = torch.tensor([[label in f.truth for label in labels] for f in films],
+                        dtype=torch.bool) if films else torch.zeros((0, len(labels)), bool)
+    binary = {name: _binary_targets(films, name) for name in (INSTRUMENT, FRACTURE)
+              if name in heads}
+    # Balanced over each film's first label, so a class reviewed twice is not drowned.
+    primary = [f.truth[0] if f.truth else "" for f in films]
+    freq = Counter(primary)
+    weights = torch.tensor([1.0 / freq[p] for p in primary], dtype=torch.float64)
+    per_epoch = math.ceil(len(films) / options.batch_size)
+    steps = min(options.max_steps, max(options.min_steps, options.epochs * per_epoch))
+    generator = torch.Generator().manual_seed(options.seed)
+    anchor = {n: p.detach().clone() for n, p in model.named_parameters()} \
+        if options.anchor else {}
+    optimiser = torch.optim.Adam(model.parameters(), lr=options.lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
+    aug = dict(hflip=True, rot90=False, rotate=10.0, scale=0.1, shift=0.05, intensity=0.1)
+    log: list[dict[str, float]] = []
+    for step in range(steps):
+        model.train()
+        _freeze_batch_norm(model)
+        rows = torch.multinomial(weights, options.batch_size, replacement=True,
+                                 generator=generator)
+        x = augment_batch(grey[rows].float(), generator, **aug)
+        out = model(_inputs(x, card))
+        loss = _set_loss(out[BODY_PART], sets[rows])
+        for name, y in binary.items():
+            known = y[rows] >= 0
+            if known.any():
+                loss = loss + F.cross_entropy(out[name][known], y[rows][known])
+        entry = {"step": float(step), "supervised": float(loss.detach())}
+        if options.distill and len(pool):
+            prow = torch.randint(0, len(pool), (options.batch_size,), generator=generator)
+            px = augment_batch(pool[prow].float(), generator, **aug)
+            student = model(_inputs(px, card))
+            kd = _distill_loss(student, {k: v[prow] for k, v in pool_logits.items()},
+                               options.temperature)
+            loss = loss + options.distill * kd
+            entry["distill"] = float(kd.detach())
+        if anchor:
+            drift = sum(((p - anchor[n]) ** 2).sum() for n, p in model.named_parameters())
+            loss = loss + options.anchor * drift
+            entry["drift"] = float(drift.detach())
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        log.append(entry)
+        if on_step is not None:
+            on_step(step + 1, steps, float(loss.detach()))
+    model.eval()
+    return steps, log
+
+
+# -- the whole step ---------------------------------------------------------------------
+
+
+def adapt(base: LoadedModel, reviewed: Sequence[Film], unreviewed: Sequence[Film] = (),
+          options: AdaptOptions = AdaptOptions(), *, replay: Sequence[Film] = (),
+          on_stage: Callable[[str, int], None] | None = None,
+          on_advance: Callable[[], None] | None = None,
+          cache: dict[Path, np.ndarray | None] | None = None,
+          ) -> AdaptResult:
+    """Adapt ``base`` to the site of ``reviewed``/``unreviewed``; the base stays untouched.
+
+    ``on_stage(name, total)`` and ``on_advance()`` report progress (decoding,
+    training). The result says whether the adapted model beat the base on the
+    hold-out; writing it is the caller's (:func:`write_adapted`).
+    """
+    options.check()
+    started = time.perf_counter()
+    torch.manual_seed(options.seed)
+    card = base.card
+    if not reviewed:
+        raise ConfigError("no reviewed films: review some in xreg serve (or import reviews "
+                          "with xreg registry import-reviews) first")
+    train_idx, hold_idx = group_split(reviewed, options.holdout, options.seed)
+
+    def stage(name: str, total: int) -> Callable[[], None] | None:
+        if on_stage is not None:
+            on_stage(name, total)
+        return on_advance
+
+    rng = np.random.default_rng(options.seed)
+    pool_films = list(unreviewed)
+    if len(pool_films) > options.distill_films:
+        pick = sorted(rng.choice(len(pool_films), options.distill_films, replace=False))
+        pool_films = [pool_films[i] for i in pick]
+    paths = [f.path for f in reviewed] + [f.path for f in pool_films] + \
+        [f.path for f in replay]
+    grey, kept = decode_grey(paths, card.input_size, options.workers,
+                             stage("decoding", len(paths)), cache)
+    row_of = {i: n for n, i in enumerate(kept)}
+    n_rev, n_pool = len(reviewed), len(pool_films)
+
+    def take(indices: Sequence[int]) -> tuple[torch.Tensor, list[int]]:
+        ok = [i for i in indices if i in row_of]
+        return grey[[row_of[i] for i in ok]] if ok else grey[:0], ok
+
+    train_grey, train_ok = take([i for i in train_idx])
+    hold_grey, hold_ok = take([i for i in hold_idx])
+    if not train_ok or not hold_ok:
+        raise ConfigError("too few reviewed films could be decoded for a train and a "
+                          "hold-out split")
+    train_films = [reviewed[i] for i in train_ok]
+    hold_truth = [reviewed[i].truth or () for i in hold_ok]
+    site_grey, _ = take(range(n_rev + n_pool))
+    pool_grey, _ = take(range(n_rev, n_rev + n_pool))
+    replay_grey, replay_ok = take(range(n_rev + n_pool, len(paths)))
+
+    model = copy.deepcopy(base.model).cpu().eval()
+    before = holdout_figures(card, predict_grey(model, hold_grey, card), hold_truth)
+    if options.adabn:
+        adabn(model, site_grey, card, seed=options.seed)
+    steps, log = 0, []
+    if options.fine_tune:
+        teacher_grey = torch.cat([pool_grey, replay_grey]) if len(replay_grey) else pool_grey
+        teacher = predict_grey(model, teacher_grey, card) if options.distill else {}
+        replay_films = [replay[i - n_rev - n_pool] for i in replay_ok]
+        fit_films = train_films + replay_films
+        fit_grey = torch.cat([train_grey, replay_grey]) if replay_films else train_grey
+        advance = stage("training", 0)
+        steps, log = fine_tune(model, card, fit_grey, fit_films, teacher_grey, teacher,
+                               options, (lambda s, n, loss: advance()) if advance else None)
+    adapted_card = _calibrated(model, card, train_grey, train_films, hold_grey, hold_truth,
+                               options)
+    after_logits = predict_grey(model, hold_grey, adapted_card)
+    after = holdout_figures(adapted_card, after_logits, hold_truth)
+    accepted = after["utility"] >= before["utility"]
+    verdict = (f"kept: on the hold-out it sorts {after['correct']} right and {after['wrong']} "
+               f"wrong, against the base's {before['correct']} and {before['wrong']}"
+               if accepted else
+               f"refused: worse than the base on the hold-out ({after['correct']} right, "
+               f"{after['wrong']} wrong, against the base's {before['correct']} and "
+               f"{before['wrong']}; a wrong folder costs {WRONG_COST:g} right ones)")
+    counts = {"reviewed": len(reviewed), "train": len(train_films), "holdout": len(hold_ok),
+              "unreviewed_used": int(len(pool_grey)), "replay": len(replay_ok),
+              "per_class": dict(sorted(Counter("|".join(f.truth or ()) for f in reviewed
+                                               ).items())),
+              "reviewers": sorted({f.reviewer for f in reviewed if f.reviewer}),
+              "undecodable": len(paths) - len(kept)}
+    seconds = time.perf_counter() - started
+    final_card = _adapted_card(adapted_card, base, options, counts, before, after, seconds)
+    adapted = LoadedModel(model, final_card, "", base.path)
+    return AdaptResult(adapted, base, before, after, accepted, verdict, counts, seconds,
+                       steps, log)
+
+
+def _calibrated(model: nn.Module, card: ModelCard, train_grey: torch.Tensor,
+                train_films: Sequence[Film], hold_grey: torch.Tensor,
+                hold_truth: Sequence[tuple[str, ...]], options: AdaptOptions) -> ModelCard:
+    """The card with ``min_confidence`` chosen on the hold-out and the guard re-measured.
+
+    The guard is the ``GUARD_COVERAGE`` quantile of the adapted model's energy
+    over the reviewed musculoskeletal films (train and hold-out): fine-tuning
+    moves the energy scale, so the base's limit would no longer mean 1%.
+    Without such films the base's guard stays.
+    """
+    labels = card.head(BODY_PART).labels
+    hold = predict_grey(model, hold_grey, card)[BODY_PART]
+    probs = torch.softmax(hold, dim=1).numpy()
+    y = [labels.index(t[0]) for t in hold_truth]
+    thresholds = dict(card.thresholds)
+    try:
+        point = choose_operating_point(labels, probs, y, truth_sets=hold_truth,
+                                       target_accuracy=options.target_accuracy)
+        thresholds["min_confidence"] = point.threshold
+    except ConfigError:
+        pass  # nothing to choose from: keep the base's
+    msk = [i for i, f in enumerate(train_films) if f.truth and f.truth[0] != OTHER]
+    energies = list(energy_of(predict_grey(model, train_grey[msk], card)[BODY_PART])) \
+        if msk else []
+    energies += [e for e, t in zip(energy_of(hold), hold_truth) if t and t[0] != OTHER]
+    guard = dict(card.guard)
+    if energies and card.guard:
+        guard = {"energy_max": round(float(np.quantile(energies, GUARD_COVERAGE)), 4),
+                 "coverage": GUARD_COVERAGE, "films": len(energies),
+                 "calibrated_on": "the site's reviewed musculoskeletal films"}
+    return dataclasses.replace(card, thresholds=thresholds, guard=guard)
+
+
+def _adapted_card(card: ModelCard, base: LoadedModel, options: AdaptOptions,
+                  counts: dict[str, Any], before: dict[str, Any], after: dict[str, Any],
+                  seconds: float) -> ModelCard:
+    method = ("AdaBN only" if not options.fine_tune else
+              "fine-tuned" + (" after AdaBN" if options.adabn else ""))
+    training = {
+        "adapted_from": {"name": base.card.name, "sha256": base.sha256},
+        "method": method,
+        "options": {k: v for k, v in dataclasses.asdict(options).items() if k != "workers"},
+        "reviewed": counts,
+        "seconds": round(seconds, 1),
+        "base_training": dict(base.card.training),
+    }
+    notes = (f"Tuned to one site: {method} from {base.card.name} "
+             f"(sha256 {base.sha256[:12]}) on {counts['reviewed']} reviewed films of that "
+             "site. Its figures at other sites are not known; use the base there.\n"
+             + (base.card.notes or ""))
+    return dataclasses.replace(
+        card, name=f"{base.card.name}-adapted", training=training,
+        metrics={"holdout": {"before": before, "after": after},
+                 "base_metrics": dict(base.card.metrics)},
+        notes=notes, created=time.strftime("%Y-%m-%d"))
+
+
+def write_adapted(result: AdaptResult, out: Path) -> tuple[str, Path, Path]:
+    """Write the adapted checkpoint, its ONNX export and a Markdown card beside it.
+
+    Each file is written to a temporary name and renamed into place, the
+    checkpoint last but one: a killed process leaves either no ``out`` or a
+    whole one (its export is checked against its sha256 when loaded, so a
+    stale ``.onnx`` is never used). Returns the checkpoint's sha256 and the
+    two other paths.
+    """
+    from xreg.inference.export import export_onnx
+    from xreg.inference.runtime import onnx_path
+    from xreg.model.checkpoint import _write_atomic, save_checkpoint
+
+    out = Path(out)
+    onnx = onnx_path(out)
+    onnx.unlink(missing_ok=True)  # an export of an earlier model must not outlive it
+    sha = save_checkpoint(out, result.loaded.model, result.loaded.card)
+    export_onnx(out, onnx)
+    card_md = out.with_suffix(".md")
+    _write_atomic(card_md, card_markdown(result, sha).encode())
+    return sha, onnx, card_md
+
+
+def _share(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def card_markdown(result: AdaptResult, sha: str) -> str:
+    """The adapted model's card as Markdown (what was reviewed, how it did, its limits)."""
+    card, c = result.loaded.card, result.counts
+    rows = []
+    for name, fig in (("base", result.before), ("adapted", result.after)):
+        rows.append(f"| {name} | {fig['films']} | {_share(fig['correct_folder'])} "
+                    f"({fig['correct']}) | {_share(fig['wrong_folder'])} ({fig['wrong']}) | "
+                    f"{_share(fig['review_rate'])} ({fig['review']}) |")
+    per_class = ", ".join(f"{k} {v}" for k, v in c["per_class"].items())
+    return "\n".join([
+        f"# {card.name}",
+        "",
+        f"Adapted by `xreg adapt` on {card.created}: **tuned to one site** (the films "
+        "reviewed in one sorted folder). Use it there; at any other site use the base.",
+        "",
+        f"- checkpoint sha256: `{sha}`",
+        f"- base: {result.base.card.name}, sha256 `{result.base.sha256}`",
+        f"- method: {card.training.get('method')}; {result.steps} steps, "
+        f"{result.seconds:.0f} s",
+        f"- reviewed films: {c['reviewed']} ({c['train']} to train, {c['holdout']} held "
+        f"out by patient/study/folder): {per_class}",
+        f"- reviewers: {', '.join(c['reviewers']) or '–'}",
+        f"- unreviewed films of the site used to keep the base's answers: "
+        f"{c['unreviewed_used']}; replay films: {c['replay']}",
+        f"- min_confidence {card.thresholds.get('min_confidence')} (chosen on the hold-out); "
+        f"guard {dict(card.guard) or 'none'}",
+        "",
+        "## Hold-out (reviewed films of the site that trained nothing)",
+        "",
+        "| model | films | correct folder | wrong folder | review |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+        f"Verdict: {result.verdict}.",
+        "",
+        "## Limits",
+        "",
+        "- The hold-out is small; its figures are counts, not a promise. The base's "
+        "card gives the figures measured on many films.",
+        "- Classes nobody reviewed were kept by distilling the base's own answers, "
+        "not by new evidence.",
+        "",
+    ])
