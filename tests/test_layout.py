@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import xreg
@@ -35,3 +36,19 @@ def test_hip_and_explain_are_packages_and_the_old_modules_are_gone() -> None:
             assert (PACKAGE / package / f"{module}.py").is_file()
     for loose in ("hip.py", "pairing.py", "explain.py", "heatmaps.py"):
         assert not (PACKAGE / loose).exists(), f"xreg/{loose} should live in a package now"
+
+
+def test_every_path_named_in_the_architecture_page_exists() -> None:
+    # `xreg/sort/placement.py`-style paths, and bare `runner.py` names in the layout table.
+    repo = PACKAGE.parent
+    text = (repo / "docs" / "architecture.md").read_text(encoding="utf-8")
+    spans = re.findall(r"`([^`\s]+)`", text)
+    paths = [s for s in spans if re.fullmatch(
+        r"(xreg|tests|docs|configs|scripts|benchmarks)/[\w./-]*", s)]
+    names = [s for s in spans if re.fullmatch(r"\w+\.py", s)]
+    assert len(paths) > 30, "the page names fewer paths than expected: did the regex break?"
+    missing = [p for p in paths if not (repo / p).exists()]
+    assert not missing, f"docs/architecture.md names paths that do not exist: {missing}"
+    known = {p.name for root in ("xreg", "tests") for p in (repo / root).rglob("*.py")}
+    gone = sorted(set(names) - known)
+    assert not gone, f"docs/architecture.md names modules that do not exist: {gone}"
