@@ -140,6 +140,27 @@ def test_filters_select_studies_and_patients(reg: Registry) -> None:
     assert hips == [{"month": "2021-06", "body_part": "hip", "studies": 1}]
 
 
+@pytest.mark.parametrize("flt", [
+    RegistryFilter(), RegistryFilter(fracture=False), RegistryFilter(instrument=False),
+    RegistryFilter(since="2021-01-01"), RegistryFilter(until="2021-06-01", fracture=False),
+    RegistryFilter(body_part="knee", instrument=True), RegistryFilter(fracture=True)])
+def test_every_row_in_one_pass_matches_the_pages(reg: Registry, flt: RegistryFilter) -> None:
+    """A full list (one grouped pass) gives what the keyed pages give, row for row."""
+    reg.add_hip_study(None, {"study": "1.2", "status": "paired", "ap_sha256": "a4",
+                             "lateral_sha256": "a3", "fracture_prob": 0.4,
+                             "decision": "fracture"})
+    add_review(reg, Review("a1", "tester", "knee", instrument=1), BODY_PARTS)
+    add_review(reg, Review("b2", "tester", NOT_MSK), BODY_PARTS)
+    for query in (patients, studies):
+        every, total = query(reg, flt)
+        assert total == len(every)
+        paged = [row for start in range(0, total, 2)
+                 for row in query(reg, flt, limit=2, offset=start)[0]]
+        assert paged == every
+        assert query(reg, flt, offset=1) == (every[1:], total)
+        assert query(reg, flt, offset=9) == ([], total)
+
+
 def test_timeline_lists_studies_in_date_order_with_their_films(reg: Registry) -> None:
     timeline = patient_timeline(reg, PA)
     assert timeline is not None and timeline["patient"] == PA

@@ -165,6 +165,10 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX images_study_key ON images(study_key);
     CREATE INDEX hip_studies_ap ON hip_studies(ap_sha256);
     CREATE INDEX hip_studies_lateral ON hip_studies(lateral_sha256);
+    -- Placed films in study order (film_labels.study): the grouped rollups by study
+    -- read it in order instead of sorting every film.
+    CREATE INDEX images_film_study ON images(COALESCE(study_uid, study_key))
+        WHERE state = 'done';
     -- One row per placed film with its effective labels: the latest review's where
     -- there is one (a NULL instrument/fracture there means not judged: the model's
     -- stands), else the model's. Derived, never stored: xreg.registry.patients.

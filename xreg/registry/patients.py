@@ -18,6 +18,7 @@ Patient keys are keyed hashes: no PatientID is ever read or returned here.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -30,9 +31,16 @@ from xreg.registry.reviews import NOT_MSK
 __all__ = ["RegistryFilter", "films_without_study", "patient_timeline", "patients",
            "studies", "studies_per_month", "unassigned_films"]
 
-#: Page sizes up to this look their patients' details up by key; larger pages
-#: (or no limit) read the details of every patient in one pass.
+#: Page sizes up to this look their rows' details up by key; larger pages (or
+#: no limit) select and roll up in one grouped pass (:func:`_one_pass`).
 _KEYED_PAGE = 5000
+
+#: SQL over ``film_labels``: the film belongs to a hip pair decided fracture
+#: (``hip_fracture = 1``), from the few such pairs instead of a look-up per film.
+_HIP_FRACTURE = (
+    "sha256 IN (SELECT ap_sha256 FROM hip_studies WHERE decision = 'fracture'"
+    " AND ap_sha256 IS NOT NULL UNION ALL SELECT lateral_sha256 FROM hip_studies"
+    " WHERE decision = 'fracture' AND lateral_sha256 IS NOT NULL)")
 
 
 @dataclass(frozen=True)
@@ -96,9 +104,9 @@ def _film_match(flt: RegistryFilter) -> tuple[str, list[Any]]:
         clauses.append("instrument = ?")
         params.append(int(flt.instrument))
     if flt.fracture is True:
-        clauses.append("(fracture = 1 OR hip_fracture = 1)")
+        clauses.append(f"(fracture = 1 OR {_HIP_FRACTURE})")
     elif flt.fracture is False:
-        clauses.append("(fracture = 0 AND COALESCE(hip_fracture, 0) = 0)")
+        clauses.append(f"(fracture = 0 AND NOT {_HIP_FRACTURE})")
     return "(" + " AND ".join(clauses) + ")", params
 
 
@@ -119,28 +127,56 @@ def _sql_limit(limit: int | None, offset: int) -> list[int]:
     return [-1 if limit is None else limit, offset]
 
 
+def _one_pass(flt: RegistryFilter, where: str, limit: int | None) -> bool:
+    """Whether to select and roll up in one grouped pass (every row, or a large
+    page, of a filter that keeps many) rather than select keys, then look up.
+
+    A body part, hardware or a fracture keeps few patients and studies: their
+    keys first, then the rollups of just those, is cheaper than rolling all up.
+    """
+    rare = flt.body_part is not None or flt.instrument is True or flt.fracture is True
+    return where == "1" and not rare and (limit is None or limit > _KEYED_PAGE)
+
+
 def _parts(text: str | None) -> list[str]:
     """Body parts named in a ``group_concat`` of labels: sets split, ``not_msk`` dropped."""
+    return list(_parts_of(text))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parts_of(text: str | None) -> tuple[str, ...]:
+    # Cached: a full list repeats the same few label strings thousands of times.
     found = {part for label in (text or "").split(",") for part in label.split("|")}
-    return sorted(found - {"", NOT_MSK})
+    return tuple(sorted(found - {"", NOT_MSK}))
 
 
 def _values(text: str | None) -> list[str]:
-    return sorted({v for v in (text or "").split(",") if v})
+    return list(_values_of(text))
+
+
+@functools.lru_cache(maxsize=4096)
+def _values_of(text: str | None) -> tuple[str, ...]:
+    return tuple(sorted({v for v in (text or "").split(",") if v}))
 
 
 # -- studies ----------------------------------------------------------------------
-# Two steps: which studies (one pass over the study and date columns, plus the
-# label columns a filter needs), then the rollups of just those studies.
-_STUDY_ROLLUP = (
-    "SELECT study, MIN(patient_key) AS patient, MIN(date) AS date,"
+# A page: two steps, which studies (one pass over the study and date columns,
+# plus the label columns a filter needs), then the rollups of just those
+# studies by index. Every study (or a page too large to look up by key): one
+# grouped pass that selects, rolls up and orders at once.
+# Label lists are deduplicated in Python (_parts, _values): a plain group_concat
+# spares SQLite a temporary index per group.
+_STUDY_COLUMNS = (
+    "study, MIN(patient_key) AS patient, MIN(date) AS date,"
     " group_concat(DISTINCT modality) AS modality, COUNT(*) AS films,"
-    " group_concat(DISTINCT body_part) AS body_parts,"
-    " group_concat(DISTINCT CASE WHEN instrument = 1 THEN body_part END) AS hardware,"
-    " group_concat(DISTINCT view_position) AS views,"
+    " group_concat(body_part) AS body_parts,"
+    " group_concat(CASE WHEN instrument = 1 THEN body_part END) AS hardware,"
+    " group_concat(view_position) AS views,"
     f" MAX(COALESCE(fracture, 0) = 1 AND COALESCE(body_part, '') != '{NOT_MSK}')"
-    " AS film_fracture, SUM(status = 'review') AS in_review FROM film_labels"
+    " AS film_fracture, SUM(status = 'review') AS in_review"
 )
+_STUDY_ROLLUP = f"SELECT {_STUDY_COLUMNS} FROM film_labels"
+_STUDY_ORDER = "ORDER BY MIN(date) IS NULL, MIN(date), study"
 
 
 def _study_keys(registry: Registry, flt: RegistryFilter, where: str, params: Sequence[Any],
@@ -151,8 +187,7 @@ def _study_keys(registry: Registry, flt: RegistryFilter, where: str, params: Seq
     having = f"{window} AND MAX({match}) = 1"
     rows = registry._db.execute(
         f"SELECT study, COUNT(*) OVER () FROM film_labels WHERE study IS NOT NULL AND {where}"
-        f" GROUP BY study HAVING {having}"
-        " ORDER BY MIN(date) IS NULL, MIN(date), study LIMIT ? OFFSET ?",
+        f" GROUP BY study HAVING {having} {_STUDY_ORDER} LIMIT ? OFFSET ?",
         [*params, *window_params, *match_params, *_sql_limit(limit, offset)]).fetchall()
     if rows:
         return [r[0] for r in rows], int(rows[0][1])
@@ -176,11 +211,15 @@ def _study_rollups(registry: Registry, keys: list[str]) -> dict[str, dict[str, A
         rows = db.execute(f"{_STUDY_ROLLUP} WHERE study IS NOT NULL GROUP BY study").fetchall()
     wanted = set(keys)
     found = {r["study"]: _study_dict(r) for r in rows if r["study"] in wanted}
-    for study, score, fracture in _hip_scores(registry, keys):
+    _add_hip_scores(registry, found)
+    return found
+
+
+def _add_hip_scores(registry: Registry, found: dict[str, dict[str, Any]]) -> None:
+    for study, score, fracture in _hip_scores(registry, list(found)):
         if study in found:
             found[study]["hip_score"] = score
             found[study]["fracture"] = found[study]["fracture"] or bool(fracture)
-    return found
 
 
 def _hip_scores(registry: Registry, keys: list[str]) -> list[tuple[str, float, int]]:
@@ -201,9 +240,32 @@ def _hip_scores(registry: Registry, keys: list[str]) -> list[tuple[str, float, i
 def _study_query(registry: Registry, flt: RegistryFilter, where: str = "1",
                  params: Sequence[Any] = (), limit: int | None = None,
                  offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    if _one_pass(flt, where, limit):
+        return _all_studies(registry, flt, limit, offset)
     keys, total = _study_keys(registry, flt, where, params, limit, offset)
     rollups = _study_rollups(registry, keys)
     return [rollups[k] for k in keys if k in rollups], total
+
+
+def _all_studies(registry: Registry, flt: RegistryFilter, limit: int | None,
+                 offset: int) -> tuple[list[dict[str, Any]], int]:
+    """The studies ``flt`` selects, rolled up and ordered in one pass (the index
+    ``images_film_study`` hands the films over study by study), then sliced.
+
+    A study's rollup covers all its films (the filter only selects studies), as
+    on the keyed path.
+    """
+    match, match_params = _film_match(flt)
+    window, window_params = _window(flt, "MIN(date)")
+    _sql_limit(limit, offset)
+    rows = registry._db.execute(
+        f"SELECT {_STUDY_COLUMNS} FROM film_labels WHERE study IS NOT NULL GROUP BY study"
+        f" HAVING {window} AND MAX({match}) = 1 {_STUDY_ORDER}",
+        [*window_params, *match_params]).fetchall()
+    page = rows[offset:] if limit is None else rows[offset:offset + limit]
+    found = {r["study"]: _study_dict(r) for r in page}
+    _add_hip_scores(registry, found)
+    return list(found.values()), len(rows)
 
 
 def _study_dict(r: Any) -> dict[str, Any]:
@@ -230,7 +292,7 @@ def studies_per_month(registry: Registry,
     window, window_params = _window(flt, "MIN(date)")
     counts: dict[tuple[str, str], int] = {}
     for date, labels in registry._db.execute(
-            "SELECT MIN(date), group_concat(DISTINCT body_part) FROM film_labels"
+            "SELECT MIN(date), group_concat(body_part) FROM film_labels"
             " WHERE study IS NOT NULL AND date IS NOT NULL GROUP BY study"
             f" HAVING {window} AND MAX({match}) = 1", [*window_params, *match_params]):
         for part in _parts(labels):
@@ -258,25 +320,42 @@ def _patient_keys(registry: Registry, flt: RegistryFilter, where: str, params: S
     return [], len(_patient_keys(registry, flt, where, params, None, 0)[0])
 
 
+# A patient's rollup, with the films behind ``hardware`` and ``fractures`` in
+# the same pass: each film's (label, date) as ``label US date RS`` (an undated
+# film's date reads ''), so a comma in a label cannot split a pair; duplicates
+# are dropped in Python, as for the body parts.
+_PATIENT_COLUMNS = (
+    "patient_key AS patient, MIN(date) AS first_study, MAX(date) AS last_study,"
+    " COUNT(DISTINCT study) AS studies, COUNT(*) AS films,"
+    " group_concat(body_part) AS body_parts,"
+    " group_concat(CASE WHEN instrument = 1 THEN"
+    " body_part || char(31) || COALESCE(date, '') || char(30) END) AS hardware,"
+    f" group_concat(CASE WHEN fracture = 1 OR {_HIP_FRACTURE} THEN"
+    " body_part || char(31) || COALESCE(date, '') || char(30) END) AS fractures"
+)
+
+
 def _patient_query(registry: Registry, flt: RegistryFilter, where: str = "1",
                    params: Sequence[Any] = (), limit: int | None = None,
                    offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    window, window_params = _window(flt, "date")
+    if _one_pass(flt, where, limit):
+        # Every patient (or a large page): selected, rolled up and ordered in one pass.
+        match, match_params = _film_match(flt)
+        _sql_limit(limit, offset)
+        rows = registry._db.execute(
+            f"SELECT {_PATIENT_COLUMNS} FROM film_labels WHERE patient_key IS NOT NULL"
+            f" AND {window} GROUP BY patient_key HAVING MAX({match}) = 1"
+            " ORDER BY patient_key", [*window_params, *match_params]).fetchall()
+        page = rows[offset:] if limit is None else rows[offset:offset + limit]
+        return [_patient_dict(r) for r in page], len(rows)
     keys, total = _patient_keys(registry, flt, where, params, limit, offset)
     if not keys:
         return [], total
-    window, window_params = _window(flt, "date")
     among, among_params = _among(keys)
-    found = {r["patient"]: {
-        "patient": r["patient"], "first_study": r["first_study"],
-        "last_study": r["last_study"], "studies": int(r["studies"]), "films": int(r["films"]),
-        "body_parts": _parts(r["body_parts"]), "hardware": [], "fractures": []}
-        for r in registry._db.execute(
-            "SELECT patient_key AS patient, MIN(date) AS first_study, MAX(date) AS last_study,"
-            " COUNT(DISTINCT study) AS studies, COUNT(*) AS films,"
-            " group_concat(DISTINCT body_part) AS body_parts"
-            f" FROM film_labels WHERE {among} AND {window} GROUP BY patient_key",
-            [*among_params, *window_params])}
-    _add_findings(registry, flt, found, among, among_params)
+    found = {r["patient"]: _patient_dict(r) for r in registry._db.execute(
+        f"SELECT {_PATIENT_COLUMNS} FROM film_labels WHERE {among} AND {window}"
+        " GROUP BY patient_key", [*among_params, *window_params])}
     return [found[k] for k in keys if k in found], total
 
 
@@ -287,32 +366,33 @@ def _among(keys: list[str]) -> tuple[str, list[Any]]:
     return "patient_key IS NOT NULL", []
 
 
-def _add_findings(registry: Registry, flt: RegistryFilter, by_key: dict[str, dict[str, Any]],
-                  among: str, among_params: list[Any]) -> None:
-    """Fill each patient's ``hardware`` (body part, first seen) and ``fractures``."""
-    window, window_params = _window(flt, "date")
-    params = [*among_params, *window_params]
-    hardware: dict[str, dict[str, str | None]] = {}
-    for key, label, first in registry._db.execute(
-            f"SELECT patient_key, body_part, MIN(date) FROM film_labels WHERE {among}"
-            f" AND {window} AND instrument = 1 GROUP BY 1, 2", params):
-        if key in by_key:
-            seen = hardware.setdefault(key, {})
-            for part in _parts(label):
-                if part not in seen or _earlier(first, seen[part]):
-                    seen[part] = first
-    fractures: dict[str, set[tuple[str, str | None]]] = {}
-    for key, label, date in registry._db.execute(
-            f"SELECT DISTINCT patient_key, body_part, date FROM film_labels WHERE {among}"
-            f" AND {window} AND (fracture = 1 OR hip_fracture = 1)", params):
-        if key in by_key:
-            fractures.setdefault(key, set()).update((part, date) for part in _parts(label))
-    for key, patient in by_key.items():
-        patient["hardware"] = [{"body_part": part, "first_seen": first}
-                               for part, first in sorted(hardware.get(key, {}).items())]
-        patient["fractures"] = [{"body_part": part, "date": date} for part, date in
-                                sorted(fractures.get(key, set()),
-                                       key=lambda f: (f[1] is None, f[1] or "", f[0]))]
+def _patient_dict(r: Any) -> dict[str, Any]:
+    """A patient row, with ``hardware`` (body part, first seen) and ``fractures``."""
+    hardware: dict[str, str | None] = {}
+    for label, first in _pairs(r["hardware"]):
+        for part in _parts(label):
+            if part not in hardware or _earlier(first, hardware[part]):
+                hardware[part] = first
+    fractures = {(part, date) for label, date in _pairs(r["fractures"])
+                 for part in _parts(label)}
+    return {
+        "patient": r["patient"], "first_study": r["first_study"],
+        "last_study": r["last_study"], "studies": int(r["studies"]), "films": int(r["films"]),
+        "body_parts": _parts(r["body_parts"]),
+        "hardware": [{"body_part": part, "first_seen": first}
+                     for part, first in sorted(hardware.items())],
+        "fractures": [{"body_part": part, "date": date} for part, date in
+                      sorted(fractures, key=lambda f: (f[1] is None, f[1] or "", f[0]))],
+    }
+
+
+def _pairs(text: str | None) -> list[tuple[str, str | None]]:
+    """(label, date or None) pairs of a ``group_concat`` of ``label US date RS``."""
+    found = []
+    for item in text[:-1].split("\x1e,") if text else []:
+        label, _, date = item.rpartition("\x1f")
+        found.append((label, date or None))
+    return found
 
 
 def _earlier(date: str | None, than: str | None) -> bool:
