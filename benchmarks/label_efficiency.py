@@ -11,7 +11,7 @@ LOSO run's ``split.csv``), and each adapt is timed. A refused adapt (worse
 than the base on its own hold-out) counts as the base, as the tool would.
 
     python benchmarks/label_efficiency.py --manifests M/ --models RUNS/ \\
-        --json curve.json --plot curve.png [--ks 0,10,25,50,100,200] \\
+        --sweep sweep.json --json curve.json --plot curve.png [--ks 0,10,25,50,100,200] \\
         [--variants lwf,plain,adabn] [--orders spread,confidence]
 
 ``--tiny`` runs on phantom "sites" in seconds (CI checks the script works).
@@ -38,19 +38,15 @@ if str(ROOT) not in sys.path:
 
 from xreg.datasets import LabelledImage, load_labels  # noqa: E402
 from xreg.model.checkpoint import LoadedModel, load_checkpoint  # noqa: E402
-from xreg.train.adapt import (  # noqa: E402
-    BODY_PART,
-    AdaptOptions,
-    Film,
-    adapt,
-    decode_grey,
-    predict_grey,
-    sort_figures,
-)
+from xreg.train.adapt import AdaptOptions, Film, adapt, sort_figures  # noqa: E402
+from xreg.train.finetune import BODY_PART, decode_grey, predict_grey  # noqa: E402
 
 #: Recipe variants: what keeps the base's knowledge while the reviews teach.
 VARIANTS: dict[str, AdaptOptions] = {
-    "lwf": AdaptOptions(),                                    # distill + anchor (default)
+    "lwf": AdaptOptions(),                                    # the default: phantoms + anchor
+    "lwf-site": AdaptOptions(distill_on="site"),              # the site's unreviewed films
+    "lwf-both": AdaptOptions(distill_on="both"),
+    "anchor": AdaptOptions(distill=0.0),                      # only the L2 pull
     "plain": AdaptOptions(distill=0.0, anchor=0.0),           # reviews only
     "adabn": AdaptOptions(adabn=True, fine_tune=False),       # --unlabelled
     "adabn+lwf": AdaptOptions(adabn=True),
@@ -95,10 +91,26 @@ def _decoded(images: Sequence[LabelledImage], size: int, cache: dict[Path, Any]
     return grey, [images[i].body_parts for i in kept]
 
 
+def calibrated(base: LoadedModel, calibration: dict[str, Any] | None) -> LoadedModel:
+    """The base with the operating point and guard its LOSO run chose on held-out films.
+
+    ``site_generalisation.py`` calibrates in memory and records the choice in
+    its sweep JSON; the checkpoint on disk keeps its training thresholds.
+    """
+    if not calibration:
+        return base
+    card = dataclasses.replace(
+        base.card, thresholds={**base.card.thresholds,
+                               "min_confidence": calibration["min_confidence"]["threshold"]},
+        guard=calibration.get("guard") or {})
+    return LoadedModel(base.model, card, base.sha256, base.path)
+
+
 def run_site(site: str, manifest: Path, model_path: Path, ks: Sequence[int],
              variants: Sequence[str], orders: Sequence[str], threads: int,
-             say: Any) -> dict[str, Any]:
-    base = load_checkpoint(model_path)
+             say: Any, phantoms: Sequence[Film] = (),
+             calibration: dict[str, Any] | None = None) -> dict[str, Any]:
+    base = calibrated(load_checkpoint(model_path), calibration)
     labels = base.card.head(BODY_PART).labels
     size = base.card.input_size
     cache: dict[Path, Any] = {}
@@ -140,7 +152,7 @@ def run_site(site: str, manifest: Path, model_path: Path, ks: Sequence[int],
                     started = time.perf_counter()
                     try:
                         result = adapt(base, [_film(im) for im in reviewed], unreviewed,
-                                       options, cache=cache)
+                                       options, cache=cache, phantoms=phantoms)
                     except Exception as exc:  # noqa: BLE001 - a refusal to adapt is a result
                         row.update(error=str(exc), seconds=time.perf_counter() - started)
                         rows.append(row)
@@ -148,6 +160,8 @@ def run_site(site: str, manifest: Path, model_path: Path, ks: Sequence[int],
                         continue
                     row["seconds"] = time.perf_counter() - started
                     row["accepted"] = result.accepted
+                    row["thresholds"] = dict(result.loaded.card.thresholds)
+                    row["guard"] = dict(result.loaded.card.guard)
                     row["verdict"] = result.verdict
                     adapted = _figures(result.loaded, rest_grey, rest_truth)
                     adapted_other = _figures(result.loaded, other_grey, other_truth) \
@@ -205,7 +219,6 @@ def plot(results: list[dict[str, Any]], path: Path, variant: str, order: str) ->
 def _tiny(work: Path) -> tuple[dict[str, Path], dict[str, Path]]:
     """Two phantom "sites" and a tiny random base model for each (seconds, for CI)."""
     from xreg.model.checkpoint import make_random_checkpoint
-    from xreg.model.labels import BODY_PARTS, HeadSpec  # noqa: F401
     from xreg.synth.generate import generate_dataset
 
     manifests, models = {}, {}
@@ -228,6 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--variants", default="lwf")
     parser.add_argument("--orders", default="spread")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sweep", type=Path, help="site_generalisation.py's JSON: each "
+                        "base's min_confidence and guard, chosen on held-out films")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plot", type=Path)
     parser.add_argument("--tiny", type=Path, metavar="WORK",
@@ -244,7 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         manifests, models = _tiny(args.tiny)
         ks = [k for k in ks if k <= 12] or [0, 6]
         for name in VARIANTS:
-            VARIANTS[name] = dataclasses.replace(VARIANTS[name], min_steps=2, max_steps=3)
+            VARIANTS[name] = dataclasses.replace(VARIANTS[name], min_steps=2, max_steps=3,
+                                                 phantoms=20)
     else:
         if not (args.manifests and args.models):
             parser.error("give --manifests and --models (or --tiny WORK)")
@@ -255,10 +271,16 @@ def main(argv: Sequence[str] | None = None) -> int:
              if s in manifests and s in models]
     if not sites:
         parser.error("no site has both a manifest and a without-SITE.pt model")
+    from xreg.train.finetune import render_phantoms
+
+    phantoms = render_phantoms(VARIANTS["lwf"].phantoms, seed=0)
+    sweep = json.loads(args.sweep.read_text()) if args.sweep else {}
+    chosen = {v["site"]: v.get("calibration") for v in sweep.values()}
     results = []
     for site in sites:
         results.append(run_site(site, manifests[site], models[site], ks, variants, orders,
-                                args.threads, lambda m: print(m, flush=True)))
+                                args.threads, lambda m: print(m, flush=True), phantoms,
+                                chosen.get(site)))
         if args.json:
             args.json.write_text(json.dumps({"sites": results}, indent=1))
     _print_table(results)

@@ -54,7 +54,7 @@ def _base(tmp_path: Path, top: str) -> Path:
     on films like the tests' (AdaBN) make it a base as a trained one is.
     """
     from xreg.model.checkpoint import save_checkpoint
-    from xreg.train.adapt import adabn, decode_grey
+    from xreg.train.finetune import adabn, decode_grey
 
     path = biased_checkpoint(tmp_path / f"{top}.pt", BODY_PARTS, top, margin=3.0)
     films = tmp_path / "calibration"
@@ -158,7 +158,7 @@ def test_set_reviews_train_as_sets(tmp_path: Path) -> None:
         _truth("skull", BODY_PARTS, NOT_MSK)
     import torch
 
-    from xreg.train.adapt import _set_loss
+    from xreg.train.finetune import _set_loss
 
     logits = torch.tensor([[0.0, 5.0, 5.0]])
     either = torch.tensor([[False, True, True]])

@@ -166,7 +166,7 @@ def _print(result: Any, written: dict[str, Any]) -> None:
     c = result.counts
     out.print(f"base {result.base.card.name} (sha256 {result.base.sha256[:12]}); "
               f"{c['reviewed']} reviewed films: {c['train']} trained, {c['holdout']} held "
-              f"out; {c['unreviewed_used']} unreviewed films kept the base's answers; "
+              f"out; {c['distilled_on']} films kept the base's answers; "
               f"{result.steps} steps in {result.seconds:.0f} s", highlight=False)
     table = Table(title="Hold-out (reviewed films that trained nothing)")
     for col in ("model", "films", "correct folder", "wrong folder", "review"):

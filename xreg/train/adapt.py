@@ -27,83 +27,43 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from xreg.errors import ConfigError
 from xreg.evaluation.calibrate import choose_operating_point
 from xreg.evaluation.sorting import place
-from xreg.inference.preprocess import normalise_intensity, resize_grey
-from xreg.io import try_load_image
 from xreg.model.card import ModelCard
 from xreg.model.checkpoint import LoadedModel
 from xreg.model.labels import BODY_PARTS, OTHER
-from xreg.model.transforms import augment_batch
+from xreg.train.finetune import (
+    BODY_PART,
+    AdaptOptions,
+    Film,
+    adabn,
+    decode_grey,
+    energy_of,
+    fine_tune,
+    predict_grey,
+    render_phantoms,
+)
 from xreg.train.sites import GUARD_COVERAGE
 
 __all__ = ["AdaptOptions", "AdaptResult", "Film", "adapt", "group_split", "site_films",
-           "write_adapted"]
-
-BODY_PART, INSTRUMENT, FRACTURE = "body_part", "instrument", "fracture"
+           "sort_figures", "write_adapted"]
 
 #: A film sorted into a wrong folder costs this many films sorted right (the verdict).
 WRONG_COST = 2.0
-
-
-@dataclass(frozen=True)
-class Film:
-    """One film of the site; ``truth`` is the reviewed body-part set (None: unreviewed)."""
-
-    path: Path
-    truth: tuple[str, ...] | None = None
-    instrument: int | None = None
-    fracture: int | None = None
-    group: str = ""  # patient, study or folder: a group never straddles the split
-    reviewer: str | None = None
-
-
-@dataclass(frozen=True)
-class AdaptOptions:
-    """How to adapt; the defaults are the measured recipe (benchmarks/label_efficiency.py)."""
-
-    epochs: int = 15           # passes over the reviewed training films ...
-    min_steps: int = 60        # ... but at least this many optimiser steps
-    max_steps: int = 400
-    batch_size: int = 16
-    lr: float = 2e-4
-    distill: float = 1.0       # weight of the base's answers on unreviewed films (0: off)
-    distill_films: int = 600   # at most this many unreviewed films are kept for it
-    temperature: float = 2.0
-    anchor: float = 0.01       # L2-SP pull towards the base weights (0: off)
-    adabn: bool = False        # re-estimate batch-norm statistics on the site's films first
-    fine_tune: bool = True     # False with adabn: AdaBN alone (--unlabelled)
-    holdout: float = 0.25      # share of reviewed groups held out for the verdict
-    target_accuracy: float = 0.97
-    seed: int = 0
-    workers: int = 2
-
-    def check(self) -> None:
-        if not 0.0 < self.holdout < 1.0:
-            raise ConfigError(f"--holdout must be between 0 and 1, got {self.holdout}")
-        for name in ("epochs", "min_steps", "max_steps", "batch_size", "workers"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1")
-        for name in ("lr", "distill", "anchor", "temperature"):
-            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be a finite number >= 0")
-        if not (self.adabn or self.fine_tune):
-            raise ConfigError("nothing to do: neither AdaBN nor fine-tuning")
+#: Nine-class films the hold-out needs before it may move ``min_confidence``.
+MIN_NINE_TO_CHOOSE = 20
 
 
 @dataclass
@@ -129,6 +89,7 @@ class AdaptResult:
                 "steps": self.steps,
                 "thresholds": dict(self.loaded.card.thresholds),
                 "guard": dict(self.loaded.card.guard)}
+
 
 
 # -- the site's films ------------------------------------------------------------------
@@ -218,92 +179,7 @@ def group_split(films: Sequence[Film], holdout: float, seed: int = 0
     return [i for i in range(len(films)) if i not in held_set], sorted(held_set)
 
 
-# -- pixels -----------------------------------------------------------------------------
-
-
-def decode_grey(paths: Sequence[Path], size: int, workers: int = 2,
-                on_decoded: Callable[[], None] | None = None,
-                cache: dict[Path, np.ndarray | None] | None = None,
-                ) -> tuple[torch.Tensor, list[int]]:
-    """Films at the model's size, grey in [0, 1] (N, S, S) float16, and which decoded.
-
-    ``cache`` (path -> pixels, None: undecodable) spares a caller that adapts
-    several times from the same films (the label-efficiency benchmark) the
-    decoding.
-    """
-    def one(path: Path) -> np.ndarray | None:
-        if cache is not None and path in cache:
-            return cache[path]
-        image = try_load_image(path, target_size=size)
-        x = None if isinstance(image, str) else \
-            resize_grey(image.pixels, size).astype(np.float16)
-        if cache is not None:
-            cache[path] = x
-        return x
-
-    kept: list[int] = []
-    arrays: list[np.ndarray] = []
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xreg-adapt") as pool:
-        for i, x in enumerate(pool.map(one, paths)):
-            if on_decoded is not None:
-                on_decoded()
-            if x is not None:
-                kept.append(i)
-                arrays.append(x)
-    stacked = np.stack(arrays) if arrays else np.zeros((0, size, size), np.float32)
-    return torch.from_numpy(stacked.astype(np.float16, copy=False)), kept
-
-
-def _inputs(grey: torch.Tensor, card: ModelCard) -> torch.Tensor:
-    """Grey [0, 1] (B, S, S) -> the network's input, exactly as the sort prepares it."""
-    x = normalise_intensity(grey.float().numpy(), card.normalise)
-    x = (torch.from_numpy(np.ascontiguousarray(x)) - card.mean) / card.std
-    return x.unsqueeze(1).expand(-1, 3, -1, -1)
-
-
-@torch.no_grad()
-def predict_grey(model: nn.Module, grey: torch.Tensor, card: ModelCard,
-                 batch_size: int = 64) -> dict[str, torch.Tensor]:
-    """Logits of every head for films already decoded (eval mode)."""
-    model.eval()
-    out: dict[str, list[torch.Tensor]] = {h.name: [] for h in card.heads}
-    for start in range(0, len(grey), batch_size):
-        logits = model(_inputs(grey[start:start + batch_size], card))
-        for name in out:
-            out[name].append(logits[name].float())
-    return {name: torch.cat(parts) if parts else torch.zeros((0, len(card.head(name).labels)))
-            for name, parts in out.items()}
-
-
-@torch.no_grad()
-def adabn(model: nn.Module, grey: torch.Tensor, card: ModelCard, batch_size: int = 32,
-          seed: int = 0) -> int:
-    """Re-estimate every batch-norm layer's statistics on ``grey``; returns the layers."""
-    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not layers or len(grey) < 2:
-        return 0
-    saved = [(m, m.momentum) for m in layers]
-    for m in layers:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average over every batch
-    model.train()
-    order = torch.randperm(len(grey), generator=torch.Generator().manual_seed(seed))
-    for start in range(0, len(grey), batch_size):
-        rows = order[start:start + batch_size]
-        if len(rows) < 2:
-            break
-        model(_inputs(grey[rows], card))
-    for m, momentum in saved:
-        m.momentum = momentum
-    model.eval()
-    return len(layers)
-
-
 # -- figures and verdict ----------------------------------------------------------------
-
-
-def energy_of(logits: torch.Tensor) -> np.ndarray:
-    return (-torch.logsumexp(logits, dim=1)).numpy().astype(np.float64)
 
 
 def sort_figures(labels: Sequence[str], probs: np.ndarray, truth: Sequence[tuple[str, ...]],
@@ -338,101 +214,6 @@ def holdout_figures(card: ModelCard, logits: dict[str, torch.Tensor],
                         _held(logits[BODY_PART], card))
 
 
-# -- training ---------------------------------------------------------------------------
-
-
-def _set_loss(logits: torch.Tensor, sets: torch.Tensor) -> torch.Tensor:
-    """-log P(truth in its set): a set label (``hand|wrist``) is right on any member."""
-    log_p = F.log_softmax(logits, dim=1)
-    return -(torch.logsumexp(log_p.masked_fill(~sets, -1e9), dim=1)).mean()
-
-
-def _distill_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor],
-                  t: float) -> torch.Tensor:
-    loss = torch.zeros(())
-    for name, target in teacher.items():
-        log_q = F.log_softmax(student[name] / t, dim=1)
-        p = F.softmax(target / t, dim=1)
-        loss = loss + F.kl_div(log_q, p, reduction="batchmean") * t * t
-    return loss
-
-
-def _freeze_batch_norm(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
-
-
-def _binary_targets(films: Sequence[Film], name: str) -> torch.Tensor:
-    return torch.tensor([-1 if getattr(f, name) is None else int(getattr(f, name))
-                         for f in films], dtype=torch.long)
-
-
-def fine_tune(model: nn.Module, card: ModelCard, grey: torch.Tensor, films: Sequence[Film],
-              pool: torch.Tensor, pool_logits: dict[str, torch.Tensor], options: AdaptOptions,
-              on_step: Callable[[int, int, float], None] | None = None
-              ) -> tuple[int, list[dict[str, float]]]:
-    """Fine-tune ``model`` in place on the reviewed ``films`` (their pixels ``grey``).
-
-    ``pool`` (unreviewed site films and replay films) with the base's logits
-    ``pool_logits`` is the distillation target. Returns the steps taken and a
-    per-step log.
-    """
-    labels = card.head(BODY_PART).labels
-    heads = {h.name for h in card.heads}
-    sets = torch.tensor([[label in f.truth for label in labels] for f in films],
-                        dtype=torch.bool) if films else torch.zeros((0, len(labels)), bool)
-    binary = {name: _binary_targets(films, name) for name in (INSTRUMENT, FRACTURE)
-              if name in heads}
-    # Balanced over each film's first label, so a class reviewed twice is not drowned.
-    primary = [f.truth[0] if f.truth else "" for f in films]
-    freq = Counter(primary)
-    weights = torch.tensor([1.0 / freq[p] for p in primary], dtype=torch.float64)
-    per_epoch = math.ceil(len(films) / options.batch_size)
-    steps = min(options.max_steps, max(options.min_steps, options.epochs * per_epoch))
-    generator = torch.Generator().manual_seed(options.seed)
-    anchor = {n: p.detach().clone() for n, p in model.named_parameters()} \
-        if options.anchor else {}
-    optimiser = torch.optim.Adam(model.parameters(), lr=options.lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
-    aug = dict(hflip=True, rot90=False, rotate=10.0, scale=0.1, shift=0.05, intensity=0.1)
-    log: list[dict[str, float]] = []
-    for step in range(steps):
-        model.train()
-        _freeze_batch_norm(model)
-        rows = torch.multinomial(weights, options.batch_size, replacement=True,
-                                 generator=generator)
-        x = augment_batch(grey[rows].float(), generator, **aug)
-        out = model(_inputs(x, card))
-        loss = _set_loss(out[BODY_PART], sets[rows])
-        for name, y in binary.items():
-            known = y[rows] >= 0
-            if known.any():
-                loss = loss + F.cross_entropy(out[name][known], y[rows][known])
-        entry = {"step": float(step), "supervised": float(loss.detach())}
-        if options.distill and len(pool):
-            prow = torch.randint(0, len(pool), (options.batch_size,), generator=generator)
-            px = augment_batch(pool[prow].float(), generator, **aug)
-            student = model(_inputs(px, card))
-            kd = _distill_loss(student, {k: v[prow] for k, v in pool_logits.items()},
-                               options.temperature)
-            loss = loss + options.distill * kd
-            entry["distill"] = float(kd.detach())
-        if anchor:
-            drift = sum(((p - anchor[n]) ** 2).sum() for n, p in model.named_parameters())
-            loss = loss + options.anchor * drift
-            entry["drift"] = float(drift.detach())
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-        log.append(entry)
-        if on_step is not None:
-            on_step(step + 1, steps, float(loss.detach()))
-    model.eval()
-    return steps, log
-
-
 # -- the whole step ---------------------------------------------------------------------
 
 
@@ -441,12 +222,15 @@ def adapt(base: LoadedModel, reviewed: Sequence[Film], unreviewed: Sequence[Film
           on_stage: Callable[[str, int], None] | None = None,
           on_advance: Callable[[], None] | None = None,
           cache: dict[Path, np.ndarray | None] | None = None,
+          phantoms: Sequence[Film] = (),
           ) -> AdaptResult:
     """Adapt ``base`` to the site of ``reviewed``/``unreviewed``; the base stays untouched.
 
     ``on_stage(name, total)`` and ``on_advance()`` report progress (decoding,
-    training). The result says whether the adapted model beat the base on the
-    hold-out; writing it is the caller's (:func:`write_adapted`).
+    training). ``phantoms`` are rendered films to distil on (default: rendered
+    here, into a temporary folder, when the options ask for them). The result
+    says whether the adapted model beat the base on the hold-out; writing it is
+    the caller's (:func:`write_adapted`).
     """
     options.check()
     started = time.perf_counter()
@@ -463,10 +247,14 @@ def adapt(base: LoadedModel, reviewed: Sequence[Film], unreviewed: Sequence[Film
         return on_advance
 
     rng = np.random.default_rng(options.seed)
-    pool_films = list(unreviewed)
+    pool_films = list(unreviewed) if options.distill_on in ("site", "both") else []
     if len(pool_films) > options.distill_films:
         pick = sorted(rng.choice(len(pool_films), options.distill_films, replace=False))
         pool_films = [pool_films[i] for i in pick]
+    if options.fine_tune and options.distill and options.distill_on in ("phantoms", "both"):
+        if not phantoms:
+            stage("rendering phantoms", 0)
+        pool_films += phantoms or render_phantoms(options.phantoms, options.seed)
     paths = [f.path for f in reviewed] + [f.path for f in pool_films] + \
         [f.path for f in replay]
     grey, kept = decode_grey(paths, card.input_size, options.workers,
@@ -515,7 +303,7 @@ def adapt(base: LoadedModel, reviewed: Sequence[Film], unreviewed: Sequence[Film
                f"{after['wrong']} wrong, against the base's {before['correct']} and "
                f"{before['wrong']}; a wrong folder costs {WRONG_COST:g} right ones)")
     counts = {"reviewed": len(reviewed), "train": len(train_films), "holdout": len(hold_ok),
-              "unreviewed_used": int(len(pool_grey)), "replay": len(replay_ok),
+              "distilled_on": int(len(pool_grey)), "replay": len(replay_ok),
               "per_class": dict(sorted(Counter("|".join(f.truth or ()) for f in reviewed
                                                ).items())),
               "reviewers": sorted({f.reviewer for f in reviewed if f.reviewer}),
@@ -532,31 +320,40 @@ def _calibrated(model: nn.Module, card: ModelCard, train_grey: torch.Tensor,
                 hold_truth: Sequence[tuple[str, ...]], options: AdaptOptions) -> ModelCard:
     """The card with ``min_confidence`` chosen on the hold-out and the guard re-measured.
 
-    The guard is the ``GUARD_COVERAGE`` quantile of the adapted model's energy
-    over the reviewed musculoskeletal films (train and hold-out): fine-tuning
-    moves the energy scale, so the base's limit would no longer mean 1%.
-    Without such films the base's guard stays.
+    ``min_confidence`` moves only when the hold-out has at least
+    :data:`MIN_NINE_TO_CHOOSE` films of the nine classes and a threshold meets
+    the targets there: a hold-out of chest films (or of a dozen films) says
+    nothing about where to draw the line for a knee. The guard becomes the
+    larger of the base's limit and the ``GUARD_COVERAGE`` quantile of the
+    adapted model's energy over the reviewed musculoskeletal films, so the
+    site's own films pass and films the base knew are held back no more often
+    than before.
     """
     labels = card.head(BODY_PART).labels
     hold = predict_grey(model, hold_grey, card)[BODY_PART]
     probs = torch.softmax(hold, dim=1).numpy()
     y = [labels.index(t[0]) for t in hold_truth]
     thresholds = dict(card.thresholds)
-    try:
-        point = choose_operating_point(labels, probs, y, truth_sets=hold_truth,
-                                       target_accuracy=options.target_accuracy)
-        thresholds["min_confidence"] = point.threshold
-    except ConfigError:
-        pass  # nothing to choose from: keep the base's
+    nine = sum(t[0] in BODY_PARTS for t in hold_truth)
+    if nine >= MIN_NINE_TO_CHOOSE:
+        try:
+            point = choose_operating_point(labels, probs, y, truth_sets=hold_truth,
+                                           target_accuracy=options.target_accuracy)
+            if point.met:
+                thresholds["min_confidence"] = point.threshold
+        except ConfigError:
+            pass  # nothing to choose from: keep the base's
     msk = [i for i, f in enumerate(train_films) if f.truth and f.truth[0] != OTHER]
     energies = list(energy_of(predict_grey(model, train_grey[msk], card)[BODY_PART])) \
         if msk else []
     energies += [e for e, t in zip(energy_of(hold), hold_truth) if t and t[0] != OTHER]
     guard = dict(card.guard)
-    if energies and card.guard:
-        guard = {"energy_max": round(float(np.quantile(energies, GUARD_COVERAGE)), 4),
-                 "coverage": GUARD_COVERAGE, "films": len(energies),
-                 "calibrated_on": "the site's reviewed musculoskeletal films"}
+    if energies and card.guard.get("energy_max") is not None:
+        site = float(np.quantile(energies, GUARD_COVERAGE))
+        guard = {**guard, "energy_max": round(max(float(card.guard["energy_max"]), site), 4),
+                 "site_quantile": round(site, 4), "site_films": len(energies),
+                 "calibrated_on": "the larger of the base's limit and the quantile over "
+                                  "the site's reviewed musculoskeletal films"}
     return dataclasses.replace(card, thresholds=thresholds, guard=guard)
 
 
@@ -633,8 +430,9 @@ def card_markdown(result: AdaptResult, sha: str) -> str:
         f"- reviewed films: {c['reviewed']} ({c['train']} to train, {c['holdout']} held "
         f"out by patient/study/folder): {per_class}",
         f"- reviewers: {', '.join(c['reviewers']) or '–'}",
-        f"- unreviewed films of the site used to keep the base's answers: "
-        f"{c['unreviewed_used']}; replay films: {c['replay']}",
+        f"- films whose base answers were kept (distillation, "
+        f"{card.training.get('options', {}).get('distill_on')}): {c['distilled_on']}; "
+        f"replay films: {c['replay']}",
         f"- min_confidence {card.thresholds.get('min_confidence')} (chosen on the hold-out); "
         f"guard {dict(card.guard) or 'none'}",
         "",

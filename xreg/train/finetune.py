@@ -1,0 +1,294 @@
+"""The steps of ``xreg adapt``: films in, a fine-tuned network out.
+
+Decoding at the model's size (:func:`decode_grey`), the network's input as
+the sort prepares it, predictions, AdaBN (:func:`adabn`), phantoms to distil
+on (:func:`render_phantoms`) and the training loop (:func:`fine_tune`): the
+reviewed films' labels (a set label is right on any member), the base's own
+answers on other films (distillation at temperature ``T``) and an L2 pull
+towards the base weights (L2-SP), batch-norm statistics frozen.
+:mod:`xreg.train.adapt` puts them together and judges the result.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xreg.errors import ConfigError
+from xreg.inference.preprocess import normalise_intensity, resize_grey
+from xreg.io import try_load_image
+from xreg.model.card import ModelCard
+from xreg.model.transforms import augment_batch
+
+__all__ = ["DISTILL_ON", "AdaptOptions", "Film", "adabn", "decode_grey", "energy_of",
+           "fine_tune", "predict_grey", "render_phantoms"]
+
+BODY_PART, INSTRUMENT, FRACTURE = "body_part", "instrument", "fracture"
+
+#: Whose answers the base keeps: rendered phantoms of every class, the site's unreviewed
+#: films, or both.
+DISTILL_ON: tuple[str, ...] = ("phantoms", "site", "both")
+
+
+@dataclass(frozen=True)
+class Film:
+    """One film of the site; ``truth`` is the reviewed body-part set (None: unreviewed)."""
+
+    path: Path
+    truth: tuple[str, ...] | None = None
+    instrument: int | None = None
+    fracture: int | None = None
+    group: str = ""  # patient, study or folder: a group never straddles the split
+    reviewer: str | None = None
+
+
+@dataclass(frozen=True)
+class AdaptOptions:
+    """How to adapt; the defaults are the measured recipe (benchmarks/label_efficiency.py)."""
+
+    epochs: int = 15           # passes over the reviewed training films ...
+    min_steps: int = 60        # ... but at least this many optimiser steps
+    max_steps: int = 400
+    batch_size: int = 16
+    lr: float = 2e-4
+    distill: float = 1.0       # weight of the base's answers as a second target (0: off)
+    distill_on: str = "phantoms"  # whose answers: phantoms | site (unreviewed films) | both
+    distill_films: int = 600   # at most this many unreviewed site films are kept for it
+    phantoms: int = 300        # phantoms rendered for distillation (every class, seeded)
+    temperature: float = 2.0
+    anchor: float = 0.01       # L2-SP pull towards the base weights (0: off)
+    adabn: bool = False        # re-estimate batch-norm statistics on the site's films first
+    fine_tune: bool = True     # False with adabn: AdaBN alone (--unlabelled)
+    holdout: float = 0.25      # share of reviewed groups held out for the verdict
+    target_accuracy: float = 0.97
+    seed: int = 0
+    workers: int = 2
+
+    def check(self) -> None:
+        if not 0.0 < self.holdout < 1.0:
+            raise ConfigError(f"--holdout must be between 0 and 1, got {self.holdout}")
+        for name in ("epochs", "min_steps", "max_steps", "batch_size", "workers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        for name in ("lr", "distill", "anchor", "temperature"):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be a finite number >= 0")
+        if not (self.adabn or self.fine_tune):
+            raise ConfigError("nothing to do: neither AdaBN nor fine-tuning")
+        if self.distill_on not in DISTILL_ON:
+            raise ConfigError(f"distill_on must be one of {', '.join(DISTILL_ON)}")
+
+
+
+
+def render_phantoms(count: int, seed: int) -> list[Film]:
+    """``count`` phantoms of every class (``xreg synth``), rendered to a temporary folder.
+
+    The folder lives as long as the process (they are decoded right away);
+    rendering 300 takes a few seconds.
+    """
+    import atexit
+    import shutil
+    import tempfile
+
+    from xreg.synth.generate import generate_dataset
+
+    folder = Path(tempfile.mkdtemp(prefix="xreg-adapt-phantoms-"))
+    atexit.register(shutil.rmtree, folder, True)
+    generate_dataset(folder, count=count, seed=10_000 + seed, size=320, formats=("jpeg",),
+                     out_of_scope=max(1, count // 10))
+    return [Film(p) for p in sorted((folder / "images").glob("*"))
+            + sorted((folder / "out_of_scope").glob("*"))]
+
+
+# -- pixels -----------------------------------------------------------------------------
+
+
+def decode_grey(paths: Sequence[Path], size: int, workers: int = 2,
+                on_decoded: Callable[[], None] | None = None,
+                cache: dict[Path, np.ndarray | None] | None = None,
+                ) -> tuple[torch.Tensor, list[int]]:
+    """Films at the model's size, grey in [0, 1] (N, S, S) float16, and which decoded.
+
+    ``cache`` (path -> pixels, None: undecodable) spares a caller that adapts
+    several times from the same films (the label-efficiency benchmark) the
+    decoding.
+    """
+    def one(path: Path) -> np.ndarray | None:
+        if cache is not None and path in cache:
+            return cache[path]
+        image = try_load_image(path, target_size=size)
+        x = None if isinstance(image, str) else \
+            resize_grey(image.pixels, size).astype(np.float16)
+        if cache is not None:
+            cache[path] = x
+        return x
+
+    kept: list[int] = []
+    arrays: list[np.ndarray] = []
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xreg-adapt") as pool:
+        for i, x in enumerate(pool.map(one, paths)):
+            if on_decoded is not None:
+                on_decoded()
+            if x is not None:
+                kept.append(i)
+                arrays.append(x)
+    stacked = np.stack(arrays) if arrays else np.zeros((0, size, size), np.float32)
+    return torch.from_numpy(stacked.astype(np.float16, copy=False)), kept
+
+
+def _inputs(grey: torch.Tensor, card: ModelCard) -> torch.Tensor:
+    """Grey [0, 1] (B, S, S) -> the network's input, exactly as the sort prepares it."""
+    x = normalise_intensity(grey.float().numpy(), card.normalise)
+    x = (torch.from_numpy(np.ascontiguousarray(x)) - card.mean) / card.std
+    return x.unsqueeze(1).expand(-1, 3, -1, -1)
+
+
+@torch.no_grad()
+def predict_grey(model: nn.Module, grey: torch.Tensor, card: ModelCard,
+                 batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """Logits of every head for films already decoded (eval mode)."""
+    model.eval()
+    out: dict[str, list[torch.Tensor]] = {h.name: [] for h in card.heads}
+    for start in range(0, len(grey), batch_size):
+        logits = model(_inputs(grey[start:start + batch_size], card))
+        for name in out:
+            out[name].append(logits[name].float())
+    return {name: torch.cat(parts) if parts else torch.zeros((0, len(card.head(name).labels)))
+            for name, parts in out.items()}
+
+
+@torch.no_grad()
+def adabn(model: nn.Module, grey: torch.Tensor, card: ModelCard, batch_size: int = 32,
+          seed: int = 0) -> int:
+    """Re-estimate every batch-norm layer's statistics on ``grey``; returns the layers."""
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not layers or len(grey) < 2:
+        return 0
+    saved = [(m, m.momentum) for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over every batch
+    model.train()
+    order = torch.randperm(len(grey), generator=torch.Generator().manual_seed(seed))
+    for start in range(0, len(grey), batch_size):
+        rows = order[start:start + batch_size]
+        if len(rows) < 2:
+            break
+        model(_inputs(grey[rows], card))
+    for m, momentum in saved:
+        m.momentum = momentum
+    model.eval()
+    return len(layers)
+
+
+
+def energy_of(logits: torch.Tensor) -> np.ndarray:
+    return (-torch.logsumexp(logits, dim=1)).numpy().astype(np.float64)
+
+
+
+# -- training ---------------------------------------------------------------------------
+
+
+def _set_loss(logits: torch.Tensor, sets: torch.Tensor) -> torch.Tensor:
+    """-log P(truth in its set): a set label (``hand|wrist``) is right on any member."""
+    log_p = F.log_softmax(logits, dim=1)
+    return -(torch.logsumexp(log_p.masked_fill(~sets, -1e9), dim=1)).mean()
+
+
+def _distill_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor],
+                  t: float) -> torch.Tensor:
+    loss = torch.zeros(())
+    for name, target in teacher.items():
+        log_q = F.log_softmax(student[name] / t, dim=1)
+        p = F.softmax(target / t, dim=1)
+        loss = loss + F.kl_div(log_q, p, reduction="batchmean") * t * t
+    return loss
+
+
+def _freeze_batch_norm(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def _binary_targets(films: Sequence[Film], name: str) -> torch.Tensor:
+    return torch.tensor([-1 if getattr(f, name) is None else int(getattr(f, name))
+                         for f in films], dtype=torch.long)
+
+
+def fine_tune(model: nn.Module, card: ModelCard, grey: torch.Tensor, films: Sequence[Film],
+              pool: torch.Tensor, pool_logits: dict[str, torch.Tensor], options: AdaptOptions,
+              on_step: Callable[[int, int, float], None] | None = None
+              ) -> tuple[int, list[dict[str, float]]]:
+    """Fine-tune ``model`` in place on the reviewed ``films`` (their pixels ``grey``).
+
+    ``pool`` (unreviewed site films and replay films) with the base's logits
+    ``pool_logits`` is the distillation target. Returns the steps taken and a
+    per-step log.
+    """
+    labels = card.head(BODY_PART).labels
+    heads = {h.name for h in card.heads}
+    sets = torch.tensor([[label in f.truth for label in labels] for f in films],
+                        dtype=torch.bool) if films else torch.zeros((0, len(labels)), bool)
+    binary = {name: _binary_targets(films, name) for name in (INSTRUMENT, FRACTURE)
+              if name in heads}
+    # Balanced over each film's first label, so a class reviewed twice is not drowned.
+    primary = [f.truth[0] if f.truth else "" for f in films]
+    freq = Counter(primary)
+    weights = torch.tensor([1.0 / freq[p] for p in primary], dtype=torch.float64)
+    per_epoch = math.ceil(len(films) / options.batch_size)
+    steps = min(options.max_steps, max(options.min_steps, options.epochs * per_epoch))
+    generator = torch.Generator().manual_seed(options.seed)
+    anchor = {n: p.detach().clone() for n, p in model.named_parameters()} \
+        if options.anchor else {}
+    optimiser = torch.optim.Adam(model.parameters(), lr=options.lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
+    aug = dict(hflip=True, rot90=False, rotate=10.0, scale=0.1, shift=0.05, intensity=0.1)
+    log: list[dict[str, float]] = []
+    for step in range(steps):
+        model.train()
+        _freeze_batch_norm(model)
+        rows = torch.multinomial(weights, options.batch_size, replacement=True,
+                                 generator=generator)
+        x = augment_batch(grey[rows].float(), generator, **aug)
+        out = model(_inputs(x, card))
+        loss = _set_loss(out[BODY_PART], sets[rows])
+        for name, y in binary.items():
+            known = y[rows] >= 0
+            if known.any():
+                loss = loss + F.cross_entropy(out[name][known], y[rows][known])
+        entry = {"step": float(step), "supervised": float(loss.detach())}
+        if options.distill and len(pool):
+            prow = torch.randint(0, len(pool), (options.batch_size,), generator=generator)
+            px = augment_batch(pool[prow].float(), generator, **aug)
+            student = model(_inputs(px, card))
+            kd = _distill_loss(student, {k: v[prow] for k, v in pool_logits.items()},
+                               options.temperature)
+            loss = loss + options.distill * kd
+            entry["distill"] = float(kd.detach())
+        if anchor:
+            drift = sum(((p - anchor[n]) ** 2).sum() for n, p in model.named_parameters())
+            loss = loss + options.anchor * drift
+            entry["drift"] = float(drift.detach())
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        log.append(entry)
+        if on_step is not None:
+            on_step(step + 1, steps, float(loss.detach()))
+    model.eval()
+    return steps, log
+
+
