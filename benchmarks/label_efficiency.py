@@ -48,9 +48,17 @@ VARIANTS: dict[str, AdaptOptions] = {
     "lwf-both": AdaptOptions(distill_on="both"),
     "anchor": AdaptOptions(distill=0.0),                      # only the L2 pull
     "plain": AdaptOptions(distill=0.0, anchor=0.0),           # reviews only
+    "heads": AdaptOptions(layers="heads", lr=1e-3),           # backbone kept as it is
+    "heads-plain": AdaptOptions(layers="heads", lr=1e-3, distill=0.0, anchor=0.0),
+    "lwf+replay": AdaptOptions(),                             # + the base's own films
+    "heads+replay": AdaptOptions(layers="heads", lr=1e-3),
     "adabn": AdaptOptions(adabn=True, fine_tune=False),       # --unlabelled
     "adabn+lwf": AdaptOptions(adabn=True),
 }
+
+
+#: Films of the base's own training sites replayed by the ``+replay`` variants.
+REPLAY_FILMS = 300
 
 
 def queue(order: str, predicted: Sequence[str], confidence: Sequence[float]) -> list[int]:
@@ -117,11 +125,18 @@ def run_site(site: str, manifest: Path, model_path: Path, ks: Sequence[int],
     films = [im for im in load_labels(manifest, labels)]
     split = model_path.with_suffix(".run") / "split.csv"
     others: list[LabelledImage] = []
+    replay: list[Film] = []
     if split.is_file():
         with split.open(newline="") as fh:
-            test_paths = {r["path"] for r in csv.DictReader(fh)
-                          if r["split"] == "test" and r.get("source") != site}
-        others = [im for im in load_labels(split, labels) if str(im.path) in test_paths]
+            rows_of = {r["path"]: r for r in csv.DictReader(fh)}
+        listed = load_labels(split, labels)
+        others = [im for im in listed if rows_of[str(im.path)]["split"] == "test"
+                  and rows_of[str(im.path)].get("source") != site]
+        # "--replay-data": a sample of the base's own training films (real sites only).
+        pool = [im for im in listed if rows_of[str(im.path)]["split"] == "train"
+                and rows_of[str(im.path)].get("source") not in (site, "phantoms")]
+        pick = np.random.default_rng(0).permutation(len(pool))[:REPLAY_FILMS]
+        replay = [_film(pool[i]) for i in sorted(pick)]
     say(f"{site}: {len(films)} films, {len(others)} test films of other sites; decoding")
     site_grey, site_truth = _decoded(films, size, cache)
     kept = [im for im in films if cache.get(Path(im.path)) is not None]
@@ -152,7 +167,8 @@ def run_site(site: str, manifest: Path, model_path: Path, ks: Sequence[int],
                     started = time.perf_counter()
                     try:
                         result = adapt(base, [_film(im) for im in reviewed], unreviewed,
-                                       options, cache=cache, phantoms=phantoms)
+                                       options, cache=cache, phantoms=phantoms,
+                                       replay=replay if "replay" in variant else ())
                     except Exception as exc:  # noqa: BLE001 - a refusal to adapt is a result
                         row.update(error=str(exc), seconds=time.perf_counter() - started)
                         rows.append(row)

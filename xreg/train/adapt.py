@@ -6,12 +6,15 @@ films a person reviewed in one sorted folder, and kept close to what it knew:
 * **reviews only.** A film's truth is its latest review; a label the model
   gave and nobody confirmed is never training truth (an unjudged
   instrument or fracture stays unknown, not the model's guess).
-* **learning without forgetting.** The base's own answers on the site's
-  unreviewed films are a second target (distillation, temperature ``T``),
-  so classes the reviews never mention are not forgotten. Labelled films of
-  the base's training sources (``replay``) join the batches when given.
+* **learning without forgetting.** The base's own answers on other films are
+  a second target (distillation, temperature ``T``): rendered phantoms of
+  every class by default, the site's unreviewed films, or both
+  (``distill_on``), so classes the reviews never mention are not forgotten.
+  Labelled films of the base's training sources (``replay``) join the
+  batches when given.
 * **an anchor.** An L2 pull towards the base weights (L2-SP) limits how far
-  a handful of films can move them; batch-norm statistics stay frozen.
+  a handful of films can move them; batch-norm statistics stay frozen, and
+  ``layers="heads"`` trains only the heads over the base's features.
 * **AdaBN** (``adabn=True``, ``xreg adapt --unlabelled``): the batch-norm
   statistics re-estimated on the site's own films, no labels needed.
 

@@ -66,6 +66,7 @@ class AdaptOptions:
     phantoms: int = 300        # phantoms rendered for distillation (every class, seeded)
     temperature: float = 2.0
     anchor: float = 0.01       # L2-SP pull towards the base weights (0: off)
+    layers: str = "all"        # what trains: all | heads (the backbone's features stay)
     adabn: bool = False        # re-estimate batch-norm statistics on the site's films first
     fine_tune: bool = True     # False with adabn: AdaBN alone (--unlabelled)
     holdout: float = 0.25      # share of reviewed groups held out for the verdict
@@ -84,6 +85,8 @@ class AdaptOptions:
                 raise ConfigError(f"{name} must be a finite number >= 0")
         if not (self.adabn or self.fine_tune):
             raise ConfigError("nothing to do: neither AdaBN nor fine-tuning")
+        if self.layers not in ("all", "heads"):
+            raise ConfigError("layers must be all or heads")
         if self.distill_on not in DISTILL_ON:
             raise ConfigError(f"distill_on must be one of {', '.join(DISTILL_ON)}")
 
@@ -191,10 +194,8 @@ def adabn(model: nn.Module, grey: torch.Tensor, card: ModelCard, batch_size: int
     return len(layers)
 
 
-
 def energy_of(logits: torch.Tensor) -> np.ndarray:
     return (-torch.logsumexp(logits, dim=1)).numpy().astype(np.float64)
-
 
 
 # -- training ---------------------------------------------------------------------------
@@ -250,9 +251,12 @@ def fine_tune(model: nn.Module, card: ModelCard, grey: torch.Tensor, films: Sequ
     per_epoch = math.ceil(len(films) / options.batch_size)
     steps = min(options.max_steps, max(options.min_steps, options.epochs * per_epoch))
     generator = torch.Generator().manual_seed(options.seed)
-    anchor = {n: p.detach().clone() for n, p in model.named_parameters()} \
-        if options.anchor else {}
-    optimiser = torch.optim.Adam(model.parameters(), lr=options.lr)
+    trained = {n: p for n, p in model.named_parameters()
+               if options.layers == "all" or n.startswith("heads.")}
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in trained)
+    anchor = {n: p.detach().clone() for n, p in trained.items()} if options.anchor else {}
+    optimiser = torch.optim.Adam(trained.values(), lr=options.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
     aug = dict(hflip=True, rot90=False, rotate=10.0, scale=0.1, shift=0.05, intensity=0.1)
     log: list[dict[str, float]] = []
@@ -278,7 +282,7 @@ def fine_tune(model: nn.Module, card: ModelCard, grey: torch.Tensor, films: Sequ
             loss = loss + options.distill * kd
             entry["distill"] = float(kd.detach())
         if anchor:
-            drift = sum(((p - anchor[n]) ** 2).sum() for n, p in model.named_parameters())
+            drift = sum(((p - anchor[n]) ** 2).sum() for n, p in trained.items())
             loss = loss + options.anchor * drift
             entry["drift"] = float(drift.detach())
         optimiser.zero_grad(set_to_none=True)
@@ -288,6 +292,8 @@ def fine_tune(model: nn.Module, card: ModelCard, grey: torch.Tensor, films: Sequ
         log.append(entry)
         if on_step is not None:
             on_step(step + 1, steps, float(loss.detach()))
+    for p in model.parameters():
+        p.requires_grad_(True)
     model.eval()
     return steps, log
 
