@@ -43,17 +43,19 @@ from xreg.train.finetune import BODY_PART, decode_grey, predict_grey  # noqa: E4
 
 #: Recipe variants: what keeps the base's knowledge while the reviews teach.
 VARIANTS: dict[str, AdaptOptions] = {
-    "lwf": AdaptOptions(),                                    # the default: phantoms + anchor
-    "lwf-site": AdaptOptions(distill_on="site"),              # the site's unreviewed films
-    "lwf-both": AdaptOptions(distill_on="both"),
-    "anchor": AdaptOptions(distill=0.0),                      # only the L2 pull
-    "plain": AdaptOptions(distill=0.0, anchor=0.0),           # reviews only
-    "heads": AdaptOptions(layers="heads", lr=1e-3),           # backbone kept as it is
-    "heads-plain": AdaptOptions(layers="heads", lr=1e-3, distill=0.0, anchor=0.0),
-    "lwf+replay": AdaptOptions(),                             # + the base's own films
-    "heads+replay": AdaptOptions(layers="heads", lr=1e-3),
-    "adabn": AdaptOptions(adabn=True, fine_tune=False),       # --unlabelled
-    "adabn+lwf": AdaptOptions(adabn=True),
+    "default": AdaptOptions(),                                # what xreg adapt does
+    "default+replay": AdaptOptions(),                         # ... with --replay-data
+    "lwf": AdaptOptions(layers="all"),                        # whole net, phantoms + anchor
+    "lwf+replay": AdaptOptions(layers="all"),                 # + the base's own films
+    "lwf-site": AdaptOptions(layers="all", distill_on="site"),  # the site's unreviewed films
+    "lwf-both": AdaptOptions(layers="all", distill_on="both"),
+    "anchor": AdaptOptions(layers="all", distill=0.0),        # only the L2 pull
+    "plain": AdaptOptions(layers="all", distill=0.0, anchor=0.0),  # reviews only
+    "heads": AdaptOptions(layers="heads"),                    # backbone kept as it is
+    "heads+replay": AdaptOptions(layers="heads"),
+    "heads-plain": AdaptOptions(layers="heads", distill=0.0, anchor=0.0),
+    "adabn": AdaptOptions(adabn=True, fine_tune=False),       # label-free (not shipped)
+    "adabn+lwf": AdaptOptions(layers="all", adabn=True),
 }
 
 
@@ -254,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sites", default="", help="comma list (default: every site "
                         "with both a manifest and a model)")
     parser.add_argument("--ks", default="0,10,25,50,100,200")
-    parser.add_argument("--variants", default="lwf")
+    parser.add_argument("--variants", default="default")
     parser.add_argument("--orders", default="spread")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sweep", type=Path, help="site_generalisation.py's JSON: each "
@@ -289,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("no site has both a manifest and a without-SITE.pt model")
     from xreg.train.finetune import render_phantoms
 
-    phantoms = render_phantoms(VARIANTS["lwf"].phantoms, seed=0)
+    phantoms = render_phantoms(VARIANTS["default"].phantoms, seed=0)
     sweep = json.loads(args.sweep.read_text()) if args.sweep else {}
     chosen = {v["site"]: v.get("calibration") for v in sweep.values()}
     results = []

@@ -200,7 +200,7 @@ def test_a_worse_model_is_refused_and_nothing_is_written(tmp_path: Path) -> None
     out = _site(tmp_path, base_path, say="hip")
     target = tmp_path / "site.pt"
     args = ["adapt", str(out), "--weights", str(base_path), "--out", str(target),
-            "--lr", "50", "--steps", "20", "--threads", "1"]
+            "--layers", "all", "--lr", "50", "--steps", "20", "--threads", "1"]
     result = runner.invoke(app, args)
     assert result.exit_code == 1, result.output
     assert "refused" in result.output and "not written" in result.output

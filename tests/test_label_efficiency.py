@@ -24,16 +24,16 @@ def test_label_efficiency_script_runs_on_phantom_sites(tmp_path: Path,
     out = tmp_path / "curve.json"
     plot = tmp_path / "curve.png"
     assert le.main(["--tiny", str(tmp_path / "work"), "--ks", "0,8", "--variants",
-                    "lwf,adabn", "--threads", "1", "--json", str(out), "--plot",
+                    "default,adabn", "--threads", "1", "--json", str(out), "--plot",
                     str(plot)]) == 0
     sites = json.loads(out.read_text())["sites"]
     assert [s["site"] for s in sites] == ["alpha", "beta"]
     for site in sites:
         rows = {(r["k"], r["variant"]): r for r in site["rows"]}
-        assert set(rows) == {(0, "base"), (8, "lwf"), (8, "adabn")}
+        assert set(rows) == {(0, "base"), (8, "default"), (8, "adabn")}
         base = rows[(0, "base")]["rest"]
         assert base["films"] == site["films"]  # nothing reviewed: the whole site is the rest
-        for key in ((8, "lwf"), (8, "adabn")):
+        for key in ((8, "default"), (8, "adabn")):
             row = rows[key]
             assert "error" in row or row["rest"]["films"] < base["films"]
             assert "error" in row or row["accepted"] in (True, False)

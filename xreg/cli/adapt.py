@@ -29,12 +29,14 @@ Only reviews are truth: a model label nobody confirmed never trains, and an
 instrument or fracture the reviewer left unjudged stays unknown.
 
 The base (--weights, default the shipped model) is fine-tuned on the
-reviewed films while keeping what it knew: its own answers on OUT's
-unreviewed films are a second target (learning without forgetting), an L2
-pull holds the weights near the base, and --replay-data adds labelled films
-of the base's own sources when you have them. --unlabelled instead only
-re-estimates the batch-norm statistics on OUT's films (AdaBN); no labels
-train, the reviews only judge it.
+reviewed films while keeping what it knew: its own answers on a few hundred
+rendered phantoms of every class are a second target (learning without
+forgetting), an L2 pull holds the weights near the base, and --replay-data
+adds labelled films of the base's own sources when you have them (the
+measured way to keep what the base knew about other body parts). There is
+no label-free mode: re-estimating batch-norm statistics on the site's films
+(AdaBN) was measured and helped one held-out site of three
+(benchmarks/label_efficiency.py).
 
 The reviewed films are split by patient (else study, else source folder):
 a quarter is held out. The hold-out prints before (base) and after, sets
@@ -63,9 +65,6 @@ def adapt_cmd(
     replay_data: Annotated[list[Path] | None, typer.Option(
         "--replay-data", help="A manifest of the base's own training films, replayed "
         "alongside the reviews (repeatable).")] = None,
-    unlabelled: Annotated[bool, typer.Option(
-        "--unlabelled", help="AdaBN only: re-estimate batch-norm statistics on OUT's films; "
-        "no fine-tuning.")] = False,
     force: Annotated[bool, typer.Option(help="Write even a model worse than the base on "
                                         "the hold-out (or with nothing to check it on).")
                      ] = False,
@@ -74,7 +73,13 @@ def adapt_cmd(
                       ] = 15,
     steps: Annotated[int | None, typer.Option(help="Optimiser steps, overriding --epochs.")
                      ] = None,
-    lr: Annotated[float, typer.Option(help="Learning rate (Adam).")] = 2e-4,
+    layers: Annotated[str, typer.Option(
+        help="What trains: heads (the base's features stay: least forgetting without "
+             "replay films), all (the whole network: best with --replay-data), or auto "
+             "(all with --replay-data, else heads).")] = "auto",
+    lr: Annotated[float | None, typer.Option(
+        help="Learning rate (Adam); default 2e-4 for the whole network, 1e-3 for the "
+             "heads.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for the split and the training.")] = 0,
     threads: Annotated[int, typer.Option(help="CPU threads for torch.")] = 2,
     registry: Annotated[Path | None, typer.Option(help="Registry file if not in OUT.")] = None,
@@ -99,9 +104,8 @@ def adapt_cmd(
         replay = [_replay_film(im) for path in replay_data or ()
                   for im in _manifest(path, labels)]
         fixed = {} if steps is None else {"min_steps": steps, "max_steps": steps}
-        options = AdaptOptions(epochs=epochs, holdout=holdout, seed=seed, lr=lr,
-                               workers=max(1, threads), adabn=unlabelled,
-                               fine_tune=not unlabelled, **fixed)
+        options = AdaptOptions(epochs=epochs, holdout=holdout, seed=seed, lr=lr, layers=layers,
+                               workers=max(1, threads), **fixed)
         with _progress(quiet or as_json) as (stage, advance):
             result = adapt(base, reviewed, unreviewed, options, replay=replay,
                            on_stage=stage, on_advance=advance)

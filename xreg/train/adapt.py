@@ -289,11 +289,10 @@ def adapt(base: LoadedModel, reviewed: Sequence[Film], unreviewed: Sequence[Film
         teacher_grey = torch.cat([pool_grey, replay_grey]) if len(replay_grey) else pool_grey
         teacher = predict_grey(model, teacher_grey, card) if options.distill else {}
         replay_films = [replay[i - n_rev - n_pool] for i in replay_ok]
-        fit_films = train_films + replay_films
-        fit_grey = torch.cat([train_grey, replay_grey]) if replay_films else train_grey
         advance = stage("training", 0)
-        steps, log = fine_tune(model, card, fit_grey, fit_films, teacher_grey, teacher,
-                               options, (lambda s, n, loss: advance()) if advance else None)
+        steps, log = fine_tune(model, card, train_grey, train_films, teacher_grey, teacher,
+                               options, (lambda s, n, loss: advance()) if advance else None,
+                               replay=(replay_grey, replay_films) if replay_films else None)
     adapted_card = _calibrated(model, card, train_grey, train_films, hold_grey, hold_truth,
                                options)
     after_logits = predict_grey(model, hold_grey, adapted_card)

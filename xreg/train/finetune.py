@@ -59,20 +59,31 @@ class AdaptOptions:
     min_steps: int = 60        # ... but at least this many optimiser steps
     max_steps: int = 400
     batch_size: int = 16
-    lr: float = 2e-4
+    lr: float | None = None    # None: 2e-4 for the whole network, 1e-3 for the heads alone
     distill: float = 1.0       # weight of the base's answers as a second target (0: off)
     distill_on: str = "phantoms"  # whose answers: phantoms | site (unreviewed films) | both
     distill_films: int = 600   # at most this many unreviewed site films are kept for it
     phantoms: int = 300        # phantoms rendered for distillation (every class, seeded)
     temperature: float = 2.0
     anchor: float = 0.01       # L2-SP pull towards the base weights (0: off)
-    layers: str = "all"        # what trains: all | heads (the backbone's features stay)
+    layers: str = "auto"       # what trains: all | heads | auto (all with replay films,
+                               # else heads: the measured least-forgetting choice)
     adabn: bool = False        # re-estimate batch-norm statistics on the site's films first
     fine_tune: bool = True     # False with adabn: AdaBN alone (--unlabelled)
     holdout: float = 0.25      # share of reviewed groups held out for the verdict
     target_accuracy: float = 0.97
     seed: int = 0
     workers: int = 2
+
+    def layers_for(self, replay: bool) -> str:
+        if self.layers != "auto":
+            return self.layers
+        return "all" if replay else "heads"
+
+    def lr_for(self, layers: str) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 2e-4 if layers == "all" else 1e-3
 
     def check(self) -> None:
         if not 0.0 < self.holdout < 1.0:
@@ -81,12 +92,13 @@ class AdaptOptions:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         for name in ("lr", "distill", "anchor", "temperature"):
-            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
+            value = getattr(self, name)
+            if value is not None and (not math.isfinite(value) or value < 0):
                 raise ConfigError(f"{name} must be a finite number >= 0")
         if not (self.adabn or self.fine_tune):
             raise ConfigError("nothing to do: neither AdaBN nor fine-tuning")
-        if self.layers not in ("all", "heads"):
-            raise ConfigError("layers must be all or heads")
+        if self.layers not in ("auto", "all", "heads"):
+            raise ConfigError("layers must be auto, all or heads")
         if self.distill_on not in DISTILL_ON:
             raise ConfigError(f"distill_on must be one of {', '.join(DISTILL_ON)}")
 
@@ -228,22 +240,46 @@ def _binary_targets(films: Sequence[Film], name: str) -> torch.Tensor:
                          for f in films], dtype=torch.long)
 
 
+def _supervised(out: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
+                rows: torch.Tensor) -> torch.Tensor:
+    loss = _set_loss(out[BODY_PART], targets[BODY_PART][rows])
+    for name, y in targets.items():
+        if name == BODY_PART:
+            continue
+        known = y[rows] >= 0
+        if known.any():
+            loss = loss + F.cross_entropy(out[name][known], y[rows][known])
+    return loss
+
+
+def _targets(films: Sequence[Film], card: ModelCard) -> dict[str, torch.Tensor]:
+    """The label set of each film (a boolean row per film) and its binary labels (-1: none)."""
+    labels = card.head(BODY_PART).labels
+    heads = {h.name for h in card.heads}
+    out = {BODY_PART: torch.tensor([[label in (f.truth or ()) for label in labels]
+                                    for f in films], dtype=torch.bool)
+           if films else torch.zeros((0, len(labels)), dtype=torch.bool)}
+    for name in (INSTRUMENT, FRACTURE):
+        if name in heads:
+            out[name] = _binary_targets(films, name)
+    return out
+
+
 def fine_tune(model: nn.Module, card: ModelCard, grey: torch.Tensor, films: Sequence[Film],
               pool: torch.Tensor, pool_logits: dict[str, torch.Tensor], options: AdaptOptions,
-              on_step: Callable[[int, int, float], None] | None = None
+              on_step: Callable[[int, int, float], None] | None = None, *,
+              replay: tuple[torch.Tensor, Sequence[Film]] | None = None,
               ) -> tuple[int, list[dict[str, float]]]:
     """Fine-tune ``model`` in place on the reviewed ``films`` (their pixels ``grey``).
 
-    ``pool`` (unreviewed site films and replay films) with the base's logits
-    ``pool_logits`` is the distillation target. Returns the steps taken and a
-    per-step log.
+    ``pool`` (phantoms, unreviewed site films, replay films) with the base's
+    logits ``pool_logits`` is the distillation target; ``replay`` (pixels,
+    labelled films of the base's own sources) adds half a batch of those
+    labels to every step. The number of steps follows the reviewed films
+    alone. Returns the steps taken and a per-step log.
     """
-    labels = card.head(BODY_PART).labels
-    heads = {h.name for h in card.heads}
-    sets = torch.tensor([[label in f.truth for label in labels] for f in films],
-                        dtype=torch.bool) if films else torch.zeros((0, len(labels)), bool)
-    binary = {name: _binary_targets(films, name) for name in (INSTRUMENT, FRACTURE)
-              if name in heads}
+    targets = _targets(films, card)
+    replay_targets = _targets(replay[1], card) if replay else {}
     # Balanced over each film's first label, so a class reviewed twice is not drowned.
     primary = [f.truth[0] if f.truth else "" for f in films]
     freq = Counter(primary)
@@ -251,12 +287,13 @@ def fine_tune(model: nn.Module, card: ModelCard, grey: torch.Tensor, films: Sequ
     per_epoch = math.ceil(len(films) / options.batch_size)
     steps = min(options.max_steps, max(options.min_steps, options.epochs * per_epoch))
     generator = torch.Generator().manual_seed(options.seed)
+    layers = options.layers_for(replay is not None)
     trained = {n: p for n, p in model.named_parameters()
-               if options.layers == "all" or n.startswith("heads.")}
+               if layers == "all" or n.startswith("heads.")}
     for n, p in model.named_parameters():
         p.requires_grad_(n in trained)
     anchor = {n: p.detach().clone() for n, p in trained.items()} if options.anchor else {}
-    optimiser = torch.optim.Adam(trained.values(), lr=options.lr)
+    optimiser = torch.optim.Adam(trained.values(), lr=options.lr_for(layers))
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
     aug = dict(hflip=True, rot90=False, rotate=10.0, scale=0.1, shift=0.05, intensity=0.1)
     log: list[dict[str, float]] = []
@@ -267,12 +304,15 @@ def fine_tune(model: nn.Module, card: ModelCard, grey: torch.Tensor, films: Sequ
                                  generator=generator)
         x = augment_batch(grey[rows].float(), generator, **aug)
         out = model(_inputs(x, card))
-        loss = _set_loss(out[BODY_PART], sets[rows])
-        for name, y in binary.items():
-            known = y[rows] >= 0
-            if known.any():
-                loss = loss + F.cross_entropy(out[name][known], y[rows][known])
+        loss = _supervised(out, targets, rows)
         entry = {"step": float(step), "supervised": float(loss.detach())}
+        if replay is not None:
+            rrows = torch.randint(0, len(replay[1]), (max(1, options.batch_size // 2),),
+                                  generator=generator)
+            rx = augment_batch(replay[0][rrows].float(), generator, **aug)
+            rloss = _supervised(model(_inputs(rx, card)), replay_targets, rrows)
+            loss = loss + rloss
+            entry["replay"] = float(rloss.detach())
         if options.distill and len(pool):
             prow = torch.randint(0, len(pool), (options.batch_size,), generator=generator)
             px = augment_batch(pool[prow].float(), generator, **aug)
