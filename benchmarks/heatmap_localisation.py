@@ -279,8 +279,8 @@ def measure(films: Sequence[Film], weights: Path, *, methods: Sequence[str],
     import torch
     from rich.progress import Progress
 
-    from xreg import explain
     from xreg.errors import ConfigError
+    from xreg.explain import saliency as explain
     from xreg.model.checkpoint import load_checkpoint
     from xreg.model.transforms import Preprocessor
 

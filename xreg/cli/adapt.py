@@ -80,6 +80,9 @@ def adapt_cmd(
     lr: Annotated[float | None, typer.Option(
         help="Learning rate (Adam); default 2e-4 for the whole network, 1e-3 for the "
              "heads.")] = None,
+    phantoms: Annotated[int, typer.Option(
+        help="Phantoms of every class rendered to keep the base's answers (0: none).")
+                        ] = 300,
     seed: Annotated[int, typer.Option(help="Seed for the split and the training.")] = 0,
     threads: Annotated[int, typer.Option(help="CPU threads for torch.")] = 2,
     registry: Annotated[Path | None, typer.Option(help="Registry file if not in OUT.")] = None,
@@ -105,6 +108,7 @@ def adapt_cmd(
                   for im in _manifest(path, labels)]
         fixed = {} if steps is None else {"min_steps": steps, "max_steps": steps}
         options = AdaptOptions(epochs=epochs, holdout=holdout, seed=seed, lr=lr, layers=layers,
+                               phantoms=phantoms, distill=1.0 if phantoms or replay else 0.0,
                                workers=max(1, threads), **fixed)
         with _progress(quiet or as_json) as (stage, advance):
             result = adapt(base, reviewed, unreviewed, options, replay=replay,

@@ -97,6 +97,8 @@ class AdaptOptions:
                 raise ConfigError(f"{name} must be a finite number >= 0")
         if not (self.adabn or self.fine_tune):
             raise ConfigError("nothing to do: neither AdaBN nor fine-tuning")
+        if self.phantoms < 0 or self.distill_films < 0:
+            raise ConfigError("--phantoms must be 0 or more")
         if self.layers not in ("auto", "all", "heads"):
             raise ConfigError("layers must be auto, all or heads")
         if self.distill_on not in DISTILL_ON:
