@@ -205,30 +205,35 @@ def _v(x: float | None) -> str:
 
 
 def plot(results: list[dict[str, Any]], path: Path, variant: str, order: str) -> None:
+    """Correct and wrong folder on the rest of each site, and wrong folder on the other
+    sites (forgetting), against K; one colour per site."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
-    for res in results:
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharex=True)
+    panels = (("rest", "correct_folder", "correct folder (rest of the site)"),
+              ("rest", "wrong_folder", "wrong folder (rest of the site)"),
+              ("other_sites", "wrong_folder", "wrong folder (other sites: forgetting)"))
+    for n, res in enumerate(results):
         rows = [r for r in res["rows"] if r["order"] == order
                 and r["variant"] in ("base", variant) and "error" not in r]
         ks = [r["k"] for r in rows]
-        for ax, key in zip(axes, ("correct_folder", "wrong_folder")):
-            ys = [r["rest"][key] for r in rows]
+        for ax, (part, key, _) in zip(axes, panels):
+            ys = [(r[part] or {}).get(key) for r in rows]
             if any(y is not None for y in ys):
                 ax.plot(ks, [np.nan if y is None else y for y in ys], marker="o",
-                        label=res["site"])
-    for ax, title in zip(axes, ("correct folder (rest of the site)",
-                                "wrong folder (rest of the site)")):
-        ax.set_title(title)
+                        color=f"C{n}", label=res["site"])
+    for ax, (_, _, title) in zip(axes, panels):
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel("reviewed films K")
         ax.set_xscale("symlog", linthresh=10)
         ax.grid(alpha=0.3)
-    axes[0].set_ylim(0, 1)
-    axes[1].set_ylim(0, max(0.1, axes[1].get_ylim()[1]))
-    axes[0].legend()
+    axes[0].set_ylim(0, 1.02)
+    for ax in axes[1:]:
+        ax.set_ylim(0, max(0.1, ax.get_ylim()[1]))
+    axes[1].legend()
     fig.suptitle(f"xreg adapt from the leave-one-site-out model ({variant}, {order} queue)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -7,8 +7,8 @@
    last 20 bytes (sorted with a warning) and a duplicate.
 2. `xreg sort` with the shipped default weights (no --weights needed), twice:
    the second run finds everything already done.
-3. `xreg registry stats`, then `xreg evaluate` against the phantom labels,
-   writing a report with ROC and confusion-matrix plots.
+3. `xreg registry stats` and `xreg registry studies`, then `xreg evaluate`
+   against the phantom labels, writing a report with ROC and confusion-matrix plots.
 4. `xreg explain` on a phantom with hardware: a heatmap overlay of why the
    model says "instrument".
 5. `xreg hip`: pair the hip studies' AP and lateral films (DICOM headers,
@@ -69,6 +69,7 @@ def main() -> None:
     run("sort", str(DEMO / "in"), str(DEMO / "out"), "--min-age", "0")
     run("sort", str(DEMO / "in"), str(DEMO / "out"), "--min-age", "0")
     run("registry", "stats", str(DEMO / "out"))
+    run("registry", "studies", str(DEMO / "out"), "--limit", "8")  # the registry by study
     run("evaluate", str(default_weights()),
         str(DEMO / "in" / "phantoms" / "labels.csv"), "--report", str(DEMO / "report"))
     labels = DEMO / "in" / "phantoms" / "labels.csv"

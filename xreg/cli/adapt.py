@@ -122,6 +122,11 @@ def adapt_cmd(
         out.print_json(json.dumps({**result.to_dict(), "written": written or None}))
     else:
         _print(result, written)
+        if not replay_data:
+            err.print("note: without --replay-data only the heads were tuned; on other "
+                      "sites' films such a model was measured to file far more films in "
+                      "a wrong folder than its base. Use it where it was tuned.",
+                      highlight=False)
     if not written:
         err.print("[bold red]not written:[/] the adapted model is worse than the base on "
                   "the hold-out; review more films, or pass --force to write it anyway")
