@@ -12,11 +12,13 @@ from xreg.cli import (  # noqa: F401  (registers the commands)
     evaluate,
     explain,
     hip,
+    patients,
     registry,
     serve,
     sort,
     synth,
     train,
+    weights,
 )
 from xreg.cli._common import app
 
