@@ -293,9 +293,10 @@ def adapt(base: LoadedModel, reviewed: Sequence[Film], unreviewed: Sequence[Film
         steps, log = fine_tune(model, card, train_grey, train_films, teacher_grey, teacher,
                                options, (lambda s, n, loss: advance()) if advance else None,
                                replay=(replay_grey, replay_films) if replay_films else None)
-    adapted_card = _calibrated(model, card, train_grey, train_films, hold_grey, hold_truth,
-                               options)
-    after_logits = predict_grey(model, hold_grey, adapted_card)
+    # One pass over the hold-out: thresholds and the guard do not change the logits.
+    after_logits = predict_grey(model, hold_grey, card)
+    adapted_card = _calibrated(model, card, train_grey, train_films,
+                               after_logits[BODY_PART], hold_truth, options)
     after = holdout_figures(adapted_card, after_logits, hold_truth)
     accepted = after["utility"] >= before["utility"]
     verdict = (f"kept: on the hold-out it sorts {after['correct']} right and {after['wrong']} "
@@ -318,9 +319,10 @@ def adapt(base: LoadedModel, reviewed: Sequence[Film], unreviewed: Sequence[Film
 
 
 def _calibrated(model: nn.Module, card: ModelCard, train_grey: torch.Tensor,
-                train_films: Sequence[Film], hold_grey: torch.Tensor,
+                train_films: Sequence[Film], hold: torch.Tensor,
                 hold_truth: Sequence[tuple[str, ...]], options: AdaptOptions) -> ModelCard:
-    """The card with ``min_confidence`` chosen on the hold-out and the guard re-measured.
+    """The card with ``min_confidence`` chosen on the hold-out and the guard re-measured;
+    ``hold`` is the adapted model's body-part logits on the hold-out films.
 
     ``min_confidence`` moves only when the hold-out has at least
     :data:`MIN_NINE_TO_CHOOSE` films of the nine classes and a threshold meets
@@ -332,7 +334,6 @@ def _calibrated(model: nn.Module, card: ModelCard, train_grey: torch.Tensor,
     than before.
     """
     labels = card.head(BODY_PART).labels
-    hold = predict_grey(model, hold_grey, card)[BODY_PART]
     probs = torch.softmax(hold, dim=1).numpy()
     y = [labels.index(t[0]) for t in hold_truth]
     thresholds = dict(card.thresholds)
