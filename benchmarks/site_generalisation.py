@@ -87,12 +87,13 @@ def _run(config: Any, site: str, images: list[Any], out: Path, cache: Path,
     from xreg.evaluation.evaluate import evaluate_images
     from xreg.model.checkpoint import load_checkpoint
     from xreg.train import train
-    from xreg.train.sites import calibrate, common_root, split_images, without_site
+    from xreg.train.sites import (calibrate, common_root, drop_unlabelled_heads, split_images,
+                                  without_site)
 
     started = time.monotonic()
     run_dir = out.with_suffix(".run")
     if not out.exists():
-        train(without_site(config, site), None, out, run_dir=run_dir, workers=workers,
+        train(drop_unlabelled_heads(without_site(config, site)), None, out, run_dir=run_dir, workers=workers,
               resume=(run_dir / "state.pt").exists(),
               overwrite=not (run_dir / "state.pt").exists(), decode_cache=cache)
     loaded = load_checkpoint(out)

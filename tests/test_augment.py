@@ -11,7 +11,9 @@ import pytest
 
 from xreg.errors import ConfigError
 from xreg.train import TrainConfig, load_train_config
-from xreg.train.augment import SITE_DEFAULTS, STEPS, augment_film, check_steps
+from xreg.train.augment import OPT_IN, SITE_DEFAULTS, STEPS, augment_film, check_steps
+from xreg.train.augment_style import (_PROBS, StyleBank, build_bank, fourier, histmatch,
+                                      restyle)
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = [(150, 120), (96, 200), (128, 128)]  # tall, wide, square
@@ -159,7 +161,7 @@ def test_check_steps_accepts_probabilities_and_returns_floats() -> None:
         {"crop": 1.0, "jpeg": 0.0, "blur": 0.25}
     assert all(type(p) is float for p in check_steps({"crop": 1}).values())
     assert check_steps(SITE_DEFAULTS) == dict(SITE_DEFAULTS)
-    assert set(SITE_DEFAULTS) == set(STEPS)
+    assert set(SITE_DEFAULTS) == set(STEPS) - set(OPT_IN)  # opt-in steps: off by default
 
 
 @pytest.mark.parametrize(("steps", "match"), [
@@ -226,3 +228,172 @@ def test_shipped_sites_recipe_loads_without_its_manifests(tmp_path: Path) -> Non
         # Relative to the config file; loading never opens them.
         assert all(p.parent == path.parent for p in manifests)
     assert not any((tmp_path / f"{n}.csv").exists() for n in by_name)
+
+
+# ------------------------------------------- hardware and restyle (shortcut breakers)
+
+def _quantile_distance(x: np.ndarray, quantiles: np.ndarray) -> float:
+    """1-D Wasserstein distance between a film's grey levels and a quantile vector."""
+    return float(np.abs(np.quantile(x, _PROBS) - quantiles).mean())
+
+
+@pytest.fixture(scope="module")
+def bank() -> StyleBank:
+    """Three references of another 'site': bright, high-contrast films."""
+    rng = np.random.default_rng(11)
+    return build_bank([np.clip(rng.beta(5, 2, (64, 64)), 0, 1).astype(np.float32)
+                       for _ in range(3)])
+
+
+def test_opt_in_steps_default_to_off_and_leave_todays_recipe_unchanged(bank: StyleBank) -> None:
+    assert set(OPT_IN) == {"hardware", "restyle"} and not set(OPT_IN) & set(SITE_DEFAULTS)
+    zero = {**SITE_DEFAULTS, **dict.fromkeys(OPT_IN, 0.0)}
+    x = _film(200, 180)
+    for seed in range(6):
+        a = augment_film(x, 64, SITE_DEFAULTS, np.random.default_rng(seed))
+        b, flags = augment_film(x, 64, zero, np.random.default_rng(seed), bank=bank,
+                                return_flags=True)
+        np.testing.assert_array_equal(a, b)  # the same random numbers for the old steps
+        assert flags == {"hardware": False}
+
+
+@pytest.mark.parametrize("name", OPT_IN)
+def test_opt_in_steps_are_seeded_and_switchable(name: str, bank: StyleBank) -> None:
+    x = _film(200, 180)
+    steps = {**SITE_DEFAULTS, name: 1.0}
+    runs = [augment_film(x, 64, steps, np.random.default_rng(s), bank=bank) for s in range(4)]
+    again = [augment_film(x, 64, steps, np.random.default_rng(s), bank=bank) for s in range(4)]
+    for a, b in zip(runs, again):
+        assert a.shape == (64, 64) and a.dtype == np.float32 and _in_range(a)
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(runs[0], r) for r in runs[1:])
+    # On its own, at probability 1 the step changes every film; at 0 never.
+    plain = cv2.resize(x, (64, 64), interpolation=cv2.INTER_AREA)
+    for seed in range(4):
+        on = augment_film(x, 64, {name: 1.0}, np.random.default_rng(seed), bank=bank)
+        off = augment_film(x, 64, {name: 0.0}, np.random.default_rng(seed), bank=bank)
+        assert float(np.abs(on - plain).max()) > 1e-3
+        np.testing.assert_allclose(off, plain, atol=1e-6)
+
+
+def test_hardware_flag_says_whether_metal_was_pasted() -> None:
+    x = _film(120, 120)
+    seen = []
+    for seed in range(20):
+        _, on = augment_film(x, 64, {"hardware": 1.0}, np.random.default_rng(seed),
+                             return_flags=True)
+        _, off = augment_film(x, 64, {"hardware": 0.0, "crop": 1.0},
+                              np.random.default_rng(seed), return_flags=True)
+        _, half = augment_film(x, 64, {"hardware": 0.5}, np.random.default_rng(seed),
+                               return_flags=True)
+        assert on == {"hardware": True} and off == {"hardware": False}
+        seen.append(half["hardware"])
+    assert any(seen) and not all(seen)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_hardware_adds_bright_metal_near_the_top_intensity(seed: int) -> None:
+    x = _film(224, 224, seed) * np.float32(0.8)  # the brightest anatomy at 0.8
+    top = float(np.quantile(x, 0.995))
+    out = STEPS["hardware"](x, np.random.default_rng(seed))
+    assert out.shape == x.shape and out.dtype == np.float32 and _in_range(out)
+    # More bright area than the film had ...
+    assert (out > top + 0.01).sum() >= (x > top + 0.01).sum() + 20
+    # ... made of near-uniform metal at or above the film's 99.5th percentile (the
+    # rest of the changed pixels are its softened rim).
+    changed = np.abs(out - x) > 0.02
+    metal = out[changed & (out > top)]
+    assert metal.size >= 0.3 * changed.sum()
+    assert float(metal.min()) >= top and float(np.ptp(np.quantile(metal, [0.5, 0.95]))) < 0.05
+    # Far from the pasted pieces the film is untouched.
+    assert (out == x).mean() > 0.5
+
+
+def test_hardware_pieces_vary_in_size_up_to_a_large_prosthesis() -> None:
+    x = np.full((224, 224), 0.3, np.float32)
+    extents = []
+    for seed in range(60):
+        metal = (STEPS["hardware"](x, np.random.default_rng(seed)) > 0.5).astype(np.uint8)
+        _, _, stats, _ = cv2.connectedComponentsWithStats(metal)
+        # the largest connected piece: its longer side, a fraction of the film's
+        extents.append(stats[1:, 2:4].max() / 224)
+    assert min(extents) < 0.12 and 0.3 < max(extents) < 0.75
+
+
+def test_histmatch_moves_the_histogram_onto_the_reference(bank: StyleBank) -> None:
+    x = _film(64, 64) * np.float32(0.5)  # a dark, low-contrast film
+    ref = bank.quantiles[0]
+    before = _quantile_distance(x, ref)
+    for seed in range(6):
+        out = histmatch(x, np.random.default_rng(seed), ref)
+        assert out.dtype == np.float32 and _in_range(out)
+        assert _quantile_distance(out, ref) < 0.55 * before
+        # Monotone: a brighter pixel stays at least as bright.
+        order = np.argsort(x, axis=None)
+        assert (np.diff(out.ravel()[order]) >= -1e-6).all()
+
+
+def test_restyle_moves_the_film_towards_the_banks_look(bank: StyleBank) -> None:
+    x = _film(64, 64) * np.float32(0.5)
+    before = np.mean([_quantile_distance(x, q) for q in bank.quantiles])
+    after = [np.mean([_quantile_distance(restyle(x, np.random.default_rng(s), bank), q)
+                      for q in bank.quantiles]) for s in range(12)]
+    assert max(after) < before and np.mean(after) < 0.6 * before
+
+
+def test_fourier_keeps_the_phase_and_swaps_only_low_frequencies(bank: StyleBank) -> None:
+    x = _film(64, 64) * np.float32(0.6) + np.float32(0.2)
+    own = build_bank([x])
+    # Its own amplitude as the reference: the film comes back.
+    np.testing.assert_allclose(fourier(x, np.random.default_rng(0), own.amplitude[0]), x,
+                               atol=1e-4)
+    ref = build_bank([_film(64, 64, 3) * np.float32(0.4) + np.float32(0.3)])
+    out = fourier(x, np.random.default_rng(0), ref.amplitude[0])
+    assert out.dtype == np.float32 and out.shape == x.shape and _in_range(out)
+    assert 0.0 < out.min() and out.max() < 1.0  # unclipped, so the spectrum tells
+    assert float(np.abs(out - x).max()) > 0.01
+    fx, fo = np.fft.rfft2(x.astype(np.float64)), np.fft.rfft2(out.astype(np.float64))
+    k = int(np.ceil(0.05 * 64))
+    high = np.ones(fx.shape, bool)
+    high[:k + 1, :k + 1] = high[-k:, :k + 1] = False
+    scale = float(np.abs(fx).max())
+    np.testing.assert_allclose(np.abs(fo[high]), np.abs(fx[high]), atol=1e-4 * scale)
+    strong = np.abs(fx) > 1e-3 * scale  # the phase of every clear component is kept
+    np.testing.assert_allclose(np.exp(1j * np.angle(fo[strong])),
+                               np.exp(1j * np.angle(fx[strong])), atol=1e-3)
+    assert not np.allclose(np.abs(fo[~high]), np.abs(fx[~high]), rtol=1e-2)
+
+
+def test_build_bank_shapes_and_refuses_nothing() -> None:
+    b = build_bank([_film(224, 224, s) for s in range(5)])
+    assert len(b) == 5 and b.quantiles.shape == (5, 256) and b.amplitude.shape[0] == 5
+    assert (np.diff(b.quantiles, axis=1) >= 0).all()
+    with pytest.raises(ValueError):
+        build_bank([])
+
+
+@pytest.mark.parametrize("name", OPT_IN)
+def test_opt_in_steps_cost_well_under_two_ms_at_224(name: str, bank: StyleBank) -> None:
+    import time
+    x = _film(224, 224)
+    big = build_bank([_film(224, 224, s) for s in range(4)])
+    step = (lambda a, r: restyle(a, r, big)) if name == "restyle" else STEPS[name]
+    step(x, np.random.default_rng(0))
+    start = time.perf_counter()
+    for seed in range(50):
+        step(x, np.random.default_rng(seed))
+    per_film = (time.perf_counter() - start) / 50
+    assert per_film < 0.006, per_film  # ~1 ms on a loaded 2-core box; generous for CI
+
+
+def test_site_augment_default_key_extends_the_defaults(tmp_path: Path) -> None:
+    steps = check_steps({"default": True, "hardware": 0.3, "restyle": 0.25, "crop": 0.1})
+    assert steps == {**SITE_DEFAULTS, "hardware": 0.3, "restyle": 0.25, "crop": 0.1}
+    assert check_steps({"default": False, "hardware": 0.3}) == {"hardware": 0.3}
+    with pytest.raises(ConfigError, match="site_augment.*default must be true or false"):
+        check_steps({"default": 1, "hardware": 0.3})
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  site_augment: {default: true, hardware: 0.3, restyle: 0.3}\n")
+    cfg = load_train_config(path)
+    assert cfg.site_augment == {**SITE_DEFAULTS, "hardware": 0.3, "restyle": 0.3}
+    assert cfg.to_dict()["site_augment"] == cfg.site_augment  # expanded: no "default" key

@@ -118,6 +118,43 @@ def test_v8_registry_migrates_in_place_keeping_every_row(tmp_path):
         assert [tuple(r)[:5] for r in image] == [("b", 1, "done", "review", "_review/x.dcm")]
         assert reg.get_image("b").state == "done"
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 10
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 11
     assert db.execute("SELECT review_reason, header_audit FROM images").fetchall() == [
         ("low confidence", "disagrees")]
+
+
+def test_v10_registry_migrates_and_forgets_fracture_calls_outside_the_nine(tmp_path):
+    from xreg.registry._schema import _MIGRATIONS
+
+    path = tmp_path / "r.sqlite"
+    db = sqlite3.connect(path)
+    for script in _MIGRATIONS[:10]:
+        db.executescript(script)
+    db.execute("PRAGMA user_version = 10")
+    db.execute("INSERT INTO runs (started, status, xreg_version, options) VALUES"
+               " ('2024-01-01', 'finished', '0.9', '{}')")
+    # (sha, status, scope, review_reason, fracture, fracture_prob)
+    for row in (("nine", "sorted", "nine", None, 1, 0.9),
+                ("held", "review", "nine", "low confidence: knee 0.40 < 0.50", 0, 0.1),
+                ("moved", "sorted", "nine", "unfamiliar film (energy -1 > -3)", 0, 0.2),
+                ("bone", "sorted", "long_bone", None, 1, 0.8),
+                ("other", "review", "other", "not one of the known body parts (other)", 0, 0.3)):
+        db.execute("INSERT INTO images (sha256, size, state, status, dest_path, mode, created,"
+                   " updated, scope, review_reason, fracture, fracture_prob, probabilities)"
+                   " VALUES (?, 1, 'done', ?, ?, 'copy', 't', 't', ?, ?, ?, ?, '{}')",
+                   (row[0], row[1], f"d/{row[0]}", *row[2:]))
+    db.commit()
+    db.close()
+    with Registry(path) as reg:
+        fractures = dict(reg._db.execute(
+            "SELECT sha256, fracture IS NULL AND fracture_prob IS NULL FROM images"))
+        assert fractures == {"nine": 0, "held": 1, "moved": 1, "bone": 1, "other": 1}
+        assert tuple(reg._db.execute("SELECT fracture, fracture_prob FROM images"
+                                     " WHERE sha256 = 'nine'").fetchone()) == (1, 0.9)
+        old = reg.runs()[0]
+        assert (old["shift_held"], old["shift_share"], old["new_site"]) == (None, None, None)
+        run = new_run(reg)
+        reg.finish_run(run, {"review": 30, "sorted": 10}, shift_held=28, shift_share=0.7,
+                       new_site=True)
+        new = reg.runs()[-1]
+        assert (new["shift_held"], new["shift_share"], new["new_site"]) == (28, 0.7, 1)

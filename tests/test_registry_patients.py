@@ -240,3 +240,69 @@ def test_cli_exit_codes(reg: Registry, tmp_path: Path) -> None:
     listed = runner.invoke(app, ["registry", "studies", out, "--body-part", "knee",
                                  "--instrument", "--format", "json"])
     assert [s["study"] for s in json.loads(listed.stdout)["rows"]] == ["1.2", "1.3"]
+
+
+# -- a NULL fracture is unknown, never "no fracture" ------------------------------------
+PC = "c" * 32
+UNKNOWN = (
+    ("c1", PC, "3.1", "20230101", "knee", 0, None, "review"),  # held back: model abstained
+    ("c2", PC, "3.1", "20230101", "femur", 0, None, "sorted"),  # a long bone
+    ("c3", PC, "3.1", "20230101", "knee", 0, 0, "sorted"),  # judged: no fracture
+    ("c4", PC, "3.2", "20230202", "hand", 0, None, "review"),  # a study of unknowns only
+)
+
+
+def test_unknown_fractures_are_counted_as_unknown(reg: Registry) -> None:
+    _insert(reg, UNKNOWN)
+    found = {s["study"]: s for s in studies(reg)[0]}
+    assert (found["3.1"]["fracture"], found["3.1"]["fracture_unknown"]) == (False, 2)
+    assert (found["3.2"]["fracture"], found["3.2"]["fracture_unknown"]) == (False, 1)
+    assert all(found[s]["fracture_unknown"] == 0 for s in ("1.1", "1.2", "1.3", "2.1"))
+    c = _by_key(patients(reg)[0])[PC]
+    assert (c["fractures"], c["fracture_unknown"]) == ([], 3)
+    assert _by_key(patients(reg)[0])[PA]["fracture_unknown"] == 0
+    # --no-fracture: a study whose films are all unknown is not a study without fracture.
+    no_fracture = [s["study"] for s in studies(reg, RegistryFilter(fracture=False))[0]]
+    assert "3.1" in no_fracture and "3.2" not in no_fracture
+    # A reviewer's fracture wins; a scored hip pair makes a film's fracture known;
+    # a film that is not musculoskeletal is no unknown fracture.
+    add_review(reg, Review("c4", "tester", "hand", fracture=1), BODY_PARTS)
+    reg.add_hip_study(None, {"study": "3.1", "status": "paired", "ap_sha256": "c1",
+                             "fracture_prob": 0.2, "decision": "no_fracture"})
+    add_review(reg, Review("c2", "tester", NOT_MSK), BODY_PARTS)
+    found = {s["study"]: s for s in studies(reg)[0]}
+    assert (found["3.1"]["fracture"], found["3.1"]["fracture_unknown"]) == (False, 0)
+    assert (found["3.2"]["fracture"], found["3.2"]["fracture_unknown"]) == (True, 0)
+    c = _by_key(patients(reg)[0])[PC]
+    assert (c["fractures"], c["fracture_unknown"]) == (
+        [{"body_part": "hand", "date": "2023-02-02"}], 0)
+
+
+def test_the_cli_shows_unknown_fractures_beside_fracture(reg: Registry, tmp_path: Path) -> None:
+    _insert(reg, UNKNOWN)
+    shown = runner.invoke(app, ["registry", "studies", str(tmp_path), "--format", "csv"])
+    assert shown.exit_code == 0, shown.output
+    lines = shown.stdout.splitlines()
+    header = lines[0].split(",")
+    assert header[header.index("fracture") + 1] == "fracture_unknown"
+    row = next(line.split(",") for line in lines if line.startswith("3.1,"))
+    assert row[header.index("fracture_unknown")] == "2"
+    listed = runner.invoke(app, ["registry", "patients", str(tmp_path), "--format", "json"])
+    rows = {p["patient"]: p for p in json.loads(listed.stdout)["rows"]}
+    assert rows[PC]["fracture_unknown"] == 3
+
+
+def test_a_sort_of_long_bones_leaves_every_fracture_unknown(tmp_path: Path) -> None:
+    from xreg.model.labels import EXTENDED_BODY_PARTS
+
+    _dicoms(tmp_path / "in")
+    out = tmp_path / "out"
+    weights = biased_checkpoint(tmp_path / "femur.pt", EXTENDED_BODY_PARTS, "femur",
+                                fracture=3.0)
+    run_sort(tmp_path / "in", out, SortOptions(weights=weights, min_age=0))
+    with Registry(out / "registry.sqlite", readonly=True) as reg:
+        rows = studies(reg)[0]
+        assert [(s["films"], s["fracture"], s["fracture_unknown"]) for s in rows] == [
+            (1, False, 1), (2, False, 2), (1, False, 1)]
+        assert sorted(p["fracture_unknown"] for p in patients(reg)[0]) == [1, 3]
+        assert studies(reg, RegistryFilter(fracture=False)) == ([], 0)

@@ -15,7 +15,12 @@ from typer.testing import CliRunner
 from xreg.cli import app
 from xreg.model.models import BODY_PARTS, EXTENDED_BODY_PARTS
 from xreg.sort.placement import REVIEW_DIR
-from xreg.sort.scope import body_part_scope, decide_placement
+from xreg.sort.scope import (
+    Placement,
+    body_part_scope,
+    decide_placement,
+    judges_fracture,
+)
 
 from .conftest import biased_checkpoint, make_old, sha256_of
 
@@ -143,3 +148,64 @@ def test_a_slightly_truncated_jpeg_is_sorted_with_a_warning_and_copied_intact(
     rows = {Path(r["dest_path"]).name: r for r in _rows(out)}
     assert rows["cut.jpg"]["warning"].startswith("truncated JPEG")
     assert rows["half.jpg"]["error"] == "truncated file"
+
+
+# -- the fracture flag abstains outside the nine ------------------------------------------
+@pytest.mark.parametrize(("where", "judged"), [
+    (Placement("sorted", "nine"), True),
+    (Placement("review", "nine", "low confidence: wrist 0.40 < 0.50"), False),
+    (Placement("review", "nine", "unfamiliar film (energy -1.20 > -2.84)"), False),
+    (Placement("review", "nine", "models disagree: knee / shoulder"), False),
+    (Placement("review", "nine", "DICOM header says knee"), False),
+    (Placement("sorted", "long_bone"), False),
+    (Placement("review", "other", "not one of the known body parts (other)"), False),
+    (Placement("unreadable", "", "cannot decode"), False),
+    (None, False),
+])
+def test_only_a_film_sorted_into_the_nine_gets_a_fracture_call(where: Placement | None,
+                                                                judged: bool) -> None:
+    assert judges_fracture(where) is judged
+
+
+@pytest.mark.parametrize(("top", "extra", "guard", "status"), [
+    ("forearm", (), None, "sorted"),  # a long bone, sorted into its own folder
+    ("wrist", ("--min-confidence", "0.9999"), None, "review"),  # below min_confidence
+    ("wrist", (), {"energy_max": -20.0}, "review"),  # unfamiliar film
+    ("other", (), None, "review"),  # not a known body part
+])
+def test_fracture_is_unknown_for_films_held_back_and_long_bones(
+        tmp_path: Path, top: str, extra: tuple[str, ...], guard: dict[str, float] | None,
+        status: str) -> None:
+    _films(tmp_path / "in")
+    weights = biased_checkpoint(tmp_path / "w.pt", EXTENDED_BODY_PARTS, top, fracture=2.0,
+                                guard=guard)
+    report, out = _sort(tmp_path, weights, "--layout", "{body_part}/{fracture}/{name}",
+                        *extra)
+    assert {f["status"] for f in report["files"]} == {status}
+    assert all(f["fracture"] is None and f["fracture_prob"] is None for f in report["files"])
+    rows = _rows(out)
+    assert len(rows) == 3
+    assert all(r["fracture"] is None and r["fracture_prob"] is None for r in rows)
+    # What the head said is still on record, in the raw probabilities.
+    assert all("fracture" in json.loads(r["probabilities"]) for r in rows)
+    if status == "sorted":
+        assert all(r["dest_path"].startswith("forearm/unknown/") for r in rows)
+    with sqlite3.connect(out / "registry.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM film_labels WHERE fracture IS NULL"
+                          ).fetchone()[0] == 3
+
+
+def test_a_review_still_sets_the_fracture_of_a_film_the_model_abstained_on(
+        tmp_path: Path) -> None:
+    from xreg.model.labels import BODY_PARTS as NINE
+    from xreg.registry import Registry
+    from xreg.registry.reviews import Review, add_review
+
+    _films(tmp_path / "in", 1)
+    weights = biased_checkpoint(tmp_path / "w.pt", EXTENDED_BODY_PARTS, "femur", fracture=2.0)
+    _, out = _sort(tmp_path, weights)
+    sha = _rows(out)[0]["sha256"]
+    with Registry(out / "registry.sqlite") as reg:
+        add_review(reg, Review(sha, "tester", "knee", fracture=1), NINE)
+        row = reg._db.execute("SELECT fracture, label_source FROM film_labels").fetchone()
+        assert tuple(row) == (1, "review")

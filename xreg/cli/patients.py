@@ -32,7 +32,8 @@ _InstrumentOpt = Annotated[bool | None, typer.Option(
                                          "without hardware.", show_default=False)]
 _FractureOpt = Annotated[bool | None, typer.Option(
     "--fracture/--no-fracture", help="Only studies (patients) with a film with / without "
-                                     "a fracture (a hip pair's decision counts).",
+                                     "a fracture (a hip pair's decision counts; a film "
+                                     "whose fracture is unknown is neither).",
     show_default=False)]
 _SinceOpt = Annotated[str | None, typer.Option(help="Studies on or after this date "
                                                      "(YYYY-MM-DD).")]
@@ -42,6 +43,14 @@ _FormatOpt = Annotated[ViewFormat, typer.Option("--format", help="table, csv or 
                                                 "(shape: docs/registry.md).")]
 _LimitOpt = Annotated[int | None, typer.Option(min=0, help="At most this many rows.")]
 _OffsetOpt = Annotated[int, typer.Option(min=0, help="Skip this many rows first.")]
+
+
+def _with_unknown(columns: tuple[str, ...]) -> tuple[str, ...]:
+    """``columns`` with ``fracture_unknown`` (films whose fracture nobody knows) after
+    the fracture column, so a NULL never reads as "no fracture"."""
+    at = next((i + 1 for i, c in enumerate(columns) if c in ("fracture", "fractures")),
+              len(columns))
+    return (*columns[:at], "fracture_unknown", *columns[at:])
 
 
 @registry_app.command("patients")
@@ -68,9 +77,10 @@ def registry_patients(
                                       "offset": offset, "unassigned_films": loose,
                                       "rows": rows})
     elif fmt is ViewFormat.csv:
-        views.write_csv(rows, views.PATIENT_COLUMNS)
+        views.write_csv(rows, _with_unknown(views.PATIENT_COLUMNS))
     else:
-        views.print_table(f"{len(rows)} of {total} patient(s)", rows, views.PATIENT_COLUMNS)
+        views.print_table(f"{len(rows)} of {total} patient(s)", rows,
+                          _with_unknown(views.PATIENT_COLUMNS))
         err.print(f"{loose} film(s) without a patient key", highlight=False)
 
 
@@ -103,7 +113,7 @@ def registry_studies(
             rows, total = studies(reg, flt, limit=limit, offset=offset)
         loose = films_without_study(reg)
     kind, columns = (("studies_per_month", views.MONTH_COLUMNS) if per_month
-                     else ("studies", views.STUDY_COLUMNS))
+                     else ("studies", _with_unknown(views.STUDY_COLUMNS)))
     if fmt is ViewFormat.json:
         payload: dict[str, Any] = {"filter": flt.to_dict(), "total": total}
         if not per_month:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from xreg.cli._common import (
     EXIT_ATTENTION,
@@ -142,20 +143,40 @@ def registry_runs(
     out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="A sorted folder.")],
     registry: Annotated[Path | None, typer.Option(help="Registry file if not in OUT.")] = None,
 ) -> None:
-    """Every run: when, by whom, with which model, and what it did."""
+    """Every run: when, by whom, with which model, and what it did; whether a sort run
+    held back so many films as unfamiliar that it looks like a new site."""
     from xreg.registry import Registry
+    from xreg.sort.scope import new_site_notice
 
     with handle_errors(), Registry(registry or out_dir / "registry.sqlite", readonly=True) as reg:
         runs = reg.runs()
     table = Table(title="runs")
-    for col in ("id", "started", "status", "user", "model", "model sha256", "counts"):
+    for col in ("id", "started", "status", "user", "model", "model sha256", "counts",
+                "new site"):
         table.add_column(col)
     for r in runs:
         counts = json.loads(r["counts"] or "{}")
         done = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v)
         table.add_row(str(r["id"]), r["started"], r["status"], r["user"] or "",
-                      r["model_name"] or "", (r["model_sha256"] or "")[:12], done)
+                      r["model_name"] or "", (r["model_sha256"] or "")[:12], done,
+                      _new_site_cell(r))
     out.print(table)
+    last = runs[-1] if runs else None
+    if last is not None and last.get("new_site"):
+        counts = json.loads(last["counts"] or "{}")
+        notice = new_site_notice(counts.get("sorted", 0) + counts.get("review", 0),
+                                 last["shift_held"] or 0, out=last["output_root"] or "OUT",
+                                 min_films=0, share=0.0)
+        out.print(Text.assemble((f"run {last['id']}, new site: ", "bold yellow"),
+                                (notice or "", "yellow")))
+
+
+def _new_site_cell(run: dict[str, Any]) -> str:
+    """``yes (62% unfamiliar)``, ``no (4% unfamiliar)``, or empty before schema v11."""
+    if run.get("new_site") is None:
+        return ""
+    share = f"{run['shift_share'] or 0:.0%} unfamiliar"
+    return f"yes ({share})" if run["new_site"] else f"no ({share})"
 
 
 @registry_app.command("export")

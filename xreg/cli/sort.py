@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from xreg.cli._common import (
     EXIT_ATTENTION,
@@ -268,15 +269,19 @@ def _print_sort_summary(result: Any, out_dir: Path, min_age: float) -> None:
             table.add_row(status, str(n))
     long_bone = sum(o.status == "sorted" and o.scope == "long_bone" for o in result.outcomes)
     other = sum(o.status == "review" and o.scope == "other" for o in result.outcomes)
+    shift = result.new_site()
     warned = sum(o.warning is not None for o in result.outcomes)
     outside = result.outside_group if result.group_by is not None else 0
     for label, n in (("  of sorted: long-bone folders", long_bone),
                      ("  of review: not a known body part", other),
+                     ("  of review: unlike the training films", shift.held_back),
                      ("decoded with a warning", warned),
                      ("outside --group-by (no patient or study from folders)", outside)):
         if n:
             table.add_row(label, str(n))
     out.print(table)
+    if shift.notice:
+        out.print(Text.assemble(("new site: ", "bold yellow"), (shift.notice, "yellow")))
     for o in result.outcomes:
         if o.status == "failed":
             err.print(f"[red]failed:[/] {o.source}: {o.error}", highlight=False)

@@ -200,6 +200,21 @@ _MIGRATIONS: tuple[str, ...] = (
     FROM images i
     WHERE i.state = 'done';
     """,
+    """
+    -- A sort run's films held back as unlike the training films (unfamiliar film,
+    -- models disagree, unlike the training films), their share of the films it
+    -- predicted, and 1 when that looks like a new site (NULL: runs before v11, hip runs).
+    ALTER TABLE runs ADD COLUMN shift_held INTEGER;
+    ALTER TABLE runs ADD COLUMN shift_share REAL;
+    ALTER TABLE runs ADD COLUMN new_site INTEGER;
+    -- The single-film fracture call stands only for a film the model sorted into
+    -- one of the nine; for one it held back (review_reason, kept after a review
+    -- moves the film) or placed elsewhere it is unknown (NULL), in rows written
+    -- before v11 too. The probabilities JSON keeps what the head said.
+    UPDATE images SET fracture = NULL, fracture_prob = NULL
+     WHERE (fracture IS NOT NULL OR fracture_prob IS NOT NULL)
+       AND (review_reason IS NOT NULL OR COALESCE(scope, '') != 'nine');
+    """,
 )
 
 #: Columns of ``hip_studies`` a caller sets through :meth:`Registry.add_hip_study`.

@@ -160,11 +160,18 @@ class Registry:
             )
         return int(cur.lastrowid or 0)
 
-    def finish_run(self, run_id: int, counts: Mapping[str, int], status: str = "finished") -> None:
+    def finish_run(self, run_id: int, counts: Mapping[str, int], status: str = "finished", *,
+                   shift_held: int | None = None, shift_share: float | None = None,
+                   new_site: bool | None = None) -> None:
+        """Record the end of a run: its counts and, for a sort, how many films were held
+        back as unlike the training films, their share, and whether it looks like a
+        new site (NULL where not known, e.g. ``xreg hip``)."""
         with self._transaction() as db:
             db.execute(
-                "UPDATE runs SET finished = ?, status = ?, counts = ? WHERE id = ?",
-                (_now(), status, json.dumps(dict(counts), sort_keys=True), run_id),
+                "UPDATE runs SET finished = ?, status = ?, counts = ?, shift_held = ?,"
+                " shift_share = ?, new_site = ? WHERE id = ?",
+                (_now(), status, json.dumps(dict(counts), sort_keys=True), shift_held,
+                 shift_share, None if new_site is None else int(new_site), run_id),
             )
 
     # -- images and sources --------------------------------------------------

@@ -7,7 +7,10 @@ truth that could disagree with ``images``. A film's *effective* label is its
 latest review where there is one (a review's NULL instrument or fracture means
 not judged, so the model's stands), else the model's. A review of ``not_msk``
 keeps the film in its study's film count but out of every body-part list; a
-label set such as ``hand|wrist`` counts for each of its parts.
+label set such as ``hand|wrist`` counts for each of its parts. A NULL fracture
+(the model abstains for a film it did not sort into the nine, or has no fracture
+head) is unknown, never "no fracture": ``fracture_unknown`` counts such films
+(those of a scored hip pair excepted) and ``--no-fracture`` does not select them.
 
 A study is ``images.study_uid`` (DICOM StudyInstanceUID), else the keyed
 ``images.study_key`` of a ``--group-by`` folder; films with neither belong to
@@ -17,11 +20,20 @@ Patient keys are keyed hashes: no PatientID is ever read or returned here.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
-from xreg.errors import ConfigError
+from xreg.registry._rollup import (
+    _HIP_FRACTURE,
+    _UNKNOWN_FRACTURE,
+    _earlier,
+    _film_match,
+    _pairs,
+    _parts,
+    _sql_limit,
+    _values,
+    _window,
+)
 from xreg.registry.core import Registry
 from xreg.registry.filters import RegistryFilter
 from xreg.registry.reviews import NOT_MSK
@@ -33,50 +45,6 @@ __all__ = ["RegistryFilter", "films_without_study", "patient_timeline", "patient
 #: no limit) select and roll up in one grouped pass (:func:`_one_pass`).
 _KEYED_PAGE = 5000
 
-#: SQL over ``film_labels``: the film belongs to a hip pair decided fracture
-#: (``hip_fracture = 1``), from the few such pairs instead of a look-up per film.
-_HIP_FRACTURE = (
-    "sha256 IN (SELECT ap_sha256 FROM hip_studies WHERE decision = 'fracture'"
-    " AND ap_sha256 IS NOT NULL UNION ALL SELECT lateral_sha256 FROM hip_studies"
-    " WHERE decision = 'fracture' AND lateral_sha256 IS NOT NULL)")
-
-
-# -- SQL pieces ------------------------------------------------------------------
-def _film_match(flt: RegistryFilter) -> tuple[str, list[Any]]:
-    """An SQL expression over ``film_labels``: 1 for a film the filter selects."""
-    if not flt.selects_films:
-        return "1", []
-    clauses, params = [f"COALESCE(body_part, '') != '{NOT_MSK}'"], []
-    if flt.body_part is not None:
-        # A label set (hand|wrist) matches each of its parts.
-        clauses.append("instr('|' || body_part || '|', ?) > 0")
-        params.append(f"|{flt.body_part}|")
-    if flt.instrument is not None:
-        clauses.append("instrument = ?")
-        params.append(int(flt.instrument))
-    if flt.fracture is True:
-        clauses.append(f"(fracture = 1 OR {_HIP_FRACTURE})")
-    elif flt.fracture is False:
-        clauses.append(f"(fracture = 0 AND NOT {_HIP_FRACTURE})")
-    return "(" + " AND ".join(clauses) + ")", params
-
-
-def _window(flt: RegistryFilter, column: str) -> tuple[str, list[Any]]:
-    clauses, params = [], []
-    if flt.since is not None:
-        clauses.append(f"{column} >= ?")
-        params.append(flt.since)
-    if flt.until is not None:
-        clauses.append(f"{column} <= ?")
-        params.append(flt.until)
-    return (" AND ".join(clauses) or "1"), params
-
-
-def _sql_limit(limit: int | None, offset: int) -> list[int]:
-    if limit is not None and limit < 0 or offset < 0:
-        raise ConfigError("limit and offset must not be negative")
-    return [-1 if limit is None else limit, offset]
-
 
 def _one_pass(flt: RegistryFilter, where: str, limit: int | None) -> bool:
     """Whether to select and roll up in one grouped pass (every row, or a large
@@ -87,27 +55,6 @@ def _one_pass(flt: RegistryFilter, where: str, limit: int | None) -> bool:
     """
     rare = flt.body_part is not None or flt.instrument is True or flt.fracture is True
     return where == "1" and not rare and (limit is None or limit > _KEYED_PAGE)
-
-
-def _parts(text: str | None) -> list[str]:
-    """Body parts named in a ``group_concat`` of labels: sets split, ``not_msk`` dropped."""
-    return list(_parts_of(text))
-
-
-@functools.lru_cache(maxsize=4096)
-def _parts_of(text: str | None) -> tuple[str, ...]:
-    # Cached: a full list repeats the same few label strings thousands of times.
-    found = {part for label in (text or "").split(",") for part in label.split("|")}
-    return tuple(sorted(found - {"", NOT_MSK}))
-
-
-def _values(text: str | None) -> list[str]:
-    return list(_values_of(text))
-
-
-@functools.lru_cache(maxsize=4096)
-def _values_of(text: str | None) -> tuple[str, ...]:
-    return tuple(sorted({v for v in (text or "").split(",") if v}))
 
 
 # -- studies ----------------------------------------------------------------------
@@ -124,7 +71,8 @@ _STUDY_COLUMNS = (
     " group_concat(CASE WHEN instrument = 1 THEN body_part END) AS hardware,"
     " group_concat(view_position) AS views,"
     f" MAX(COALESCE(fracture, 0) = 1 AND COALESCE(body_part, '') != '{NOT_MSK}')"
-    " AS film_fracture, SUM(status = 'review') AS in_review"
+    " AS film_fracture, SUM(status = 'review') AS in_review,"
+    f" SUM({_UNKNOWN_FRACTURE}) AS fracture_unknown"
 )
 _STUDY_ROLLUP = f"SELECT {_STUDY_COLUMNS} FROM film_labels"
 _STUDY_ORDER = "ORDER BY MIN(date) IS NULL, MIN(date), study"
@@ -226,6 +174,7 @@ def _study_dict(r: Any) -> dict[str, Any]:
         "body_parts": _parts(r["body_parts"]), "views": _values(r["views"]),
         "hardware": _parts(r["hardware"]), "fracture": bool(r["film_fracture"]),
         "hip_score": None, "in_review": int(r["in_review"] or 0),
+        "fracture_unknown": int(r["fracture_unknown"] or 0),
     }
 
 
@@ -282,7 +231,8 @@ _PATIENT_COLUMNS = (
     " group_concat(CASE WHEN instrument = 1 THEN"
     " body_part || char(31) || COALESCE(date, '') || char(30) END) AS hardware,"
     f" group_concat(CASE WHEN fracture = 1 OR {_HIP_FRACTURE} THEN"
-    " body_part || char(31) || COALESCE(date, '') || char(30) END) AS fractures"
+    " body_part || char(31) || COALESCE(date, '') || char(30) END) AS fractures,"
+    f" SUM({_UNKNOWN_FRACTURE}) AS fracture_unknown"
 )
 
 
@@ -334,22 +284,8 @@ def _patient_dict(r: Any) -> dict[str, Any]:
                      for part, first in sorted(hardware.items())],
         "fractures": [{"body_part": part, "date": date} for part, date in
                       sorted(fractures, key=lambda f: (f[1] is None, f[1] or "", f[0]))],
+        "fracture_unknown": int(r["fracture_unknown"] or 0),
     }
-
-
-def _pairs(text: str | None) -> list[tuple[str, str | None]]:
-    """(label, date or None) pairs of a ``group_concat`` of ``label US date RS``."""
-    found = []
-    for item in text[:-1].split("\x1e,") if text else []:
-        label, _, date = item.rpartition("\x1f")
-        found.append((label, date or None))
-    return found
-
-
-def _earlier(date: str | None, than: str | None) -> bool:
-    """Dated beats undated; otherwise the earlier ISO date."""
-    return date is not None and (than is None or date < than)
-
 
 def patients(registry: Registry, flt: RegistryFilter = RegistryFilter(), *,
              limit: int | None = None, offset: int = 0) -> tuple[list[dict[str, Any]], int]:

@@ -15,7 +15,7 @@ from typing import Any
 from xreg.inference.predict import Prediction
 from xreg.sort.audit import HeaderAudit, Vocabulary, audit_headers
 from xreg.sort.header_check import header_reason
-from xreg.sort.scope import Placement, decide_placement
+from xreg.sort.scope import Placement, decide_placement, judges_fracture
 
 _EXTENSIONS = {"dicom": ".dcm", "png": ".png", "jpeg": ".jpg", "tiff": ".tif", "jp2": ".jp2"}
 
@@ -53,12 +53,33 @@ def judge(pred: Prediction, min_confidence: float, vocabulary: Vocabulary,
     return placement(pred, min_confidence, opinions), audit
 
 
+def fracture_call(pred: Prediction, where: Placement | None) -> tuple[str | None, float | None]:
+    """The fracture head's label and probability, or (None, None): unknown.
+
+    The one place the rule of :func:`xreg.sort.scope.judges_fracture` is
+    applied: a call only for a film sorted into one of the nine by a model
+    with a fracture head. The registry row, the ``--json`` files and the
+    ``{fracture}`` layout field all take it from here.
+    """
+    if "fracture" not in pred.labels or not judges_fracture(where):
+        return None, None
+    return pred.labels["fracture"], pred.probabilities["fracture"].get("fracture")
+
+
+def fracture_fields(pred: Prediction, where: Placement | None) -> dict[str, Any]:
+    """The ``images`` row's ``fracture`` (1, 0, NULL: unknown) and ``fracture_prob``."""
+    label, prob = fracture_call(pred, where)
+    return {"fracture": None if label is None else int(label == "fracture"),
+            "fracture_prob": prob}
+
+
 def layout_fields(pred: Prediction, audit: HeaderAudit | None = None, *,
-                  name: str | None = None) -> dict[str, str]:
+                  name: str | None = None, where: Placement | None = None) -> dict[str, str]:
     """Values for ``--layout``; the sorter sanitises each before use.
 
     ``name`` replaces the source's file name (``--group-by`` masks the
-    patient's name in it before it can reach OUT).
+    patient's name in it before it can reach OUT); ``where`` is the film's
+    placement, without which ``{fracture}`` is unknown.
     """
     name = pred.source.path.name if name is None else name
     if pred.meta is not None and not PurePosixPath(name).suffix:
@@ -70,7 +91,7 @@ def layout_fields(pred: Prediction, audit: HeaderAudit | None = None, *,
     return {
         "body_part": pred.labels.get("body_part", ""),
         "instrument": pred.labels.get("instrument", ""),
-        "fracture": pred.labels.get("fracture", ""),  # the single-film head, if any
+        "fracture": fracture_call(pred, where)[0] or "",  # unknown: sanitised to 'unknown'
         "view": dicom.get("ViewPosition", ""),
         "laterality": dicom.get("Laterality", ""),
         "study_date": date,
@@ -92,7 +113,8 @@ def image_fields(
 ) -> dict[str, Any]:
     """Columns of the registry's ``images`` row for one prediction.
 
-    ``folder_keys`` is the keyed (patient, study) of the ``--group-by``
+    Fracture is recorded only where ``where`` lets it mean something
+    (:func:`fracture_fields`). ``folder_keys`` is the keyed (patient, study) of the ``--group-by``
     folders; the DICOM header's PatientID and StudyInstanceUID win where present.
     """
     meta = pred.meta
@@ -111,9 +133,7 @@ def image_fields(
                       header_class=audit.header_class or None,
                       header_tag=audit.from_tag or None,
                       header_view_audit=audit.view or None)
-    if "fracture" in pred.labels:
-        fields.update(fracture=int(pred.labels["fracture"] == "fracture"),
-                      fracture_prob=pred.probabilities["fracture"].get("fracture"))
+    fields.update(fracture_fields(pred, where))
     if meta is not None:
         fields.update(rows=meta.original_shape[0], cols=meta.original_shape[1],
                       frames=meta.frames)

@@ -9,10 +9,9 @@ and resolves any journalled placement against the disk.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -35,14 +34,17 @@ from xreg.sort.placement import (
     plan_moves,
     remove_source,
 )
-from xreg.sort.record import image_fields, judge, layout_fields
+from xreg.sort.record import fracture_call, image_fields, judge, layout_fields
+from xreg.sort.result import STATUSES, FileOutcome, SortResult
 from xreg.sort.scope import Placement
+
+__all__ = ["REGISTRY_NAME", "STATUSES", "FileOutcome", "Reporter", "SortResult", "run_sort",
+           "sort_sources"]
 
 if TYPE_CHECKING:
     from xreg.model.checkpoint import LoadedModel
 
 REGISTRY_NAME = "registry.sqlite"
-STATUSES = ("sorted", "review", "unreadable", "duplicate", "already_done", "too_new", "failed")
 
 
 class Reporter(Protocol):
@@ -58,58 +60,6 @@ class _Silent:
 
     def advance(self, outcome: FileOutcome) -> None:
         pass
-
-
-@dataclass(frozen=True)
-class FileOutcome:
-    """What happened to one input file (``dest`` is relative to OUT)."""
-
-    source: str
-    status: str
-    dest: str | None = None
-    body_part: str | None = None
-    confidence: float | None = None
-    instrument: str | None = None
-    error: str | None = None
-    scope: str | None = None  # nine | long_bone | other
-    reason: str | None = None  # why a readable film went to _review
-    fracture: str | None = None
-    fracture_prob: float | None = None
-    warning: str | None = None  # decoded despite a defect (e.g. a truncated JPEG)
-
-
-@dataclass
-class SortResult:
-    """The outcome of a run; ``counts`` has every key of ``STATUSES``."""
-
-    run_id: int | None
-    dry_run: bool
-    model_sha256: str
-    counts: Counter[str] = field(default_factory=Counter)
-    outcomes: list[FileOutcome] = field(default_factory=list)
-    recovered: int = 0
-    model_name: str = ""
-    header_check: str = "review"  # the run's --header-check mode
-    group_by: str | None = None  # the run's --group-by pattern
-    outside_group: int = 0  # files outside --group-by: no patient or study from folders
-
-    def add(self, outcome: FileOutcome) -> FileOutcome:
-        self.counts[outcome.status] += 1
-        self.outcomes.append(outcome)
-        return outcome
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "dry_run": self.dry_run,
-            "model_sha256": self.model_sha256,
-            "header_check": self.header_check,
-            "counts": {k: self.counts.get(k, 0) for k in STATUSES},
-            "recovered": self.recovered,
-            "group_by": None if self.group_by is None else {
-                "pattern": self.group_by, "outside": self.outside_group},
-            "files": [asdict(o) for o in self.outcomes],
-        }
 
 
 def run_sort(
@@ -130,7 +80,8 @@ def run_sort(
         # Plan only: no folders, no lock, no registry writes (read it if it exists).
         # The registry's key, if it has one, so masked source paths match it.
         result = SortResult(None, True, loaded.sha256, model_name=loaded.card.name,
-                            header_check=options.header_check)
+                            header_check=options.header_check,
+                            out_root=str(out_root.absolute()))
         files, result.counts["too_new"] = scan_inputs(in_root, exclude, options.min_age)
         registry = Registry(registry_path, readonly=True) if registry_path.exists() else None
         pseudonymise = Pseudonymiser.for_registry(registry_path, create=False)
@@ -174,7 +125,8 @@ def _sort_locked(
     registry_path = options.registry or out_root / REGISTRY_NAME
     with output_lock(out_root), Registry(registry_path) as registry:
         result = SortResult(None, False, loaded.sha256, model_name=loaded.card.name,
-                            header_check=options.header_check)
+                            header_check=options.header_check,
+                            out_root=str(out_root.absolute()))
         result.recovered = _recover(registry, out_root)
         files, result.counts["too_new"] = get_files()
         pseudonymise = Pseudonymiser.for_registry(registry_path)
@@ -191,10 +143,18 @@ def _sort_locked(
             _sort_files(files, registry, run_id, out_root, options, loaded, result,
                         reporter, pseudonymise, grouper)
         except BaseException:
-            registry.finish_run(run_id, result.counts, status="interrupted")
+            registry.finish_run(run_id, result.counts, status="interrupted",
+                                **_shift_columns(result))
             raise
-        registry.finish_run(run_id, result.counts)
+        registry.finish_run(run_id, result.counts, **_shift_columns(result))
     return result
+
+
+def _shift_columns(result: SortResult) -> dict[str, Any]:
+    """The run row's films held back as unfamiliar, their share, and the new-site flag."""
+    shift = result.new_site()
+    return {"shift_held": shift.held_back, "shift_share": round(shift.share, 4),
+            "new_site": shift.notice is not None}
 
 
 def _recover(registry: Registry, out_root: Path) -> int:
@@ -326,7 +286,8 @@ def _start_batch(
                 p, ctx.min_confidence, ctx.vocabulary, ctx.options.header_check)
             items.append(PlanItem(p.source.path, p.sha256, where[p.source.path].status,
                                   layout_fields(p, audits[p.source.path],
-                                                name=ctx.grouper.file_name(p.source.path))))
+                                                name=ctx.grouper.file_name(p.source.path),
+                                                where=where[p.source.path])))
             by_source[p.source.path] = p
     moves = plan_moves(items, layout=ctx.options.layout)
     if ctx.dry or ctx.registry is None:
@@ -375,15 +336,15 @@ def _done(registry: Registry | None, sha256: str) -> bool:
 def _outcome(pred: Prediction, status: str, dest: str | None,
              where: Placement | None, ctx: _Context) -> FileOutcome:
     body_part = pred.labels.get("body_part")
-    fracture = pred.probabilities.get("fracture", {}).get("fracture")
+    fracture, fracture_prob = fracture_call(pred, where)
     return FileOutcome(
         ctx.label(pred.source.path), status, dest, body_part,
         round(pred.confidence("body_part"), 4) if body_part else None,
         pred.labels.get("instrument"), ctx.grouper.scrub(pred.error, pred.source.path),
         scope=(where.scope or None) if where is not None else None,
         reason=where.reason if where is not None and status == "review" else None,
-        fracture=pred.labels.get("fracture"),
-        fracture_prob=None if fracture is None else round(fracture, 4),
+        fracture=fracture,
+        fracture_prob=None if fracture_prob is None else round(fracture_prob, 4),
         warning=pred.meta.warning if pred.meta is not None else None,
     )
 

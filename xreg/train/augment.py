@@ -7,7 +7,13 @@ re-processed the ways hospitals differ: framing (random resized crops down to
 a single joint, letterbox and padding, collimation borders, arbitrary
 rotation), processing (CLAHE and global equalisation, gamma and window,
 inversion), export (down-then-up sampling, JPEG recompression) and annotation
-(burned-in text and side markers), plus noise and blur.
+(burned-in text and side markers), plus noise and blur. Two opt-in steps
+break the shortcuts a look cannot hide: ``hardware`` pastes the phantom
+renderer's metal onto films of every class (:mod:`xreg.train.augment_metal`;
+the loop then labels the film ``instrument``) and ``restyle`` gives a film
+another site's grey levels and low-frequency spectrum
+(:mod:`xreg.train.augment_style`; its references come from a
+:class:`~xreg.train.augment_style.StyleBank` of training films).
 
 Every step is a pure function of ``(image, rng)``: float32 ``(H, W)`` in [0, 1]
 in, the same range out. :func:`augment_film` applies the enabled steps, each
@@ -22,14 +28,16 @@ import math
 import string
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 from numpy.typing import NDArray
 
 from xreg.errors import ConfigError
+from xreg.train.augment_metal import hardware
+from xreg.train.augment_style import StyleBank, restyle
 
-__all__ = ["STEPS", "SITE_DEFAULTS", "augment_film", "check_steps"]
+__all__ = ["OPT_IN", "STEPS", "SITE_DEFAULTS", "augment_film", "check_steps"]
 
 Image = NDArray[np.float32]
 
@@ -197,16 +205,25 @@ def blur(x: Image, rng: np.random.Generator) -> Image:
     return np.clip(_cv2().GaussianBlur(x, (0, 0), float(rng.uniform(0.5, 1.8))), 0, 1)
 
 
-#: Step name -> function, in the order they are applied: framing, then the
-#: processing a workstation applies, then annotation, export and noise.
+#: Step name -> function, in the order they are applied: framing, then what the
+#: acquisition shows (metal) and the site's look, then the processing a
+#: workstation applies, then annotation, export and noise.
 STEPS: Mapping[str, Callable[[Image, np.random.Generator], Image]] = MappingProxyType({
     "crop": crop, "rotate": rotate, "letterbox": letterbox, "collimate": collimate,
+    "hardware": hardware, "restyle": restyle,
     "window": window, "clahe": clahe, "equalise": equalise, "text": text,
     "invert": invert, "blur": blur, "noise": noise, "resample": resample, "jpeg": jpeg,
 })
 _GEOMETRY = ("crop", "rotate", "letterbox", "collimate")
+#: Steps that are off unless a recipe names them: they are not in SITE_DEFAULTS
+#: (so ``default`` and the saved recipes of runs started before them, which a
+#: resume compares, stay as they were) and draw their coin only when enabled
+#: (so the other steps see the same random numbers as without them).
+OPT_IN: tuple[str, ...] = ("hardware", "restyle")
 
-#: The probabilities ``site_augment: default`` stands for (configs may set each).
+#: The probabilities ``site_augment: default`` stands for (configs may set each;
+#: ``{default: true, hardware: 0.3}`` is these plus ``hardware``). A step not
+#: listed has probability 0.
 SITE_DEFAULTS: Mapping[str, float] = MappingProxyType({
     "crop": 0.5, "rotate": 0.3, "letterbox": 0.25, "collimate": 0.25,
     "window": 0.5, "clahe": 0.3, "equalise": 0.15, "text": 0.3, "invert": 0.05,
@@ -214,13 +231,24 @@ SITE_DEFAULTS: Mapping[str, float] = MappingProxyType({
 })
 
 
-def check_steps(steps: Mapping[str, float]) -> dict[str, float]:
-    """Validate ``{step: probability}``; ``ConfigError`` names an unknown step or bad value."""
+def check_steps(steps: Mapping[str, float | bool]) -> dict[str, float]:
+    """Validate ``{step: probability}``; ``ConfigError`` names an unknown step or bad value.
+
+    A ``default: true`` entry starts from :data:`SITE_DEFAULTS`, which the
+    other entries then override (``default: false`` starts from nothing).
+    """
     if not isinstance(steps, Mapping):
         raise ConfigError("train config key 'site_augment': must be a mapping of step "
                           f"to probability (steps: {', '.join(STEPS)})")
-    out = {}
+    out: dict[str, float] = {}
+    if "default" in steps:
+        if not isinstance(steps["default"], bool):
+            raise ConfigError("train config key 'site_augment': default must be true or "
+                              f"false, got {steps['default']!r}")
+        out = dict(SITE_DEFAULTS) if steps["default"] else {}
     for name, p in steps.items():
+        if name == "default":
+            continue
         if name not in STEPS:
             raise ConfigError(f"train config key 'site_augment': unknown step {name!r} "
                               f"(known: {', '.join(STEPS)})")
@@ -231,13 +259,29 @@ def check_steps(steps: Mapping[str, float]) -> dict[str, float]:
     return out
 
 
+@overload
+def augment_film(x: Image, size: int, steps: Mapping[str, float], rng: np.random.Generator,
+                 *, bank: StyleBank | None = ..., return_flags: Literal[False] = ...
+                 ) -> Image: ...
+
+
+@overload
+def augment_film(x: Image, size: int, steps: Mapping[str, float], rng: np.random.Generator,
+                 *, bank: StyleBank | None = ..., return_flags: Literal[True]
+                 ) -> tuple[Image, dict[str, bool]]: ...
+
+
 def augment_film(x: Image, size: int, steps: Mapping[str, float],
-                 rng: np.random.Generator) -> Image:
+                 rng: np.random.Generator, *, bank: StyleBank | None = None,
+                 return_flags: bool = False) -> Image | tuple[Image, dict[str, bool]]:
     """One film (float32 ``(H, W)`` in [0, 1]) through the enabled steps, at ``size``.
 
     Framing runs at the cached resolution (a crop keeps the detail it needs),
     the rest at the model's input size, where processing and export leave
     their traces. Each step draws its own coin, in :data:`STEPS` order.
+    ``bank`` holds the reference looks ``restyle`` borrows (synthetic ones
+    without it). With ``return_flags`` the result is ``(film, flags)``, where
+    ``flags["hardware"]`` says metal was pasted (the film now shows an instrument).
     """
     cv2 = _cv2()
     x = np.asarray(x, np.float32)
@@ -246,7 +290,16 @@ def augment_film(x: Image, size: int, steps: Mapping[str, float],
             x = STEPS[name](x, rng)
     x = cv2.resize(x, (size, size), interpolation=cv2.INTER_AREA
                    if min(x.shape) > size else cv2.INTER_LINEAR)
+    flags = {"hardware": False}
     for name, step in STEPS.items():
-        if name not in _GEOMETRY and rng.random() < steps.get(name, 0.0):
+        p = steps.get(name, 0.0)
+        if name in _GEOMETRY or (name in OPT_IN and p <= 0.0) or rng.random() >= p:
+            continue
+        if name == "restyle":
+            x = restyle(x, rng, bank)
+        else:
             x = step(x, rng)
-    return np.clip(x, 0.0, 1.0).astype(np.float32, copy=False)
+        if name == "hardware":
+            flags["hardware"] = True
+    x = np.clip(x, 0.0, 1.0).astype(np.float32, copy=False)
+    return (x, flags) if return_flags else x

@@ -109,7 +109,8 @@ class TrainConfig:
     shift: float = 0.0  # random shift by up to this fraction of the side
     intensity: float = 0.0  # random gamma, contrast and brightness (e.g. 0.2)
     # Site augmentation (xreg/train/augment.py): step -> probability; "default" takes
-    # SITE_DEFAULTS, {} or "off" switches it off.
+    # SITE_DEFAULTS, {} or "off" switches it off; {default: true, hardware: 0.3} is
+    # SITE_DEFAULTS plus (or overriding) the steps named.
     site_augment: Mapping[str, float] | str = dataclasses.field(default_factory=dict)
     cache_size: int = 0  # films cached at this size for crops (0: input_size)
     normalise: str = "none"  # none | percentile: the card's grey-level normalisation

@@ -25,10 +25,11 @@ from xreg.errors import ConfigError
 from xreg.evaluation.calibrate import choose_operating_point
 from xreg.evaluation.evaluate import Evaluation, evaluate_images
 from xreg.model.checkpoint import LoadedModel
-from xreg.model.labels import OTHER
+from xreg.model.labels import BODY_PARTS, EXTENDED_BODY_PARTS, OTHER
 from xreg.train.config import TrainConfig
 
-__all__ = ["GUARD_COVERAGE", "calibrate", "common_root", "split_images", "without_site"]
+__all__ = ["GUARD_COVERAGE", "calibrate", "common_root", "drop_unlabelled_heads",
+           "split_images", "without_site"]
 
 #: Share of held-out familiar films the guard lets through (the rest go to review).
 GUARD_COVERAGE = 0.99
@@ -42,6 +43,27 @@ def without_site(config: TrainConfig, site: str) -> TrainConfig:
                           f"(it has {', '.join(d.name for d in config.datasets)})")
     return dataclasses.replace(config, datasets=kept,
                                name=f"{config.name or 'model'}-without-{site}")
+
+
+def drop_unlabelled_heads(config: TrainConfig) -> TrainConfig:
+    """The recipe without the heads no manifest of its datasets labels.
+
+    Leaving out the only site with fracture labels (FracAtlas) leaves a
+    fracture head nothing to learn from; such a fold trains without it.
+    Phantom sources label body part, instrument and view, never fracture.
+    """
+    labels = EXTENDED_BODY_PARTS if config.body_parts == "extended" else BODY_PARTS
+    labelled = {"body_part"}
+    for source in config.datasets:
+        if source.synth is not None:
+            labelled |= {"instrument", "view"}
+            continue
+        for im in load_labels(Path(source.path), labels):
+            labelled |= {name for name, value in (("instrument", im.instrument),
+                                                  ("fracture", im.fracture),
+                                                  ("view", im.view)) if value is not None}
+    heads = tuple(h for h in config.heads if h in labelled)
+    return config if heads == tuple(config.heads) else dataclasses.replace(config, heads=heads)
 
 
 def split_images(run_dir: Path, split: str, labels: Sequence[str],
