@@ -36,6 +36,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "thesis": {"site_augment": {}, "normalise": "none"},  # flips and 90-degree turns only
     "site-no-normalise": {"normalise": "none"},
     "site-no-crop": {"site_augment": {"crop": 0.0}},
+    # metal pasted onto films of every class, and the look of other sites' films
+    "mix": {"site_augment": {"hardware": 0.3, "restyle": 0.3}},
 }
 METRICS = ("correct_folder", "wrong_folder", "review_rate")
 
@@ -87,13 +89,19 @@ def _run(config: Any, site: str, images: list[Any], out: Path, cache: Path,
     from xreg.evaluation.evaluate import evaluate_images
     from xreg.model.checkpoint import load_checkpoint
     from xreg.train import train
-    from xreg.train.sites import (calibrate, common_root, drop_unlabelled_heads, split_images,
-                                  without_site)
+    from xreg.train.sites import (
+        calibrate,
+        common_root,
+        drop_unlabelled_heads,
+        split_images,
+        without_site,
+    )
 
     started = time.monotonic()
     run_dir = out.with_suffix(".run")
     if not out.exists():
-        train(drop_unlabelled_heads(without_site(config, site)), None, out, run_dir=run_dir, workers=workers,
+        train(drop_unlabelled_heads(without_site(config, site)), None, out, run_dir=run_dir,
+              workers=workers,
               resume=(run_dir / "state.pt").exists(),
               overwrite=not (run_dir / "state.pt").exists(), decode_cache=cache)
     loaded = load_checkpoint(out)

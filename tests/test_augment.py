@@ -12,8 +12,7 @@ import pytest
 from xreg.errors import ConfigError
 from xreg.train import TrainConfig, load_train_config
 from xreg.train.augment import OPT_IN, SITE_DEFAULTS, STEPS, augment_film, check_steps
-from xreg.train.augment_style import (_PROBS, StyleBank, build_bank, fourier, histmatch,
-                                      restyle)
+from xreg.train.augment_style import _PROBS, StyleBank, build_bank, fourier, histmatch, restyle
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = [(150, 120), (96, 200), (128, 128)]  # tall, wide, square

@@ -2,11 +2,12 @@
 
 The network is exported in eval mode (torch's exporter folds each batch norm
 into the convolution before it), with a dynamic batch dimension and one
-output per head, named as the card's heads. The ONNX metadata holds the
-card (JSON) and the sha256 of the checkpoint, so the sort can check that an
-export beside a ``.pt`` was made from exactly those bytes. Before the file
-is kept, ONNX Runtime must reproduce torch's logits on a few inputs to
-within ``tolerance``. Needs torch and onnx (``pip install "xreg[train]"``).
+output per head, named as the card's heads, then an ensemble's extra outputs
+(:func:`xreg.model.card.extra_outputs`: members' logits, feature distance).
+The ONNX metadata holds the card (JSON) and the sha256 of the checkpoint, so
+the sort can check that an export beside a ``.pt`` was made from exactly those
+bytes. Before the file is kept, ONNX Runtime must reproduce torch's logits on a
+few inputs to within ``tolerance``. Needs torch and onnx (``pip install "xreg[train]"``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 
 from xreg.errors import CheckpointError, ConfigError
 from xreg.inference.runtime import CARD_KEY, SHA_KEY, onnx_path
+from xreg.model.card import extra_outputs
 
 __all__ = ["OPSET", "export_onnx"]
 
@@ -49,7 +51,7 @@ def export_onnx(checkpoint: Path, out: Path | None = None, *,
     loaded = load_checkpoint(checkpoint)
     card = loaded.card
     target = Path(out) if out is not None else onnx_path(checkpoint)
-    heads = [h.name for h in card.heads]
+    heads = [h.name for h in card.heads] + list(extra_outputs(card))
     width = card.input_size * card.views
     net = _heads_as_tuple(loaded.model.eval(), heads)
     example = torch.randn(2, 3, card.input_size, width)

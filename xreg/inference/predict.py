@@ -23,13 +23,14 @@ from xreg.errors import ConfigError
 from xreg.inference.preprocess import Preprocessor
 from xreg.inference.runtime import Model, as_model, inference_model, resolve_device
 from xreg.io import ImageMeta, try_load_image
-from xreg.model.card import ModelCard
+from xreg.model.card import DISTANCE_OUTPUT, MEMBERS_OUTPUT, ModelCard
 
 if TYPE_CHECKING:
     from xreg.model.checkpoint import LoadedModel
 
-__all__ = ["Prediction", "SourceFile", "decide", "decode_source", "inference_model",
-           "energy", "predict_files", "resolve_device", "softmax", "unfamiliar_reason"]
+__all__ = ["Prediction", "Scored", "SourceFile", "decide", "decode_source", "disagreement_reason",
+           "distance_reason", "energy", "guard_reason", "inference_model", "predict_files",
+           "resolve_device", "score_logits", "softmax", "unfamiliar_reason"]
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,8 @@ class Prediction:
     labels: Mapping[str, str] = field(default_factory=dict)
     error: str | None = None
     energy: float | None = None  # -logsumexp of the body-part logits (low: familiar)
-    unfamiliar: str | None = None  # the guard's reason (see unfamiliar_reason)
+    unfamiliar: str | None = None  # the guard's reason (see guard_reason)
+    distance: float | None = None  # to the k-th nearest training film (with a feature bank)
 
     def confidence(self, head: str) -> float:
         return self.probabilities[head][self.labels[head]]
@@ -77,6 +79,49 @@ def unfamiliar_reason(energy: float | None, card: ModelCard) -> str | None:
     if limit is None or energy is None or energy <= limit:
         return None
     return f"unfamiliar film (energy {energy:.2f} > {limit:.2f})"
+
+
+def distance_reason(distance: float | None, card: ModelCard) -> str | None:
+    """Held back: the film's features are far from every film the model learned from."""
+    limit = card.guard.get("distance_max") if card.guard else None
+    if limit is None or distance is None or distance <= limit:
+        return None
+    return f"unlike the training films (distance {distance:.3f} > {limit:.3f})"
+
+
+def disagreement_reason(label: str, member_probs: np.ndarray, labels: tuple[str, ...],
+                        card: ModelCard) -> str | None:
+    """Held back: some member gives the ensemble's ``label`` less than ``agree_min``.
+
+    ``member_probs`` is ``(members, classes)``. The reason names each member's
+    own answer (``models disagree: knee / shoulder``), or the doubting member's
+    probability when they name the same class.
+    """
+    least = card.guard.get("agree_min") if card.guard else None
+    if least is None or member_probs.shape[0] < 2:
+        return None
+    k = labels.index(label)
+    if float(member_probs[:, k].min()) >= least:
+        return None
+    tops = list(dict.fromkeys(labels[int(i)] for i in member_probs.argmax(axis=1)))
+    if len(tops) > 1:
+        return "models disagree: " + " / ".join(tops)
+    return (f"models disagree: {label} at {float(member_probs[:, k].min()):.2f} "
+            f"< {least:.2f} for one of them")
+
+
+def guard_reason(card: ModelCard, label: str | None, energy_value: float | None,
+                 distance: float | None = None,
+                 member_probs: np.ndarray | None = None) -> str | None:
+    """The first of the guard's reasons to hold a film back, or None.
+
+    Far from the training films, then unfamiliar energy, then members that
+    disagree about ``label`` (the body-part head's top label).
+    """
+    reason = distance_reason(distance, card) or unfamiliar_reason(energy_value, card)
+    if reason is None and label is not None and member_probs is not None:
+        reason = disagreement_reason(label, member_probs, card.heads[0].labels, card)
+    return reason
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -198,25 +243,61 @@ def predict_files(
 def _run_batch(batch: list[_Decoded], model: Model) -> list[Prediction]:
     card = model.card
     decoded = [d for d in batch if d.tensor is not None]
-    probs_by_index: dict[int, dict[str, dict[str, float]]] = {}
-    energy_by_index: dict[int, float] = {}
+    scored: dict[int, Scored] = {}
     if decoded:
         logits = model.runtime.run(np.stack([d.tensor for d in decoded
                                              if d.tensor is not None]))
-        per_head = {head.name: softmax(logits[head.name]).tolist() for head in card.heads}
-        energies = energy(logits[card.heads[0].name]).tolist()
-        for i, d in enumerate(decoded):
-            probs_by_index[id(d)] = {
-                head.name: dict(zip(head.labels, per_head[head.name][i])) for head in card.heads
-            }
-            energy_by_index[id(d)] = energies[i]
+        for d, one in zip(decoded, score_logits(logits, card)):
+            scored[id(d)] = one
     out = []
     for d in batch:
-        probs = probs_by_index.get(id(d), {})
+        one = scored.get(id(d))
         out.append(Prediction(
-            source=d.source, sha256=d.sha256, status=d.status, meta=d.meta,
-            probabilities=probs, labels=decide(probs, card) if probs else {}, error=d.error,
-            energy=energy_by_index.get(id(d)),
-            unfamiliar=unfamiliar_reason(energy_by_index.get(id(d)), card),
-        ))
+            source=d.source, sha256=d.sha256, status=d.status, meta=d.meta, error=d.error,
+            **(one.fields() if one is not None else {})))
+    return out
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One film's model output read by the prediction layer (see :func:`score_logits`)."""
+
+    probabilities: dict[str, dict[str, float]]
+    labels: dict[str, str]
+    energy: float
+    distance: float | None
+    unfamiliar: str | None
+
+    def fields(self) -> dict[str, Any]:
+        return {"probabilities": self.probabilities, "labels": self.labels,
+                "energy": self.energy, "distance": self.distance,
+                "unfamiliar": self.unfamiliar}
+
+
+def score_logits(logits: Mapping[str, np.ndarray], card: ModelCard) -> list[Scored]:
+    """Probabilities, labels, energy, distance and the guard's reason for a batch.
+
+    Every engine's one reading of a network's outputs. An ensemble's heads are
+    mean probabilities, so its energy is the members' mean energy, read from
+    their own logits, and their answers decide agreement.
+    """
+    per_head = {head.name: softmax(logits[head.name]).tolist() for head in card.heads}
+    members = logits.get(MEMBERS_OUTPUT)
+    member_probs: np.ndarray | None = None
+    if members is not None:
+        energies = np.mean([energy(members[:, m]) for m in range(members.shape[1])], axis=0)
+        member_probs = np.stack([softmax(members[:, m]) for m in range(members.shape[1])],
+                                axis=1)
+    else:
+        energies = energy(logits[card.heads[0].name])
+    distances = logits.get(DISTANCE_OUTPUT)
+    out = []
+    for i in range(len(energies)):
+        probs = {head.name: dict(zip(head.labels, per_head[head.name][i]))
+                 for head in card.heads}
+        labels = decide(probs, card)
+        distance = None if distances is None else float(distances[i])
+        out.append(Scored(probs, labels, float(energies[i]), distance, guard_reason(
+            card, labels[card.heads[0].name], float(energies[i]), distance,
+            None if member_probs is None else member_probs[i])))
     return out

@@ -22,7 +22,7 @@ import numpy as np
 
 from xreg.errors import CheckpointError, ConfigError
 from xreg.hashing import file_sha256
-from xreg.model.card import ModelCard
+from xreg.model.card import ModelCard, extra_outputs
 
 if TYPE_CHECKING:
     import torch
@@ -190,10 +190,10 @@ def _card_from_meta(meta: Mapping[str, str], path: Path) -> tuple[ModelCard, str
 def _onnx_model(path: Path, device: str, threads: int) -> Model:
     runtime = OnnxRuntime(path, device, threads)
     card, sha = _card_from_meta(runtime.session.get_modelmeta().custom_metadata_map, path)
-    heads = [h.name for h in card.heads]
+    heads = [h.name for h in card.heads] + list(extra_outputs(card))
     if runtime.outputs != heads:
         raise CheckpointError(f"{path}: outputs {runtime.outputs} do not match the card's "
-                              f"heads {heads}")
+                              f"heads and extra outputs {heads}")
     return Model(card, sha, path, runtime)
 
 

@@ -19,8 +19,8 @@ from xreg import __version__
 from xreg.errors import CheckpointError, ConfigError
 from xreg.model.labels import ARCH_NAMES, HeadSpec
 
-__all__ = ["CARD_FORMAT_VERSION", "DEFAULT_WEIGHTS", "ModelCard", "default_weights",
-           "shipped_weights"]
+__all__ = ["CARD_FORMAT_VERSION", "DEFAULT_WEIGHTS", "DISTANCE_OUTPUT", "MEMBERS_OUTPUT",
+           "ModelCard", "default_weights", "extra_outputs", "shipped_weights"]
 
 CARD_FORMAT_VERSION = 1
 #: The checkpoint ``xreg sort`` uses when no --weights is given, shipped as package
@@ -30,7 +30,12 @@ DEFAULT_WEIGHTS = "bodypart_sites.pt"
 
 
 # Card keys added after format version 1 was first written; older cards lack them.
-_OPTIONAL_KEYS = frozenset({"views", "normalise", "guard"})
+_OPTIONAL_KEYS = frozenset({"views", "normalise", "guard", "members"})
+#: Network outputs beyond the heads (see :mod:`xreg.model.ensemble`): every member's
+#: body-part logits ``(B, members, classes)`` and the distance to the k-th nearest
+#: training film ``(B,)``.
+MEMBERS_OUTPUT = "body_part_members"
+DISTANCE_OUTPUT = "distance"
 #: Grey-level normalisation a model expects before mean/std (see
 #: :func:`xreg.inference.preprocess.normalise_intensity`).
 INTENSITY_MODES = ("none", "percentile")
@@ -80,6 +85,11 @@ class ModelCard:
     # The unfamiliar-film guard: {"energy_max": E, ...}; a film whose body-part energy
     # (-logsumexp of the logits) exceeds E goes to _review. Empty: no guard.
     guard: Mapping[str, Any] = field(default_factory=dict)
+    # An ensemble's member archs, in order (``arch`` is the first's); empty: one network.
+    # The guard may then also hold ``agree_min`` (the least probability every member
+    # must give the label) and, with a feature bank (``bank``: films, dim, k), the
+    # largest ``distance_max`` to the k-th nearest training film.
+    members: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         def bad(key: str, why: str) -> CheckpointError:
@@ -126,6 +136,7 @@ class ModelCard:
             limit = self.guard.get("energy_max")
             if not _is_number(limit) or not math.isfinite(limit):
                 raise bad("guard", f"energy_max must be a finite number, got {limit!r}")
+        self._check_members(bad)
         object.__setattr__(self, "guard", _plain_json(dict(self.guard), "guard"))
         if not isinstance(self.thresholds, Mapping):
             raise bad("thresholds", "must be a mapping")
@@ -142,6 +153,28 @@ class ModelCard:
             # Normalise now so that a card equals itself after a JSON round trip
             # and the caller's later edits to its dict cannot leak in.
             object.__setattr__(self, key, _plain_json(dict(value), key))
+
+    def _check_members(self, bad: Any) -> None:
+        members = tuple(self.members) if isinstance(self.members, (list, tuple)) else None
+        if members is None or any(a not in ARCH_NAMES for a in members):
+            raise bad("members", f"must be a list of known archs, got {self.members!r}")
+        if members and members[0] != self.arch:
+            raise bad("members", f"the first member must be the card's arch {self.arch!r}")
+        object.__setattr__(self, "members", members)
+        agree = self.guard.get("agree_min")
+        if agree is not None and (not _is_number(agree) or not 0 <= agree <= 1
+                                  or len(members) < 2):
+            raise bad("guard", f"agree_min must be a probability and needs two or more "
+                      f"members, got {agree!r}")
+        bank = self.guard.get("bank")
+        if bank is not None:
+            if not members or not isinstance(bank, Mapping) or not all(
+                    isinstance(bank.get(k), int) and bank[k] >= 1 for k in ("films", "dim", "k")):
+                raise bad("guard", "bank must be {films, dim, k} (positive integers) "
+                          "and needs members")
+            limit = self.guard.get("distance_max")
+            if not _is_number(limit) or not math.isfinite(limit):
+                raise bad("guard", f"distance_max must be a finite number, got {limit!r}")
 
     def head(self, name: str) -> HeadSpec:
         """The head called ``name``; ``ConfigError`` if the card has none."""
@@ -169,6 +202,7 @@ class ModelCard:
             "views": self.views,
             "normalise": self.normalise,
             "guard": _plain_json(self.guard, "guard"),
+            **({"members": list(self.members)} if self.members else {}),
         }
 
     @classmethod
@@ -204,7 +238,14 @@ class ModelCard:
                 heads.append(HeadSpec(h["name"], tuple(h["labels"])))
             except ConfigError as exc:
                 raise CheckpointError(f"model card key 'heads': {exc}") from None
-        return cls(**{**dict(data), "heads": tuple(heads)})
+        return cls(**{**dict(data), "heads": tuple(heads),
+                      "members": tuple(data.get("members") or ())})
+
+
+def extra_outputs(card: ModelCard) -> tuple[str, ...]:
+    """The outputs a network of ``card`` gives after its heads, in order."""
+    out = (MEMBERS_OUTPUT,) if len(card.members) > 1 else ()
+    return out + ((DISTANCE_OUTPUT,) if card.guard.get("bank") else ())
 
 
 def shipped_weights(name: str) -> Path:

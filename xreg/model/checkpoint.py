@@ -29,6 +29,7 @@ from xreg.model.card import (
     default_weights,
     shipped_weights,
 )
+from xreg.model.ensemble import EnsembleNet, build_ensemble
 from xreg.model.models import (
     FRACTURE_HEAD,
     STANDARD_HEADS,
@@ -61,7 +62,7 @@ RANDOM_WEIGHTS_NOTE = (
 class LoadedModel:
     """A checkpoint ready for inference: the model in eval mode and its card."""
 
-    model: MultiHeadNet
+    model: MultiHeadNet | EnsembleNet
     card: ModelCard
     sha256: str
     path: Path
@@ -93,9 +94,13 @@ def _write_atomic(path: Path, data: bytes | memoryview) -> None:
 
 
 def save_checkpoint(
-    path: str | os.PathLike[str], model: MultiHeadNet, card: ModelCard
+    path: str | os.PathLike[str], model: MultiHeadNet | EnsembleNet, card: ModelCard
 ) -> str:
     """Write ``model`` and ``card`` atomically to one file; return its sha256."""
+    archs = model.member_archs if isinstance(model, EnsembleNet) else ()
+    if tuple(card.members) != archs:
+        raise CheckpointError(f"card members {list(card.members)} do not describe the "
+                              f"model's {list(archs)}")
     if (card.arch, card.heads, card.input_size) != (
         model.arch, model.head_specs, model.input_size
     ):
@@ -172,7 +177,8 @@ def load_checkpoint(
     ):
         raise CheckpointError(f"{path}: checkpoint has no state_dict of tensors")
     try:
-        model = build_model(card.arch, card.heads, input_size=card.input_size)
+        model: MultiHeadNet | EnsembleNet = build_ensemble(card) if card.members else \
+            build_model(card.arch, card.heads, input_size=card.input_size)
     except ConfigError as exc:  # e.g. a ViT card whose size is not a multiple of 16
         raise CheckpointError(f"{path}: model card describes no buildable model: {exc}") from None
     try:

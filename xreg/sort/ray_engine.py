@@ -33,9 +33,7 @@ from xreg.inference.predict import (
     SourceFile,
     decide,
     decode_source,
-    energy,
-    softmax,
-    unfamiliar_reason,
+    score_logits,
 )
 from xreg.inference.preprocess import Preprocessor
 from xreg.inference.runtime import Model
@@ -92,15 +90,18 @@ class _Score:
         ready = [i for i, t in enumerate(batch["tensor"]) if t is not None]
         probs: list[dict[str, dict[str, float]] | None] = [None] * len(batch["index"])
         energies = np.full(len(batch["index"]), np.nan)
+        distances = np.full(len(batch["index"]), np.nan)
+        reasons = [""] * len(batch["index"])  # "": not held back by the guard
         if ready:
             logits = self.model.runtime.run(np.stack([batch["tensor"][i] for i in ready]))
-            per_head = {h.name: softmax(logits[h.name]).tolist() for h in self.model.card.heads}
-            energies[ready] = energy(logits[self.model.card.heads[0].name])
-            for k, i in enumerate(ready):
-                probs[i] = {h.name: dict(zip(h.labels, per_head[h.name][k]))
-                            for h in self.model.card.heads}
+            for i, one in zip(ready, score_logits(logits, self.model.card)):
+                probs[i], energies[i] = one.probabilities, one.energy
+                distances[i] = np.nan if one.distance is None else one.distance
+                reasons[i] = one.unfamiliar or ""
         out = {k: v for k, v in batch.items() if k != "tensor"}
         out["energy"] = energies
+        out["distance"] = distances
+        out["unfamiliar"] = np.array(reasons, dtype=object)
         out["probabilities"] = np.array(probs + [None], dtype=object)[:-1]
         return out
 
@@ -158,15 +159,19 @@ def _stream(files: list[SourceFile], model: Model, options: RayOptions, device: 
                            num_gpus=options.gpus_per_worker or None))
     for batch in scored.iter_batches(batch_size=options.batch_size, batch_format="numpy"):
         out = []
-        for i, sha, status, error, meta, probs, e in zip(
+        for i, sha, status, error, meta, probs, e, dist, why in zip(
                 batch["index"], batch["sha256"], batch["status"], batch["error"],
-                batch["meta"], batch["probabilities"], batch["energy"]):
+                batch["meta"], batch["probabilities"], batch["energy"], batch["distance"],
+                batch["unfamiliar"]):
             # Ray's columnar blocks turn a None into NaN: take only real values back.
             probs = probs if isinstance(probs, dict) else {}
             meta = meta if isinstance(meta, ImageMeta) else None
             e = float(e) if probs and np.isfinite(e) else None
+            dist = float(dist) if probs and np.isfinite(dist) else None
             out.append(Prediction(files[int(i)], str(sha), str(status), meta, probs,
                                   decide(probs, model.card) if probs else {},
                                   error if isinstance(error, str) else None, energy=e,
-                                  unfamiliar=unfamiliar_reason(e, model.card)))
+                                  distance=dist,
+                                  unfamiliar=why if probs and isinstance(why, str) and why
+                                  else None))
         yield out
