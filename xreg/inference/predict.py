@@ -62,6 +62,7 @@ class Prediction:
     energy: float | None = None  # -logsumexp of the body-part logits (low: familiar)
     unfamiliar: str | None = None  # the guard's reason (see guard_reason)
     distance: float | None = None  # to the k-th nearest training film (with a feature bank)
+    agreement: float | None = None  # an ensemble's least member probability for the label
 
     def confidence(self, head: str) -> float:
         return self.probabilities[head][self.labels[head]]
@@ -266,12 +267,13 @@ class Scored:
     labels: dict[str, str]
     energy: float
     distance: float | None
+    agreement: float | None
     unfamiliar: str | None
 
     def fields(self) -> dict[str, Any]:
         return {"probabilities": self.probabilities, "labels": self.labels,
                 "energy": self.energy, "distance": self.distance,
-                "unfamiliar": self.unfamiliar}
+                "agreement": self.agreement, "unfamiliar": self.unfamiliar}
 
 
 def score_logits(logits: Mapping[str, np.ndarray], card: ModelCard) -> list[Scored]:
@@ -296,8 +298,11 @@ def score_logits(logits: Mapping[str, np.ndarray], card: ModelCard) -> list[Scor
         probs = {head.name: dict(zip(head.labels, per_head[head.name][i]))
                  for head in card.heads}
         labels = decide(probs, card)
+        label = labels[card.heads[0].name]
         distance = None if distances is None else float(distances[i])
-        out.append(Scored(probs, labels, float(energies[i]), distance, guard_reason(
-            card, labels[card.heads[0].name], float(energies[i]), distance,
-            None if member_probs is None else member_probs[i])))
+        votes = None if member_probs is None else member_probs[i]
+        agreement = None if votes is None else \
+            float(votes[:, card.heads[0].labels.index(label)].min())
+        out.append(Scored(probs, labels, float(energies[i]), distance, agreement,
+                          guard_reason(card, label, float(energies[i]), distance, votes)))
     return out

@@ -108,7 +108,11 @@ def calibrate(loaded: LoadedModel, val: Sequence[LabelledImage], *,
         np.ones(len(ev.body_part_true), dtype=bool)
     energy = ev.energy[msk & np.isfinite(ev.energy)]
     limit = float(np.quantile(energy, coverage)) if len(energy) else None
-    guard = {} if limit is None else {
+    # An ensemble's other tests (agreement, feature distance) are kept as they were set.
+    kept = {k: v for k, v in card.guard.items()
+            if k not in ("energy_max", "coverage", "films", "calibrated_on")}
+    guard = kept if limit is None else {
+        **kept,
         "energy_max": round(limit, 4), "coverage": coverage, "films": int(len(energy)),
         "calibrated_on": "validation films of the training sites (not other)"}
     new = dataclasses.replace(card, thresholds={**card.thresholds,
