@@ -113,7 +113,7 @@ def run_member(checkpoint: Path, films: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def fold_data(work: Path, members: list[str], site: str, train_sample: int,
-              seed: int) -> dict[str, Any]:
+              seed: int, manifest: Path | None = None) -> dict[str, Any]:
     """Every member's outputs on the fold's training sample, validation and left-out site."""
     from xreg.datasets import load_labels
     from xreg.model.checkpoint import load_checkpoint
@@ -133,8 +133,7 @@ def fold_data(work: Path, members: list[str], site: str, train_sample: int,
     train = [train[i] for i in sorted(rng.choice(len(train), min(train_sample, len(train)),
                                                  replace=False))]
     val = split_images(run_dir, "val", labels)
-    manifest = work / "manifests" / f"{site}.csv"
-    held = load_labels(manifest, EXTENDED_BODY_PARTS)
+    held = load_labels(manifest or work / "manifests" / f"{site}.csv", EXTENDED_BODY_PARTS)
     parts = {"train": train, "val": val, "held": held}
     data: dict[str, Any] = {"labels": np.array(labels)}
     for part, images in parts.items():
@@ -184,6 +183,9 @@ def main() -> int:
                         help="a runs/ subfolder (one trained recipe); the first is the base")
     parser.add_argument("--fold", action="append", default=None,
                         help="left-out sites (default: every fold all members have)")
+    parser.add_argument("--site", action="append", default=[], metavar="NAME=MANIFEST",
+                        help="a left-out site's manifest when the sweep was given --site "
+                        "(default: DIR/manifests/NAME.csv)")
     parser.add_argument("--train-sample", type=int, default=2000)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=0)
@@ -192,9 +194,11 @@ def main() -> int:
         p.stem.removeprefix("without-")
         for p in (args.work / "runs" / args.member[0]).glob("without-*.pt")
         if all((args.work / "runs" / m / p.name).exists() for m in args.member))
+    manifests = {name: Path(path) for name, path in (e.split("=", 1) for e in args.site)}
     results = {}
     for site in folds:
-        data = fold_data(args.work, args.member, site, args.train_sample, args.seed)
+        data = fold_data(args.work, args.member, site, args.train_sample, args.seed,
+                         manifests.get(site))
         scores = rule_scores(data, len(args.member))
         figures = fold_figures(data, scores, pass_share=PASS_SHARE)
         print_fold(site, figures)

@@ -240,12 +240,15 @@ def child_baseline(folder: Path, n: int) -> dict:
     return {"images": len(files), "seconds": time.perf_counter() - t0}
 
 
-def _run_child(args: list[str]) -> dict:
+def _run_child(args: list[str], weights: Path | None = None) -> dict:
     # Flush what generation and earlier runs wrote, so that kernel writeback
     # of their gigabytes does not slow this measurement's reads and fsyncs.
     os.sync()
+    env = dict(os.environ)
+    if weights is not None:  # this child times another checkpoint (--versus)
+        env["XREG_BENCH_WEIGHTS"] = str(weights.resolve())
     out = subprocess.run([sys.executable, __file__, "--child", *args], check=True,
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -269,6 +272,10 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, default=None,
                         help="a checkpoint to time instead of the shipped default "
                              "(e.g. the previous default, as a baseline in the same run)")
+    parser.add_argument("--versus", type=Path, default=None,
+                        help="also sort each folder with this checkpoint and print the "
+                             "tested model's img/s as a ratio of its (e.g. the previous "
+                             "single-network default against today's ensemble)")
     args = parser.parse_args()
     if args.weights is not None:
         os.environ["XREG_BENCH_WEIGHTS"] = str(args.weights.resolve())
@@ -369,6 +376,14 @@ def _throughput(folders: dict[str, Path], tmp: Path, formats: list[str],
                 print(f"{fmt:<10} {runtime:<8} {mode:<9} {xr:>10.1f} {br:>15.2f} "
                       f"{xr / br:>6.1f}x {sort['peak_rss_mb']:>7.0f} {verdict:>16}"
                       + ("  (imported torch)" if sort["torch_imported"] else ""), flush=True)
+                if args.versus is not None:
+                    other = _run_child(["sort", str(folders[fmt]), str(out), runtime, mode,
+                                        str(args.batch_size), str(args.workers)], args.versus)
+                    shutil.rmtree(out)
+                    vr = other["images"] / other["seconds"]
+                    print(f"{'':<10} {'':<8} {'':<9} {vr:>10.1f}  <- {args.versus.name}; "
+                          f"tested/versus {xr / vr:.2f}x (target >= 0.75x), RSS "
+                          f"{other['peak_rss_mb']:.0f} MB", flush=True)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from xreg.inference.export import export_onnx
 from xreg.model.checkpoint import load_checkpoint, save_checkpoint
 from xreg.synth.generate import generate_dataset
 from xreg.train import Callbacks, load_train_config, train
-from xreg.train.guard import ensemble_card, fit_guard, join_loaded
+from xreg.train.guard import ensemble_card, fit_guard, fracture_classes, join_loaded
 from xreg.train.sites import calibrate, common_root, split_images
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -187,9 +187,12 @@ def _ensemble(members: list[tuple[Any, Path]], work: Path) -> tuple[Any, dict[st
             raise SystemExit(f"{other} was split differently from {run_dir}")
     labels = loaded[0].card.head("body_part").labels
     net = join_loaded(loaded)
-    card, fit = fit_guard(net, ensemble_card(loaded, NAME), split_images(run_dir, "train",
-                                                                        labels),
+    train_films = split_images(run_dir, "train", labels)
+    card, fit = fit_guard(net, ensemble_card(loaded, NAME), train_films,
                           split_images(run_dir, "val", labels))
+    card = dataclasses.replace(card, guard={**card.guard,
+                                            "fracture_classes": fracture_classes(train_films)})
+    fit["fracture_classes"] = card.guard["fracture_classes"]
     print(f"guard: {json.dumps(fit)}", flush=True)
     joined = work / "joined.pt"
     save_checkpoint(joined, net, card)

@@ -181,3 +181,24 @@ def test_members_keep_their_own_grey_statistics(tmp_path: Path) -> None:
         inside = net((grey - 0.5) / 0.25)[MEMBERS_OUTPUT][:, 1]
         alone = b.model.eval()((grey - 0.3) / 0.2)["body_part"]
     np.testing.assert_allclose(inside.numpy(), alone.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_fracture_is_unknown_for_a_body_part_the_head_never_learned() -> None:
+    from xreg.datasets import LabelledImage
+    from xreg.train.guard import fracture_classes
+
+    train = [LabelledImage(Path(f"{i}.png"), "knee", None, None, None, fracture=int(i < 6))
+             for i in range(40)]
+    train += [LabelledImage(Path(f"s{i}.png"), "spine", None, None, None, fracture=0)
+              for i in range(2)]
+    train += [LabelledImage(Path(f"c{i}.png"), "hand", None, None, None) for i in range(50)]
+    assert fracture_classes(train) == ["knee"]
+    heads = (HeadSpec("body_part", LABELS), HeadSpec("fracture", ("no_fracture", "fracture")))
+    card = ModelCard(name="f", arch="mobilenet_v2", heads=heads, input_size=64, mean=0.5,
+                     std=0.25, thresholds={"fracture": 0.5},
+                     guard={"energy_max": 100.0, "fracture_classes": ["knee"]})
+    logits = {"body_part": np.array([[0.0, 5.0, 0.0], [5.0, 0.0, 0.0]]),
+              "fracture": np.array([[0.0, 3.0], [0.0, 3.0]])}
+    knee, hand = score_logits(logits, card)
+    assert knee.labels["fracture"] == "fracture"
+    assert "fracture" not in hand.labels and "fracture" in hand.probabilities

@@ -281,7 +281,9 @@ def score_logits(logits: Mapping[str, np.ndarray], card: ModelCard) -> list[Scor
 
     Every engine's one reading of a network's outputs. An ensemble's heads are
     mean probabilities, so its energy is the members' mean energy, read from
-    their own logits, and their answers decide agreement.
+    their own logits, and their answers decide agreement. A card whose guard
+    lists ``fracture_classes`` (the body parts its fracture head learned from
+    labelled films) gives no fracture label for any other body part.
     """
     per_head = {head.name: softmax(logits[head.name]).tolist() for head in card.heads}
     members = logits.get(MEMBERS_OUTPUT)
@@ -299,6 +301,9 @@ def score_logits(logits: Mapping[str, np.ndarray], card: ModelCard) -> list[Scor
                  for head in card.heads}
         labels = decide(probs, card)
         label = labels[card.heads[0].name]
+        judged = card.guard.get("fracture_classes") if card.guard else None
+        if judged is not None and label not in judged:
+            labels.pop("fracture", None)  # the head never learned this class: unknown
         distance = None if distances is None else float(distances[i])
         votes = None if member_probs is None else member_probs[i]
         agreement = None if votes is None else \

@@ -88,7 +88,8 @@ class ModelCard:
     # An ensemble's member archs, in order (``arch`` is the first's); empty: one network.
     # The guard may then also hold ``agree_min`` (the least probability every member
     # must give the label) and, with a feature bank (``bank``: films, dim, k), the
-    # largest ``distance_max`` to the k-th nearest training film.
+    # largest ``distance_max`` to the k-th nearest training film. ``fracture_classes``
+    # lists the body parts whose fracture call means something (learned from labels).
     members: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -166,6 +167,10 @@ class ModelCard:
                                   or len(members) < 2):
             raise bad("guard", f"agree_min must be a probability and needs two or more "
                       f"members, got {agree!r}")
+        judged = self.guard.get("fracture_classes")
+        if judged is not None and (not isinstance(judged, (list, tuple)) or not all(
+                isinstance(c, str) for c in judged)):
+            raise bad("guard", f"fracture_classes must be a list of labels, got {judged!r}")
         bank = self.guard.get("bank")
         if bank is not None:
             if not members or not isinstance(bank, Mapping) or not all(

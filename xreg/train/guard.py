@@ -31,7 +31,7 @@ from xreg.model.ensemble import EnsembleNet, join_members
 from xreg.model.labels import OTHER
 
 __all__ = ["AGREE_COVERAGE", "BANK_FILMS", "DISTANCE_COVERAGE", "KNN_K", "ensemble_card",
-           "fit_guard", "guard_inputs", "join_loaded"]
+           "fit_guard", "fracture_classes", "guard_inputs", "join_loaded"]
 
 #: Training films whose features the bank keeps, and which neighbour counts.
 BANK_FILMS = 3000
@@ -39,6 +39,21 @@ KNN_K = 5
 #: Shares of familiar validation films that each test lets through.
 DISTANCE_COVERAGE = 0.95
 AGREE_COVERAGE = 0.97
+
+
+def fracture_classes(train: Sequence[LabelledImage], *, min_films: int = 30,
+                     min_positive: int = 5) -> list[str]:
+    """Body parts with enough fracture-labelled training films for the call to mean much.
+
+    Fracture labels come from one source (FracAtlas): spine (2 films there),
+    chest and the shoulder-implant crops were never labelled, and the head
+    fires on them at other hospitals. Elsewhere the registry records unknown.
+    """
+    films: dict[str, list[int]] = {}
+    for im in train:
+        if im.fracture is not None and im.body_part != OTHER:
+            films.setdefault(im.body_part, []).append(int(im.fracture))
+    return sorted(c for c, v in films.items() if len(v) >= min_films and sum(v) >= min_positive)
 
 
 def guard_inputs(images: Sequence[LabelledImage], card: ModelCard, workers: int = 2
