@@ -236,3 +236,49 @@ def test_sigkill_during_adapt_leaves_no_weights_file(tmp_path: Path) -> None:
     assert proc.returncode == -signal.SIGKILL
     assert not target.exists() and not target.with_suffix(".onnx").exists()
     assert not target.with_suffix(".md").exists()
+
+
+def _ensemble_base(tmp_path: Path, top: str, bank: bool) -> Path:
+    """Two copies of the test base as one ensemble, with or without a feature bank."""
+    import dataclasses
+
+    import torch
+
+    from xreg.model.checkpoint import save_checkpoint
+    from xreg.train.guard import ensemble_card, join_loaded
+
+    one = load_checkpoint(_base(tmp_path, top))
+    net = join_loaded([one, one])
+    card = ensemble_card([one, one], "ens")
+    guard = {"energy_max": 1e6, "agree_min": 0.0}
+    if bank:
+        with torch.no_grad():
+            _, joined = net.features(torch.randn(8, 3, card.input_size, card.input_size))
+        net.set_bank(joined, 2)
+        guard.update(distance_max=2.0, bank={"films": 8, "dim": int(joined.shape[1]), "k": 2})
+    save_checkpoint(tmp_path / "ens.pt", net, dataclasses.replace(card, guard=guard))
+    return tmp_path / "ens.pt"
+
+
+def test_an_ensemble_base_adapts_its_heads_and_keeps_its_guard(tmp_path: Path) -> None:
+    base_path = _ensemble_base(tmp_path, "knee", bank=True)
+    out = _site(tmp_path, base_path)
+    base = load_checkpoint(base_path)
+    reviewed, unreviewed = site_films(out, BODY_PARTS)
+    with pytest.raises(Exception, match="feature bank"):
+        adapt(base, reviewed, unreviewed, AdaptOptions(**{**FAST, "layers": "all"}))
+    result = adapt(base, reviewed, unreviewed, AdaptOptions(**{**FAST, "layers": "heads"}))
+    assert result.after["utility"] >= result.before["utility"], result.verdict
+    card = result.loaded.card
+    assert card.members == base.card.members
+    assert card.guard["bank"] == base.card.guard["bank"]
+    assert card.guard["agree_min"] == 0.0
+    # the features the bank was built from are untouched: only heads trained
+    changed = set()
+    for (name, before), after in zip(base.model.state_dict().items(),
+                                     result.loaded.model.state_dict().values()):
+        if ".heads." not in name and before.dtype.is_floating_point:
+            assert (before == after).all(), name
+        elif before.dtype.is_floating_point and not (before == after).all():
+            changed.add(name.split(".")[1])
+    assert changed == {"0", "1"}  # both members' heads learned

@@ -32,7 +32,7 @@ import dataclasses
 import hashlib
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -55,6 +55,7 @@ from xreg.train.finetune import (
     decode_grey,
     energy_of,
     fine_tune,
+    held_back,
     predict_grey,
     render_phantoms,
 )
@@ -202,11 +203,6 @@ def sort_figures(labels: Sequence[str], probs: np.ndarray, truth: Sequence[tuple
             "utility": correct - WRONG_COST * wrong}
 
 
-def _held(logits: torch.Tensor, card: ModelCard) -> np.ndarray:
-    limit = card.guard.get("energy_max") if card.guard else None
-    if limit is None:
-        return np.zeros(len(logits), dtype=bool)
-    return energy_of(logits) > float(limit)
 
 
 def holdout_figures(card: ModelCard, logits: dict[str, torch.Tensor],
@@ -214,7 +210,7 @@ def holdout_figures(card: ModelCard, logits: dict[str, torch.Tensor],
     labels = card.head(BODY_PART).labels
     probs = torch.softmax(logits[BODY_PART], dim=1).numpy()
     return sort_figures(labels, probs, truth, float(card.thresholds.get("min_confidence", 0.5)),
-                        _held(logits[BODY_PART], card))
+                        held_back(logits, card))
 
 
 # -- the whole step ---------------------------------------------------------------------
@@ -295,8 +291,8 @@ def adapt(base: LoadedModel, reviewed: Sequence[Film], unreviewed: Sequence[Film
                                replay=(replay_grey, replay_films) if replay_films else None)
     # One pass over the hold-out: thresholds and the guard do not change the logits.
     after_logits = predict_grey(model, hold_grey, card)
-    adapted_card = _calibrated(model, card, train_grey, train_films,
-                               after_logits[BODY_PART], hold_truth, options)
+    adapted_card = _calibrated(model, card, train_grey, train_films, after_logits,
+                               hold_truth, options)
     after = holdout_figures(adapted_card, after_logits, hold_truth)
     accepted = after["utility"] >= before["utility"]
     verdict = (f"kept: on the hold-out it sorts {after['correct']} right and {after['wrong']} "
@@ -319,10 +315,10 @@ def adapt(base: LoadedModel, reviewed: Sequence[Film], unreviewed: Sequence[Film
 
 
 def _calibrated(model: nn.Module, card: ModelCard, train_grey: torch.Tensor,
-                train_films: Sequence[Film], hold: torch.Tensor,
+                train_films: Sequence[Film], hold: Mapping[str, torch.Tensor],
                 hold_truth: Sequence[tuple[str, ...]], options: AdaptOptions) -> ModelCard:
     """The card with ``min_confidence`` chosen on the hold-out and the guard re-measured;
-    ``hold`` is the adapted model's body-part logits on the hold-out films.
+    ``hold`` is the adapted model's outputs on the hold-out films.
 
     ``min_confidence`` moves only when the hold-out has at least
     :data:`MIN_NINE_TO_CHOOSE` films of the nine classes and a threshold meets
@@ -334,7 +330,7 @@ def _calibrated(model: nn.Module, card: ModelCard, train_grey: torch.Tensor,
     than before.
     """
     labels = card.head(BODY_PART).labels
-    probs = torch.softmax(hold, dim=1).numpy()
+    probs = torch.softmax(hold[BODY_PART], dim=1).numpy()
     y = [labels.index(t[0]) for t in hold_truth]
     thresholds = dict(card.thresholds)
     nine = sum(t[0] in BODY_PARTS for t in hold_truth)
@@ -347,8 +343,7 @@ def _calibrated(model: nn.Module, card: ModelCard, train_grey: torch.Tensor,
         except ConfigError:
             pass  # nothing to choose from: keep the base's
     msk = [i for i, f in enumerate(train_films) if f.truth and f.truth[0] != OTHER]
-    energies = list(energy_of(predict_grey(model, train_grey[msk], card)[BODY_PART])) \
-        if msk else []
+    energies = list(energy_of(predict_grey(model, train_grey[msk], card))) if msk else []
     energies += [e for e, t in zip(energy_of(hold), hold_truth) if t and t[0] != OTHER]
     guard = dict(card.guard)
     if energies and card.guard.get("energy_max") is not None:

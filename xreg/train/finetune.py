@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +26,7 @@ from torch import nn
 from xreg.errors import ConfigError
 from xreg.inference.preprocess import normalise_intensity, resize_grey
 from xreg.io import try_load_image
-from xreg.model.card import ModelCard
+from xreg.model.card import DISTANCE_OUTPUT, MEMBERS_OUTPUT, ModelCard
 from xreg.model.transforms import augment_batch
 
 __all__ = ["DISTILL_ON", "AdaptOptions", "Film", "adabn", "decode_grey", "energy_of",
@@ -178,8 +178,8 @@ def predict_grey(model: nn.Module, grey: torch.Tensor, card: ModelCard,
     out: dict[str, list[torch.Tensor]] = {h.name: [] for h in card.heads}
     for start in range(0, len(grey), batch_size):
         logits = model(_inputs(grey[start:start + batch_size], card))
-        for name in out:
-            out[name].append(logits[name].float())
+        for name in logits:  # an ensemble's extra outputs (members, distance) too
+            out.setdefault(name, []).append(logits[name].float())
     return {name: torch.cat(parts) if parts else torch.zeros((0, len(card.head(name).labels)))
             for name, parts in out.items()}
 
@@ -208,8 +208,24 @@ def adabn(model: nn.Module, grey: torch.Tensor, card: ModelCard, batch_size: int
     return len(layers)
 
 
-def energy_of(logits: torch.Tensor) -> np.ndarray:
+def energy_of(logits: torch.Tensor | Mapping[str, torch.Tensor]) -> np.ndarray:
+    """Body-part energy per film: of its logits, or of a network's outputs (an
+    ensemble's members' mean energy, as the sort reads it)."""
+    if isinstance(logits, Mapping):
+        members = logits.get(MEMBERS_OUTPUT)
+        if members is None:
+            return energy_of(logits[BODY_PART])
+        return np.mean([energy_of(members[:, m]) for m in range(members.shape[1])], axis=0)
     return (-torch.logsumexp(logits, dim=1)).numpy().astype(np.float64)
+
+
+def held_back(outputs: Mapping[str, torch.Tensor], card: ModelCard) -> np.ndarray:
+    """Which films the card's guard holds back (energy, agreement, distance), as the
+    sort's prediction layer decides."""
+    from xreg.inference.predict import score_logits
+
+    arrays = {k: v.detach().numpy() for k, v in outputs.items()}
+    return np.array([s.unfamiliar is not None for s in score_logits(arrays, card)], bool)
 
 
 # -- training ---------------------------------------------------------------------------
@@ -225,6 +241,8 @@ def _distill_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Ten
                   t: float) -> torch.Tensor:
     loss = torch.zeros(())
     for name, target in teacher.items():
+        if name in (MEMBERS_OUTPUT, DISTANCE_OUTPUT):
+            continue  # an ensemble's extra outputs: its heads carry what it knows
         log_q = F.log_softmax(student[name] / t, dim=1)
         p = F.softmax(target / t, dim=1)
         loss = loss + F.kl_div(log_q, p, reduction="batchmean") * t * t
@@ -290,8 +308,13 @@ def fine_tune(model: nn.Module, card: ModelCard, grey: torch.Tensor, films: Sequ
     steps = min(options.max_steps, max(options.min_steps, options.epochs * per_epoch))
     generator = torch.Generator().manual_seed(options.seed)
     layers = options.layers_for(replay is not None)
+    if layers == "all" and getattr(model, "has_bank", False):
+        # The bank holds the base's features of its training films: new features would
+        # make every distance stale. Heads alone leave the features as they were.
+        raise ConfigError("this model keeps a feature bank of its training films; adapt "
+                          "its heads (--layers heads), not the whole network")
     trained = {n: p for n, p in model.named_parameters()
-               if layers == "all" or n.startswith("heads.")}
+               if layers == "all" or n.startswith("heads.") or ".heads." in n}
     for n, p in model.named_parameters():
         p.requires_grad_(n in trained)
     anchor = {n: p.detach().clone() for n, p in trained.items()} if options.anchor else {}
