@@ -396,3 +396,15 @@ def test_site_augment_default_key_extends_the_defaults(tmp_path: Path) -> None:
     cfg = load_train_config(path)
     assert cfg.site_augment == {**SITE_DEFAULTS, "hardware": 0.3, "restyle": 0.3}
     assert cfg.to_dict()["site_augment"] == cfg.site_augment  # expanded: no "default" key
+
+
+def test_hardware_on_a_film_that_overshoots_one_stays_in_range() -> None:
+    from xreg.train.augment_metal import hardware
+
+    film = np.full((96, 96), 1.02, np.float32)  # a resampled cache can overshoot
+    film[:48] = 0.2
+    for seed in range(20):
+        out = hardware(film, np.random.default_rng(seed))  # raised ValueError before
+        assert out.shape == film.shape and np.isfinite(out).all()
+        pasted = out != film
+        assert pasted.any() and out[pasted].max() <= 1.0  # the metal itself is in range

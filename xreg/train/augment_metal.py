@@ -141,7 +141,8 @@ def hardware(x: Image, rng: np.random.Generator) -> Image:
     x0, x1 = max(cols[0] - 4, 0), min(cols[-1] + 5, w)
     box = np.ascontiguousarray(mask[y0:y1, x0:x1])
     alpha = np.maximum(cv2.GaussianBlur(box, (0, 0), float(rng.uniform(0.5, 1.5))), box)
-    top = float(np.quantile(x[::2, ::2], 0.995))
+    # A cached film may overshoot [0, 1] a little after resampling: clamp the reference.
+    top = min(max(float(np.quantile(x[::2, ::2], 0.995)), 0.0), 1.0)
     level = rng.uniform(top + 0.3 * (1.0 - top), 1.0)
     # Nearly uniform: a faint gradient across the piece, as thickness varies.
     tilt = math.radians(float(rng.uniform(0, 360)))
