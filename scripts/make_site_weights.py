@@ -66,6 +66,34 @@ def _review_share(loaded: Any, paths: list[Path]) -> dict[str, Any]:
     return {"films": scored, "review": scored - reasons.get("sorted", 0), "by_reason": reasons}
 
 
+def _fracture_flags(loaded: Any, test: list[Any], sites: dict[str, Any]) -> dict[str, Any]:
+    """Per site: the share of test films the registry records as fractured, and as unknown
+    (held back, not of the nine, or a body part the fracture head never learned)."""
+    from xreg.inference.predict import SourceFile, predict_files
+    from xreg.sort.record import fracture_call
+    from xreg.sort.scope import decide_placement
+
+    site_of = {im.path: im.source for im in test}
+    sources = [SourceFile(im.path, im.path.stat().st_size, im.path.stat().st_mtime_ns)
+               for im in test]
+    threshold = loaded.card.thresholds.get("min_confidence", 0.0)
+    counts: dict[str, list[int]] = {}
+    for batch in predict_files(sources, loaded):
+        for pred in batch:
+            if pred.status != "ok":
+                continue
+            where = decide_placement(pred.labels["body_part"], pred.confidence("body_part"),
+                                     threshold, unfamiliar=pred.unfamiliar)
+            label, _ = fracture_call(pred, where)
+            row = counts.setdefault(site_of[pred.source.path], [0, 0, 0])
+            row[0] += 1
+            row[1] += label == "fracture"
+            row[2] += label is None
+    return {site: {"films": n, "flagged": f / n, "unknown": u / n,
+                   "auc": (sites.get(site) or {}).get("fracture_auc")}
+            for site, (n, f, u) in sorted(counts.items())}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="folder of site folders")
@@ -124,6 +152,8 @@ def main() -> int:
                                                               .iterdir())),
         "real_non_msk_dicom": _review_share(loaded, real_dicom),
         "leave_one_site_out": sweep,
+        "fracture_flags": _fracture_flags(loaded, test, test_ev["sites"]),
+        "selective": json.loads(args.selective.read_text()) if args.selective else {},
     }
     (work / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     t = loaded.card.training
@@ -138,6 +168,9 @@ def main() -> int:
         metrics={"test_sites": {s: _site_brief(f) for s, f in test_ev["sites"].items()},
                  "test_overall": summary["test_overall"],
                  "out_of_scope_phantoms": summary["out_of_scope_phantoms"],
+                 "fracture_flags": summary["fracture_flags"],
+                 "guard_on_folds": {site: {"films": f["films"], "operating": f["operating"]}
+                                    for site, f in summary["selective"].items()},
                  "real_non_msk_dicom": summary["real_non_msk_dicom"],
                  "leave_one_site_out": {k: {"figures": _site_brief(v["figures"]),
                                             "settings": v["settings"]}

@@ -82,6 +82,14 @@ def knn_distance(features: NDArray[Any], bank: NDArray[Any], k: int = 10) -> Arr
     return out
 
 
+def _joined(features: Sequence[NDArray[Any]]) -> Array:
+    """Members' features, each at unit length, joined (the shipped network's bank space)."""
+    parts = [np.asarray(f, np.float64) for f in features]
+    parts = [f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12) for f in parts]
+    out: Array = np.concatenate(parts, axis=1)
+    return out
+
+
 def _quantile_rank(values: Array, reference: Array) -> Array:
     """Each value's share of ``reference`` below it (an empirical CDF, 0..1)."""
     ref = np.sort(reference[np.isfinite(reference)])
@@ -115,9 +123,13 @@ def rule_scores(data: Mapping[str, Any], members: int
             "flip": (pred0, np.maximum(1 - p0[rows, pred0], 1 - flip[rows, pred0])),
         }
         if members > 1:
+            joined = _joined([data[f"{part}_m{m}_features"] for m in range(members)])
+            bank = _joined([np.asarray(data[f"train_m{m}_features"])[ok]
+                            for m in range(members)])
             probs = np.stack([_softmax(data[f"{part}_m{m}_logits"]) for m in range(members)])
             pred = probs.mean(0).argmax(1)
             rules["agree"] = (pred, 1 - probs[:, rows, pred].min(0))
+            rules["knn(joined)"] = (pred, knn_distance(joined, bank, k=5))
             for m in range(1, members):
                 pair = probs[[0, m]]
                 p2 = pair.mean(0).argmax(1)
@@ -125,15 +137,36 @@ def rule_scores(data: Mapping[str, Any], members: int
         out[part] = {k: (v[0].astype(np.int64), np.asarray(v[1], np.float64))
                      for k, v in rules.items()}
     # Joint rules: each score as its quantile among validation films, the larger one.
-    for a, b in (("agree", "knn"), ("agree", "energy"), ("flip", "knn"),
-                 ("confidence", "knn")):
+    for a, b in (("agree", "knn"), ("agree", "knn(joined)"), ("agree", "energy"),
+                 ("flip", "knn"), ("confidence", "knn")):
         if a not in out["val"]:
             continue
         for part in ("val", "held"):
             ra = _quantile_rank(out[part][a][1], out["val"][a][1])
             rb = _quantile_rank(out[part][b][1], out["val"][b][1])
             out[part][f"{a}+{b}"] = (out[part][a][0], np.maximum(ra, rb))
+    # The shipped kind of rule: every test at its own share of validation films passed.
+    labels = [str(x) for x in data["labels"]]
+    val_nine = np.asarray(data["val_ok"], bool) & np.array(
+        [labels[k] in BODY_PARTS for k in data["val_truth"]])
+    for tests in (CONJUNCTIONS if members > 1 else CONJUNCTIONS[-1:]):
+        name = "all(" + ", ".join(f"{r} {p:.0%}" for r, p in tests) + ")"
+        limits = {r: float(np.quantile(out["val"][r][1][val_nine], p)) for r, p in tests}
+        for part in ("val", "held"):
+            held = np.zeros(len(out[part]["energy"][1]), bool)
+            for r, _ in tests:
+                held |= out[part][r][1] > limits[r]
+            out[part][name] = (out[part][tests[0][0]][0], held.astype(np.float64))
     return out
+
+
+#: Conjunctions compared as a shipped guard would apply them (rule, share passed).
+CONJUNCTIONS: tuple[tuple[tuple[str, float], ...], ...] = (
+    (("agree", 0.97), ("knn(joined)", 0.95), ("energy", 0.99)),
+    (("agree", 0.97), ("knn(joined)", 0.90), ("energy", 0.99)),
+    (("agree", 0.95), ("knn(joined)", 0.95), ("energy", 0.99)),
+    (("knn", 0.95), ("energy", 0.99)),
+)
 
 
 def _outcome(labels: Sequence[str], pred: NDArray[np.int64], sets: Sequence[str],
@@ -174,7 +207,8 @@ def fold_figures(data: Mapping[str, Any],
 
     The threshold lets ``pass_share`` of the decodable validation films whose
     truth is one of the nine pass (the training sites' films; the left-out
-    site plays no part in it).
+    site plays no part in it); an ``all(...)`` rule is already a decision
+    (each of its tests at its own share).
     """
     labels = [str(x) for x in data["labels"]]
     held_ok = np.asarray(data["held_ok"], bool)
@@ -188,7 +222,8 @@ def fold_figures(data: Mapping[str, Any],
     for rule, (pred_all, score_all) in scores["held"].items():
         pred, score = pred_all[held_ok], score_all[held_ok]
         out["curves"][rule] = _curve(labels, pred, score, sets)
-        limit = float(np.quantile(scores["val"][rule][1][val_nine], pass_share))
+        limit = 0.5 if rule.startswith("all(") else \
+            float(np.quantile(scores["val"][rule][1][val_nine], pass_share))
         folder = np.array([labels[k] != OTHER for k in pred], bool)
         right, wrong = _outcome(labels, pred, sets, folder & (score <= limit))
         by_class = {labels[c]: round(float(wrong[truth == c].mean()), 3)
