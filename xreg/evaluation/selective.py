@@ -149,15 +149,33 @@ def rule_scores(data: Mapping[str, Any], members: int
     labels = [str(x) for x in data["labels"]]
     val_nine = np.asarray(data["val_ok"], bool) & np.array(
         [labels[k] in BODY_PARTS for k in data["val_truth"]])
-    for tests in (CONJUNCTIONS if members > 1 else CONJUNCTIONS[-1:]):
-        name = "all(" + ", ".join(f"{r} {p:.0%}" for r, p in tests) + ")"
+    probs_of = {part: (np.stack([_softmax(data[f"{part}_m{m}_logits"])
+                                 for m in range(members)]).mean(0)) for part in ("val", "held")}
+    min_conf = _min_confidence(labels, probs_of["val"], data)
+    for tests in (CONJUNCTIONS if members > 1 else CONJUNCTIONS[-2:]):
+        name = "all(" + ", ".join(f"{r} {p:.0%}" for r, p in tests) + ", min_confidence)"
         limits = {r: float(np.quantile(out["val"][r][1][val_nine], p)) for r, p in tests}
         for part in ("val", "held"):
-            held = np.zeros(len(out[part]["energy"][1]), bool)
+            held = probs_of[part].max(1) < min_conf
             for r, _ in tests:
                 held |= out[part][r][1] > limits[r]
-            out[part][name] = (out[part][tests[0][0]][0], held.astype(np.float64))
+            out[part][name] = (probs_of[part].argmax(1), held.astype(np.float64))
     return out
+
+
+def _min_confidence(labels: Sequence[str], val_probs: Array, data: Mapping[str, Any]) -> float:
+    """``min_confidence`` as the shipped default's is chosen, on the fold's validation films."""
+    from xreg.errors import ConfigError
+    from xreg.evaluation.calibrate import choose_operating_point
+
+    ok = np.asarray(data["val_ok"], bool)
+    sets = [str(x).split("|") for x in np.asarray(data["val_sets"])[ok]]
+    try:
+        return float(choose_operating_point(labels, val_probs[ok],
+                                            np.asarray(data["val_truth"])[ok],
+                                            truth_sets=sets).threshold)
+    except ConfigError:
+        return 0.5
 
 
 #: Conjunctions compared as a shipped guard would apply them (rule, share passed).
@@ -165,6 +183,7 @@ CONJUNCTIONS: tuple[tuple[tuple[str, float], ...], ...] = (
     (("agree", 0.97), ("knn(joined)", 0.95), ("energy", 0.99)),
     (("agree", 0.97), ("knn(joined)", 0.90), ("energy", 0.99)),
     (("agree", 0.95), ("knn(joined)", 0.95), ("energy", 0.99)),
+    (("energy", 0.99),),
     (("knn", 0.95), ("energy", 0.99)),
 )
 
