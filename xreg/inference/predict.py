@@ -248,8 +248,8 @@ def _run_batch(batch: list[_Decoded], model: Model) -> list[Prediction]:
     if decoded:
         logits = model.runtime.run(np.stack([d.tensor for d in decoded
                                              if d.tensor is not None]))
-        for d, one in zip(decoded, score_logits(logits, card)):
-            scored[id(d)] = one
+        for d, film in zip(decoded, score_logits(logits, card)):
+            scored[id(d)] = film
     out = []
     for d in batch:
         one = scored.get(id(d))

@@ -24,6 +24,7 @@ is held back however confident the heads are.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -51,6 +52,10 @@ class EnsembleNet(nn.Module):
     neighbour's distance is reported.
     """
 
+    scale: Tensor
+    shift: Tensor
+    bank: Tensor
+
     def __init__(self, members: Sequence[MultiHeadNet], *, bank_shape: tuple[int, int] = (0, 0),
                  k: int = 5) -> None:
         super().__init__()
@@ -72,8 +77,12 @@ class EnsembleNet(nn.Module):
         self.register_buffer("bank", torch.zeros(bank_shape, dtype=torch.float16))
 
     @property
+    def member_nets(self) -> list[MultiHeadNet]:
+        return [cast(MultiHeadNet, m) for m in self.members]
+
+    @property
     def member_archs(self) -> tuple[str, ...]:
-        return tuple(m.arch for m in self.members)  # type: ignore[misc]
+        return tuple(m.arch for m in self.member_nets)
 
     def set_statistics(self, means: Sequence[float], stds: Sequence[float]) -> None:
         """Record each member's training mean/std (the first one's is the model's input)."""
@@ -98,13 +107,13 @@ class EnsembleNet(nn.Module):
     def features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
         """Each member's penultimate features, and the joined unit features."""
         feats = [member.backbone(x * self.scale[i] + self.shift[i])
-                 for i, member in enumerate(self.members)]
+                 for i, member in enumerate(self.member_nets)]
         return feats, unit_features(feats)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         feats, joined = self.features(x)
         outs = [{name: head(f) for name, head in member.heads.items()}
-                for member, f in zip(self.members, feats)]
+                for member, f in zip(self.member_nets, feats)]
         result: dict[str, Tensor] = {}
         if len(outs) == 1:  # one member: its own logits (energy reads them)
             result = dict(outs[0])
