@@ -1,22 +1,29 @@
-"""Rebuild the shipped default checkpoint from every real site and phantoms.
+"""Rebuild the shipped default from every real site and phantoms: two members, one network.
 
     python scripts/fetch_imagenet_weights.py          # once: MobileNetV2's ImageNet file
     python scripts/make_site_weights.py --data ../shared/data --work /tmp/xreg-sites \\
-        [--sweep /tmp/xreg-sweep/sweep.json] [--ship]
+        [--sweep SWEEP.json] [--selective SELECTIVE.json] [--ship]
 
 Steps (each skipped when its output already exists in --work; training resumes):
- 1. One manifest per site (scripts/sites.py) and a copy of configs/bodypart_sites.yaml.
- 2. ``xreg train`` on it: the four sites plus phantoms, split 70/20/10 grouped by
-    patient and near-duplicate cluster, stratified by site and body part.
- 3. On the *validation* split of every site: min_confidence (accuracy among sorted
+ 1. One manifest per site (scripts/sites.py).
+ 2. ``xreg train`` for each member recipe (``--member``; default
+    configs/bodypart_sites.yaml and configs/bodypart_sites_mix.yaml) in WORK/<recipe>/:
+    the four sites plus phantoms, split 70/20/10 grouped by patient and near-duplicate
+    cluster, stratified by site and body part (the same split for every member).
+ 3. The members joined into one network (xreg/train/guard.py) with a feature bank of
+    2,000 training films; on the *validation* split of every site: ``distance_max``
+    (95% of musculoskeletal films pass), ``agree_min`` (97%), the body parts whose
+    fracture call means something, then min_confidence (accuracy among sorted
     nine-class films >= 0.97, at most 10% of other films into the nine) and the
-    unfamiliar-film guard (99% of musculoskeletal validation films pass).
+    energy guard (99%).
  4. Each site's *test* split (used for no decision) is scored with the final card:
-    per-site figures with 95% bootstrap CIs; also out-of-scope phantoms of an unseen
-    seed and pydicom's real non-musculoskeletal DICOM files.
- 5. The leave-one-site-out table of benchmarks/site_generalisation.py (--sweep) goes
-    into the card beside them. The checkpoint, its ONNX export and the Markdown card
-    go to xreg/weights/bodypart_sites.{pt,onnx,md} with --ship.
+    per-site figures with 95% bootstrap CIs and fracture flag rates; also out-of-scope
+    phantoms of an unseen seed and pydicom's real non-musculoskeletal DICOM files.
+ 5. The leave-one-site-out tables (benchmarks/site_generalisation.py: --sweep;
+    benchmarks/selective_prediction.py: --selective) go into the card. The
+    checkpoint, its ONNX export and the Markdown card go to
+    xreg/weights/bodypart_sites.{pt,onnx,md} with --ship. ``--refresh-card`` rewrites
+    only the fold tables of a finished WORK.
 """
 
 from __future__ import annotations
@@ -115,7 +122,12 @@ def main() -> int:
     parser.add_argument("--resamples", type=int, default=2000)
     parser.add_argument("--ship", action="store_true",
                         help="copy the result into xreg/weights/ with its ONNX export and card")
+    parser.add_argument("--refresh-card", action="store_true",
+                        help="rewrite only the card's fold figures (--sweep, --selective) "
+                        "of a finished WORK, weights unchanged")
     args = parser.parse_args()
+    if args.refresh_card:
+        return _refresh(args)
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     write_site_manifests(args.data, work)
@@ -169,18 +181,43 @@ def main() -> int:
                  "test_overall": summary["test_overall"],
                  "out_of_scope_phantoms": summary["out_of_scope_phantoms"],
                  "fracture_flags": summary["fracture_flags"],
-                 "guard_on_folds": {site: {"films": f["films"], "operating": f["operating"]}
-                                    for site, f in summary["selective"].items()},
                  "real_non_msk_dicom": summary["real_non_msk_dicom"],
-                 "leave_one_site_out": {k: {"figures": _site_brief(v["figures"]),
-                                            "settings": v["settings"]}
-                                        for k, v in sweep.items()}})
+                 **_folds_metrics(summary)})
     final = work / f"{NAME}.pt"
-    sha = save_checkpoint(final, loaded.model, card)
+    save_checkpoint(final, loaded.model, card)
+    return _write(final, summary, args)
+
+
+def _folds_metrics(summary: dict[str, Any]) -> dict[str, Any]:
+    return {"guard_on_folds": {site: {"films": f["films"], "operating": f["operating"]}
+                               for site, f in summary["selective"].items()},
+            "leave_one_site_out": {k: {"figures": _site_brief(v["figures"]),
+                                       "settings": v["settings"]}
+                                   for k, v in summary["leave_one_site_out"].items()}}
+
+
+def _refresh(args: argparse.Namespace) -> int:
+    """Only the card's fold figures (--sweep, --selective) anew; the weights stay."""
+    final = args.work / f"{NAME}.pt"
+    summary = json.loads((args.work / "summary.json").read_text())
+    if args.sweep:
+        summary["leave_one_site_out"] = json.loads(args.sweep.read_text())
+    if args.selective:
+        summary["selective"] = json.loads(args.selective.read_text())
+    (args.work / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    loaded = load_checkpoint(final)
+    card = dataclasses.replace(loaded.card, metrics={**loaded.card.metrics,
+                                                     **_folds_metrics(summary)})
+    save_checkpoint(final, loaded.model, card)
+    return _write(final, summary, args)
+
+
+def _write(final: Path, summary: dict[str, Any], args: argparse.Namespace) -> int:
+    """The ONNX export and the Markdown card beside ``final``; with --ship, all three."""
     export_onnx(final)
     shipped = load_checkpoint(final)
-    (work / f"{NAME}.md").write_text(model_card(shipped, summary))
-    print(f"wrote {final} (sha256 {sha[:12]}), its .onnx and {work / f'{NAME}.md'}")
+    (final.parent / f"{NAME}.md").write_text(model_card(shipped, summary))
+    print(f"wrote {final} (sha256 {shipped.sha256[:12]}), its .onnx and {NAME}.md")
     if args.ship:
         for suffix in (".pt", ".onnx", ".md"):
             shutil.copyfile(final.with_suffix(suffix),
