@@ -180,6 +180,7 @@ def _min_confidence(labels: Sequence[str], val_probs: Array, data: Mapping[str, 
 
 #: Conjunctions compared as a shipped guard would apply them (rule, share passed).
 CONJUNCTIONS: tuple[tuple[tuple[str, float], ...], ...] = (
+    (("agree", 0.97), ("knn(joined)", 0.98), ("energy", 0.99)),
     (("agree", 0.97), ("knn(joined)", 0.95), ("energy", 0.99)),
     (("agree", 0.97), ("knn(joined)", 0.90), ("energy", 0.99)),
     (("agree", 0.95), ("knn(joined)", 0.95), ("energy", 0.99)),
