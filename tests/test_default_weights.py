@@ -20,9 +20,18 @@ SITES = ("fracatlas", "spine_cadma", "chest_nih", "shoulder_implants")
 
 def test_shipped_weights_are_small_and_say_what_they_are() -> None:
     assert default_weights() == WEIGHTS
-    assert WEIGHTS.stat().st_size <= 25 * 1024 * 1024
+    # two MobileNetV2 members (9 MB each) and a float16 bank of 2,000 films' features
+    assert WEIGHTS.stat().st_size <= 35 * 1024 * 1024
     card = load_checkpoint(WEIGHTS).card
     assert card.name == "bodypart_sites" and card.arch == "mobilenet_v2"
+    # the day-one guard: members that must agree, a bank of training films' features
+    assert card.members == ("mobilenet_v2", "mobilenet_v2")
+    assert 0 < card.guard["agree_min"] < 1 and 0 < card.guard["distance_max"] < 1
+    assert card.guard["bank"]["films"] >= 1000 and card.guard["bank"]["k"] == 5
+    assert "spine" not in card.guard["fracture_classes"]
+    assert "knee" in card.guard["fracture_classes"]
+    assert [m["recipe"]["name"] for m in card.training["members"]] == \
+        ["bodypart_sites", "bodypart_sites_mix"]
     assert card.training["init"] == "imagenet"
     assert card.normalise == "percentile" and card.guard["energy_max"] < 0
     assert card.head("body_part").labels == EXTENDED_BODY_PARTS
