@@ -71,6 +71,8 @@ class _TokenGrid(nn.Module):
 @contextmanager
 def _gradcam_layer(model: MultiHeadNet, input_hw: tuple[int, int]) -> Iterator[nn.Module]:
     """The layer Grad-CAM reads, for this backbone; a ViT probe is removed on exit."""
+    # An ensemble: the first member's layer (the gradient flows through the whole).
+    model = getattr(model, "member_nets", [model])[0]
     backbone: Any = model.backbone  # torchvision modules; attributes differ per arch
     if model.arch.startswith("resnet"):
         yield backbone.layer4
