@@ -25,7 +25,7 @@ from xreg.inference.predict import SourceFile, predict_files
 from xreg.inference.preprocess import Preprocessor
 from xreg.inference.runtime import load_model, onnx_path
 from xreg.io import load_image, try_load_image
-from xreg.model.card import shipped_weights
+from xreg.model.card import extra_outputs, shipped_weights
 from xreg.model.checkpoint import make_random_checkpoint
 from xreg.sort.runner import run_sort
 from xreg.synth.generate import generate_dataset
@@ -79,7 +79,8 @@ def test_every_shipped_model_decides_alike_on_onnx_and_torch(
         decided = [[(p.status, dict(p.labels)) for b in predict_files(
             _sources(films["single"]), m) for p in b] for m in (onnx, torch)]
     got, want = onnx.runtime.run(x), torch.runtime.run(x)
-    assert set(got) == set(want) == {h.name for h in onnx.card.heads}
+    assert set(got) == set(want) == {h.name for h in onnx.card.heads} | \
+        set(extra_outputs(onnx.card))  # an ensemble's members' logits and distance
     for head in got:
         assert np.abs(got[head] - want[head]).max() <= TOLERANCE, head
     assert decided[0] == decided[1]
