@@ -39,7 +39,10 @@ def no_local_paths(training: dict[str, Any]) -> dict[str, Any]:
 
     data = {**training["data"], "datasets": plain(training["data"].get("datasets", []))}
     recipe = {**training["recipe"], "datasets": plain(training["recipe"].get("datasets", []))}
-    return {**training, "data": data, "recipe": recipe}
+    members = [{**m, "recipe": {**m["recipe"], "datasets": plain(m["recipe"].get("datasets", []))}}
+               if m.get("recipe") else m for m in training.get("members", [])]
+    return {**training, "data": data, "recipe": recipe,
+            **({"members": members} if members else {})}
 
 
 def confusion_rows(conf: dict[str, Any]) -> list[str]:

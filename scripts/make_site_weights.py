@@ -206,8 +206,8 @@ def _refresh(args: argparse.Namespace) -> int:
         summary["selective"] = json.loads(args.selective.read_text())
     (args.work / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     loaded = load_checkpoint(final)
-    card = dataclasses.replace(loaded.card, metrics={**loaded.card.metrics,
-                                                     **_folds_metrics(summary)})
+    card = dataclasses.replace(loaded.card, training=no_local_paths(dict(loaded.card.training)),
+                               metrics={**loaded.card.metrics, **_folds_metrics(summary)})
     save_checkpoint(final, loaded.model, card)
     return _write(final, summary, args)
 

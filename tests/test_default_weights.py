@@ -32,6 +32,11 @@ def test_shipped_weights_are_small_and_say_what_they_are() -> None:
     assert "knee" in card.guard["fracture_classes"]
     assert [m["recipe"]["name"] for m in card.training["members"]] == \
         ["bodypart_sites", "bodypart_sites_mix"]
+    # no path of the machine that built it: dataset files by name only
+    paths = [d["path"] for m in card.training["members"] for d in m["recipe"]["datasets"]
+             if d.get("path")] + [d["path"] for d in card.training["recipe"]["datasets"]
+                                  if d.get("path")]
+    assert paths and not any("/" in p for p in paths), paths
     assert card.training["init"] == "imagenet"
     assert card.normalise == "percentile" and card.guard["energy_max"] < 0
     assert card.head("body_part").labels == EXTENDED_BODY_PARTS
