@@ -220,11 +220,13 @@ def test_sigkill_during_adapt_leaves_no_weights_file(tmp_path: Path) -> None:
     base_path = _base(tmp_path, "knee")
     out = _site(tmp_path, base_path)
     target = tmp_path / "site.pt"
+    # A killed process runs no exit handler: its phantom folder goes in tmp_path, not /tmp.
+    (tmp_path / "tmp").mkdir()
     proc = subprocess.Popen(
         [sys.executable, "-m", "xreg", "adapt", str(out), "--weights", str(base_path),
          "--out", str(target), "--steps", "100000", "--threads", "1", "--phantoms", "20"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "COLUMNS": "200"})
+        env={**os.environ, "COLUMNS": "200", "TMPDIR": str(tmp_path / "tmp")})
     assert proc.stderr is not None
     deadline = time.time() + 120
     for line in proc.stderr:  # wait until it is training

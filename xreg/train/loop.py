@@ -27,12 +27,10 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 
 from xreg.errors import CheckpointError
-from xreg.inference.preprocess import normalise_intensity, resize_grey
-from xreg.model.labels import INSTRUMENT_LABELS
+from xreg.inference.preprocess import normalise_intensity
 from xreg.model.models import MultiHeadNet
 from xreg.model.transforms import augment_batch, join_views
-from xreg.train.augment import augment_film
-from xreg.train.augment_style import StyleBank, build_bank
+from xreg.train.batches import site_batch, style_bank, with_hardware
 from xreg.train.config import TrainConfig
 
 __all__ = ["Callbacks", "EpochLog", "FitResult", "Tensors", "fit", "predict_tensors",
@@ -157,71 +155,6 @@ def _sample_order(train: Tensors, config: TrainConfig, gen: torch.Generator) -> 
                                             return_inverse=True, return_counts=True)
     weights = (1.0 / counts.double())[inverse]
     return torch.multinomial(weights, n, replacement=True, generator=gen)
-
-
-def _site_batch(pixels: torch.Tensor, config: TrainConfig, gen: torch.Generator,
-                bank: StyleBank | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cached films ``(B, C, C)`` -> ``(B, S, S)`` float32 at the model's input size,
-    and a ``(B,)`` bool mask of the films that had metal pasted on.
-
-    With site augmentation each film is re-framed and re-processed (its own
-    NumPy generator seeded from ``gen``, so a seeded epoch is reproducible;
-    ``bank`` lends ``restyle`` its reference looks); without it, a cache larger
-    than the input is resized as the sort resizes.
-    """
-    size = config.input_size
-    pasted = torch.zeros(pixels.shape[0], dtype=torch.bool)
-    if not config.site_augment and pixels.shape[-1] == size:
-        return pixels.float(), pasted
-    out = np.empty((pixels.shape[0], size, size), np.float32)
-    films = pixels.float().numpy()
-    for i, film in enumerate(films):
-        if config.site_augment:
-            seed = int(torch.randint(0, 2**62, (1,), generator=gen))
-            out[i], flags = augment_film(film, size, config.site_augment,
-                                         np.random.default_rng(seed), bank=bank,
-                                         return_flags=True)
-            pasted[i] = flags["hardware"]
-        else:
-            out[i] = resize_grey(film, size)
-    return torch.from_numpy(out), pasted
-
-
-def _with_hardware(targets: dict[str, torch.Tensor], pasted: torch.Tensor
-                   ) -> dict[str, torch.Tensor]:
-    """The batch's targets with ``instrument`` positive where metal was pasted on.
-
-    The pasted film shows hardware whatever its own label said (unknown or
-    none); other heads are untouched. A set target (2-D) becomes the
-    positive class alone.
-    """
-    y = targets.get("instrument")
-    if y is None or not bool(pasted.any()):
-        return targets
-    y = y.clone()
-    positive = INSTRUMENT_LABELS.index("instrument")
-    mask = pasted.to(y.device)
-    if y.ndim == 2:
-        y[mask] = 0
-        y[mask, positive] = 1
-    else:
-        y[mask] = positive
-    return {**targets, "instrument": y}
-
-
-def _style_bank(train: Tensors, config: TrainConfig) -> StyleBank | None:
-    """Reference looks for ``restyle``: up to 128 training films at the input size,
-    drawn (seeded) by the sampler's weights, so every source is represented."""
-    if config.site_augment.get("restyle", 0.0) <= 0 or train.pixels.ndim != 3 or not len(train):
-        return None
-    gen = torch.Generator().manual_seed(config.seed * 7_919 + 17)
-    n = min(128, len(train))
-    if train.weights is not None and int((train.weights > 0).sum()) >= n:
-        idx = torch.multinomial(train.weights.double(), n, replacement=False, generator=gen)
-    else:
-        idx = torch.randperm(len(train), generator=gen)[:n]
-    films = train.pixels[idx].float().numpy()
-    return build_bank(resize_grey(film, config.input_size) for film in films)
 
 
 def _batches(order: torch.Tensor, size: int) -> list[torch.Tensor]:
@@ -355,7 +288,7 @@ def fit(
         result.seconds = sum(e.seconds for e in result.log)
     steps = len(_batches(torch.arange(config.samples_per_epoch or len(train)),
                          config.batch_size))
-    bank = _style_bank(train, config)
+    bank = style_bank(train, config)
     for epoch in range(start_epoch, config.max_epochs + 1):
         if bad_epochs >= config.patience:
             result.stopped_early = True
@@ -372,14 +305,14 @@ def fit(
         right: dict[str, int] = dict.fromkeys(train.targets, 0)
         labelled: dict[str, int] = dict.fromkeys(train.targets, 0)
         for idx in _batches(order, config.batch_size):
-            films, pasted = _site_batch(train.pixels[idx], config, gen, bank)
+            films, pasted = site_batch(train.pixels[idx], config, gen, bank)
             x = augment_batch(films, gen,
                               hflip=config.hflip, rot90=config.rot90, rotate=config.rotate,
                               scale=config.scale, shift=config.shift,
                               intensity=config.intensity)
             if config.normalise != "none":
                 x = torch.from_numpy(normalise_intensity(x.numpy(), config.normalise))
-            targets = {k: v.to(device) for k, v in _with_hardware(
+            targets = {k: v.to(device) for k, v in with_hardware(
                 {k: v[idx] for k, v in train.targets.items()}, pasted).items()}
             logits = model(_inputs(x, mean, std, device))
             loss = _losses(logits, targets, config.label_smoothing, config.primary_weight)
