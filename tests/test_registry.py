@@ -92,16 +92,22 @@ def test_pseudonymiser_is_keyed_and_stable(tmp_path, monkeypatch):
     assert p1(None) is None and p1("") is None
 
 
-def test_v8_registry_migrates_in_place_keeping_every_row(tmp_path):
+def _old_registry(path, version: int, xreg_version: str) -> sqlite3.Connection:
+    """A registry file at schema ``version`` holding one finished run (to migrate)."""
     from xreg.registry._schema import _MIGRATIONS
 
-    path = tmp_path / "r.sqlite"
     db = sqlite3.connect(path)
-    for script in _MIGRATIONS[:8]:
+    for script in _MIGRATIONS[:version]:
         db.executescript(script)
-    db.execute("PRAGMA user_version = 8")
+    db.execute(f"PRAGMA user_version = {version}")
     db.execute("INSERT INTO runs (started, status, xreg_version, options) VALUES"
-               " ('2024-01-01', 'finished', '0.8', '{}')")
+               " ('2024-01-01', 'finished', ?, '{}')", (xreg_version,))
+    return db
+
+
+def test_v8_registry_migrates_in_place_keeping_every_row(tmp_path):
+    path = tmp_path / "r.sqlite"
+    db = _old_registry(path, 8, "0.8")
     db.execute("INSERT INTO images (sha256, size, state, status, dest_path, mode, created,"
                " updated, review_reason, header_audit, run_id) VALUES ('b', 1, 'done',"
                " 'review', '_review/x.dcm', 'copy', 't', 't', 'low confidence', 'disagrees', 1)")
@@ -124,15 +130,8 @@ def test_v8_registry_migrates_in_place_keeping_every_row(tmp_path):
 
 
 def test_v10_registry_migrates_and_forgets_fracture_calls_outside_the_nine(tmp_path):
-    from xreg.registry._schema import _MIGRATIONS
-
     path = tmp_path / "r.sqlite"
-    db = sqlite3.connect(path)
-    for script in _MIGRATIONS[:10]:
-        db.executescript(script)
-    db.execute("PRAGMA user_version = 10")
-    db.execute("INSERT INTO runs (started, status, xreg_version, options) VALUES"
-               " ('2024-01-01', 'finished', '0.9', '{}')")
+    db = _old_registry(path, 10, "0.9")
     # (sha, status, scope, review_reason, fracture, fracture_prob)
     for row in (("nine", "sorted", "nine", None, 1, 0.9),
                 ("held", "review", "nine", "low confidence: knee 0.40 < 0.50", 0, 0.1),
