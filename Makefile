@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.xreg-installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[train,serve,ray,test]'
+	$(PY) -m pip install --quiet -e '.[train,serve,ray,test,pacs]'
 	touch $(STAMP)
 
 test: $(STAMP)

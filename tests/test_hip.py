@@ -86,7 +86,7 @@ def test_registry_v1_migrates_to_hip_studies_and_heatmaps(tmp_path: Path) -> Non
         with pytest.raises(Exception, match="unknown hip_studies column"):
             reg.add_hip_study(None, {"study": "S2", "status": "paired", "name": "x"})
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] \
-        == SCHEMA_VERSION == 11
+        == SCHEMA_VERSION == 12
 
 
 @pytest.fixture(scope="module")

@@ -124,7 +124,7 @@ def test_v8_registry_migrates_in_place_keeping_every_row(tmp_path):
         assert [tuple(r)[:5] for r in image] == [("b", 1, "done", "review", "_review/x.dcm")]
         assert reg.get_image("b").state == "done"
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 11
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 12
     assert db.execute("SELECT review_reason, header_audit FROM images").fetchall() == [
         ("low confidence", "disagrees")]
 

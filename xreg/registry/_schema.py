@@ -215,6 +215,15 @@ _MIGRATIONS: tuple[str, ...] = (
      WHERE (fracture IS NOT NULL OR fracture_prob IS NOT NULL)
        AND (review_reason IS NOT NULL OR COALESCE(scope, '') != 'nine');
     """,
+    """
+    -- Where films came in (xreg listen, xreg pull; docs/pacs.md): per source path the
+    -- sender (dicom:AE@host) or the DICOMweb URL without credentials, NULL for a folder;
+    -- per run how its films arrived. Runs before v12 read NULL.
+    ALTER TABLE sources ADD COLUMN origin TEXT;        -- dicom:AE@host | DICOMweb URL | NULL
+    ALTER TABLE runs ADD COLUMN intake TEXT;           -- folder | listen | pull
+    -- A resent instance is found by its SOP Instance UID (the listener, xreg pull).
+    CREATE INDEX images_sop ON images(sop_uid);
+    """,
 )
 
 #: Columns of ``hip_studies`` a caller sets through :meth:`Registry.add_hip_study`.

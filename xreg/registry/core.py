@@ -47,6 +47,7 @@ class ImageRecord:
     source: str
     mtime_ns: int
     fields: Mapping[str, Any]
+    origin: str | None = None  # sources.origin: who sent it (xreg listen, xreg pull)
 
 
 @dataclass(frozen=True)
@@ -139,26 +140,34 @@ class Registry:
         runtime: str | None = None,
         header_check: str | None = None,
         group_by: str | None = None,
+        intake: str | None = None,
     ) -> int:
         """Record the start of a run and return its id.
 
         ``runtime`` names the engine that ran the model and its version
         (``onnxruntime 1.32.0``); ``model_sha256`` is the checkpoint's either way.
         ``header_check`` is the run's ``--header-check`` mode (review | off);
-        ``group_by`` its ``--group-by`` pattern, if any.
+        ``group_by`` its ``--group-by`` pattern, if any; ``intake`` how its films
+        arrived (folder | listen | pull).
         """
         with self._transaction() as db:
             cur = db.execute(
                 "INSERT INTO runs (started, status, xreg_version, user, host, input_root,"
                 " output_root, model_path, model_name, model_sha256, options, runtime,"
-                " header_check, group_by)"
-                " VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " header_check, group_by, intake)"
+                " VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (_now(), xreg_version, _user(), socket.gethostname(), input_root,
                  output_root, model_path, model_name, model_sha256,
                  json.dumps(dict(options), sort_keys=True, default=str), runtime,
-                 header_check, group_by),
+                 header_check, group_by, intake),
             )
         return int(cur.lastrowid or 0)
+
+    def record_counts(self, run_id: int, counts: Mapping[str, int]) -> None:
+        """Update a running run's counts (a listener's run spans many batches)."""
+        with self._transaction() as db:
+            db.execute("UPDATE runs SET counts = ? WHERE id = ?",
+                       (json.dumps(dict(counts), sort_keys=True), run_id))
 
     def finish_run(self, run_id: int, counts: Mapping[str, int], status: str = "finished", *,
                    shift_held: int | None = None, shift_share: float | None = None,
@@ -217,7 +226,8 @@ class Registry:
                     f" VALUES ({', '.join('?' * len(cols))})",
                     values,
                 )
-                self._upsert_source(db, rec.source, rec.sha256, rec.size, rec.mtime_ns, run_id)
+                self._upsert_source(db, rec.source, rec.sha256, rec.size, rec.mtime_ns, run_id,
+                                    rec.origin)
 
     def complete_image(self, sha256: str, dest_path: str) -> None:
         """Mark a journalled image as placed at ``dest_path`` (one commit)."""
@@ -227,14 +237,25 @@ class Registry:
                 (dest_path, _now(), sha256),
             )
 
-    def add_source(self, sha256: str, source: str, size: int, mtime_ns: int, run_id: int) -> None:
+    def add_source(self, sha256: str, source: str, size: int, mtime_ns: int, run_id: int,
+                   origin: str | None = None) -> None:
         """Record another path at which already-placed content was seen."""
         with self._transaction() as db:
-            self._upsert_source(db, source, sha256, size, mtime_ns, run_id)
+            self._upsert_source(db, source, sha256, size, mtime_ns, run_id, origin)
 
     def mark_source_removed(self, source: str) -> None:
         with self._transaction() as db:
             db.execute("UPDATE sources SET removed = 1 WHERE path = ?", (source,))
+
+    def placed_sop_uids(self, sop_uids: list[str]) -> dict[str, str]:
+        """SOP Instance UID -> sha256 of those among ``sop_uids`` already placed."""
+        found: dict[str, str] = {}
+        for start in range(0, len(sop_uids), 500):
+            chunk = sop_uids[start:start + 500]
+            found.update((r[0], r[1]) for r in self._db.execute(
+                f"SELECT sop_uid, sha256 FROM images WHERE state = 'done' AND sop_uid IN"
+                f" ({', '.join('?' * len(chunk))})", chunk))
+        return found
 
     def pending_images(self) -> list[tuple[StoredImage, list[str]]]:
         """Journalled but unfinished placements, each with its source paths."""
@@ -255,15 +276,16 @@ class Registry:
 
     @staticmethod
     def _upsert_source(
-        db: sqlite3.Connection, path: str, sha256: str, size: int, mtime_ns: int, run_id: int
+        db: sqlite3.Connection, path: str, sha256: str, size: int, mtime_ns: int, run_id: int,
+        origin: str | None = None,
     ) -> None:
         db.execute(
-            "INSERT INTO sources (path, sha256, size, mtime_ns, run_id, seen)"
-            " VALUES (?, ?, ?, ?, ?, ?)"
+            "INSERT INTO sources (path, sha256, size, mtime_ns, run_id, seen, origin)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT(path) DO UPDATE SET sha256 = excluded.sha256, size = excluded.size,"
             " mtime_ns = excluded.mtime_ns, run_id = excluded.run_id, seen = excluded.seen,"
-            " removed = 0",
-            (path, sha256, size, mtime_ns, run_id, _now()),
+            " removed = 0, origin = excluded.origin",
+            (path, sha256, size, mtime_ns, run_id, _now(), origin),
         )
 
     # -- queries ---------------------------------------------------------------

@@ -24,22 +24,36 @@ LOCK_NAME = ".xreg.lock"
 
 
 @contextmanager
-def output_lock(out_root: Path) -> Iterator[None]:
-    """Hold an exclusive lock on OUT; the kernel drops it if the process dies."""
+def output_lock(out_root: Path, owner: str = "run") -> Iterator[None]:
+    """Hold an exclusive lock on OUT; the kernel drops it if the process dies.
+
+    The lock file names the holder (``<pid> <owner>``) so that a second writer
+    can say who it is waiting for, e.g. ``listener`` for ``xreg listen``.
+    """
     out_root.mkdir(parents=True, exist_ok=True)
     fd = os.open(out_root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise LockedError(
-                f"another xreg run is sorting into {out_root}; try again when it has finished"
-            ) from None
+            raise LockedError(_held_by(fd, out_root)) from None
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        os.write(fd, f"{os.getpid()} {owner}\n".encode())
         yield
     finally:
         os.close(fd)
+
+
+def _held_by(fd: int, out_root: Path) -> str:
+    """The message for a second writer, naming the holder when the lock file says."""
+    try:
+        pid, _, owner = os.pread(fd, 200, 0).decode("ascii", "replace").strip().partition(" ")
+    except OSError:
+        pid, owner = "", ""
+    if owner == "listener":
+        return (f"a listener (xreg listen, pid {pid}) holds {out_root} and sorts what it "
+                "receives; stop it (SIGTERM) to sort into this folder otherwise")
+    return f"another xreg run is sorting into {out_root}; try again when it has finished"
 
 
 def check_folders(in_root: Path, out_root: Path) -> list[Path]:

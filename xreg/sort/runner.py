@@ -9,9 +9,10 @@ and resolves any journalled placement against the disk.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -39,7 +40,7 @@ from xreg.sort.result import STATUSES, FileOutcome, SortResult
 from xreg.sort.scope import Placement
 
 __all__ = ["REGISTRY_NAME", "STATUSES", "FileOutcome", "Reporter", "SortResult", "run_sort",
-           "sort_sources"]
+           "shift_columns", "sort_sources", "start_sort_run"]
 
 if TYPE_CHECKING:
     from xreg.model.checkpoint import LoadedModel
@@ -94,36 +95,76 @@ def run_sort(
         return result
     return _sort_locked(out_root, options, loaded, weights, str(in_root.absolute()),
                         lambda: scan_inputs(in_root, exclude, options.min_age), reporter,
-                        (group_by, in_root))
+                        (group_by, in_root), _Intake("folder"))
 
 
 def sort_sources(
     files: list[SourceFile], out_root: Path, options: SortOptions, *, input_root: str,
     reporter: Reporter | None = None, loaded: Model | LoadedModel | None = None,
+    intake: str | None = None, origins: Mapping[Path, str] | None = None,
+    lock_held: bool = False, run_id: int | None = None,
 ) -> SortResult:
     """Place an explicit list of files (e.g. a web upload) exactly as ``run_sort`` does.
 
     Same lock, journal, placement and registry rows; ``input_root`` is what
     the run row records as where the files came from. ``loaded`` is the
-    model of ``options.weights`` when the caller has it already.
+    model of ``options.weights`` when the caller has it already. ``intake``
+    (folder | listen | pull) goes into the run row and ``origins`` (source
+    path -> sender) into the source rows. ``lock_held``: the caller already
+    holds ``output_lock(out_root)`` (an flock is per open file, so it cannot
+    be taken twice). ``run_id``: add to this running run (``start_sort_run``)
+    instead of starting and finishing one.
     """
     weights = options.weights if options.weights is not None else default_weights()
     loaded = as_model(loaded, options.device) if loaded is not None else _load(weights, options)
     return _sort_locked(out_root, options, loaded, weights, input_root,
-                        lambda: (files, 0), reporter or _Silent())
+                        lambda: (files, 0), reporter or _Silent(), None,
+                        _Intake(intake, origins or {}, lock_held, run_id))
+
+
+@dataclass(frozen=True)
+class _Intake:
+    """How a run's files arrived, and whether the caller holds the lock and the run."""
+
+    kind: str | None
+    origins: Mapping[Path, str] = field(default_factory=dict)
+    lock_held: bool = False
+    run_id: int | None = None
+
+
+def start_sort_run(registry: Registry, out_root: Path, options: SortOptions, loaded: Model,
+                   *, input_root: str, intake: str | None, group_by: str | None = None) -> int:
+    """Record the start of a sort run (model, runtime, options) and return its id."""
+    weights = options.weights if options.weights is not None else default_weights()
+    return registry.start_run(
+        xreg_version=__version__, input_root=input_root,
+        output_root=str(out_root.absolute()), model_path=str(weights),
+        model_name=loaded.card.name, model_sha256=loaded.sha256,
+        options=asdict(options), runtime=loaded.runtime_label,
+        header_check=options.header_check, group_by=group_by, intake=intake,
+    )
+
+
+def shift_columns(result: SortResult) -> dict[str, Any]:
+    """The run row's films held back as unfamiliar, their share, and the new-site flag."""
+    shift = result.new_site()
+    return {"shift_held": shift.held_back, "shift_share": round(shift.share, 4),
+            "new_site": shift.notice is not None}
 
 
 def _sort_locked(
     out_root: Path, options: SortOptions, loaded: Model, weights: Path,
     input_root: str, get_files: Callable[[], tuple[list[SourceFile], int]],
-    reporter: Reporter, grouping: tuple[GroupBy | None, Path] | None = None,
+    reporter: Reporter, grouping: tuple[GroupBy | None, Path] | None,
+    intake: _Intake,
 ) -> SortResult:
     """Lock OUT, recover a killed run, then sort what ``get_files`` finds.
 
     ``grouping`` is the parsed ``--group-by`` and the IN it is relative to.
     """
     registry_path = options.registry or out_root / REGISTRY_NAME
-    with output_lock(out_root), Registry(registry_path) as registry:
+    lock = nullcontext() if intake.lock_held else output_lock(out_root)
+    with lock, Registry(registry_path) as registry:
         result = SortResult(None, False, loaded.sha256, model_name=loaded.card.name,
                             header_check=options.header_check,
                             out_root=str(out_root.absolute()))
@@ -131,30 +172,22 @@ def _sort_locked(
         files, result.counts["too_new"] = get_files()
         pseudonymise = Pseudonymiser.for_registry(registry_path)
         grouper = Grouper(*(grouping or (None, Path(input_root))), pseudonymise)
-        run_id = registry.start_run(
-            xreg_version=__version__, input_root=input_root,
-            output_root=str(out_root.absolute()), model_path=str(weights),
-            model_name=loaded.card.name, model_sha256=loaded.sha256,
-            options=asdict(options), runtime=loaded.runtime_label,
-            header_check=options.header_check, group_by=grouper.pattern,
-        )
+        own_run = intake.run_id is None
+        run_id = intake.run_id if intake.run_id is not None else start_sort_run(
+            registry, out_root, options, loaded, input_root=input_root, intake=intake.kind,
+            group_by=grouper.pattern)
         result.run_id = run_id
         try:
             _sort_files(files, registry, run_id, out_root, options, loaded, result,
-                        reporter, pseudonymise, grouper)
+                        reporter, pseudonymise, grouper, intake.origins)
         except BaseException:
-            registry.finish_run(run_id, result.counts, status="interrupted",
-                                **_shift_columns(result))
+            if own_run:
+                registry.finish_run(run_id, result.counts, status="interrupted",
+                                    **shift_columns(result))
             raise
-        registry.finish_run(run_id, result.counts, **_shift_columns(result))
+        if own_run:
+            registry.finish_run(run_id, result.counts, **shift_columns(result))
     return result
-
-
-def _shift_columns(result: SortResult) -> dict[str, Any]:
-    """The run row's films held back as unfamiliar, their share, and the new-site flag."""
-    shift = result.new_site()
-    return {"shift_held": shift.held_back, "shift_share": round(shift.share, 4),
-            "new_site": shift.notice is not None}
 
 
 def _recover(registry: Registry, out_root: Path) -> int:
@@ -178,6 +211,7 @@ def _sort_files(
     files: list[SourceFile], registry: Registry | None, run_id: int, out_root: Path,
     options: SortOptions, loaded: Model, result: SortResult,
     reporter: Reporter, pseudonymise: Pseudonymiser, grouper: Grouper,
+    origins: Mapping[Path, str] | None = None,
 ) -> None:
     # With --group-by every source path kept or shown is the masked one
     # (patient level as its key), so a second run finds it the same way.
@@ -199,7 +233,7 @@ def _sort_files(
     reporter.start(len(todo))
     ctx = _Context(registry, run_id, out_root, options, loaded,
                    _min_confidence(options, loaded), pseudonymise,
-                   load_vocabulary(options.header_vocabulary), grouper)
+                   load_vocabulary(options.header_vocabulary), grouper, origins or {})
     placed: set[str] = registry.done_hashes() if registry else set()
     if options.engine == "ray":
         from xreg.sort.ray_engine import RayOptions, predict_files_ray
@@ -238,6 +272,7 @@ class _Context:
     pseudonymise: Pseudonymiser
     vocabulary: Vocabulary
     grouper: Grouper
+    origins: Mapping[Path, str]  # source path -> who sent it (sources.origin)
 
     @property
     def dry(self) -> bool:
@@ -303,7 +338,8 @@ def _start_batch(
                     ctx.options.mode, ctx.label(m.source), by_source[m.source].source.mtime_ns,
                     image_fields(by_source[m.source], ctx.loaded.sha256, ctx.pseudonymise,
                                  where[m.source], audits[m.source],
-                                 folder_keys=ctx.grouper.keys(m.source)))
+                                 folder_keys=ctx.grouper.keys(m.source)),
+                    ctx.origins.get(m.source))
         for m in moves if m.duplicate_of is None
     ])
     for move in moves:
@@ -370,7 +406,8 @@ def _record_duplicate(p: Prediction, ctx: _Context, dest: str | None = None) -> 
     registry = ctx.registry
     label = ctx.label(p.source.path)
     if registry is not None and not ctx.dry:
-        registry.add_source(p.sha256, label, p.source.size, p.source.mtime_ns, ctx.run_id)
+        registry.add_source(p.sha256, label, p.source.size, p.source.mtime_ns, ctx.run_id,
+                            ctx.origins.get(p.source.path))
         if ctx.options.mode == "move" and remove_source(p.source.path, p.sha256):
             registry.mark_source_removed(label)
     stored = registry.get_image(p.sha256) if registry else None
