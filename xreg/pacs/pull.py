@@ -364,5 +364,5 @@ def _locked(out_root: Path) -> Iterator[None]:
 
     if out_root.exists() and not out_root.is_dir():
         raise ConfigError(f"output {out_root} exists and is not a folder")
-    with output_lock(out_root):
+    with output_lock(out_root, "pull"):
         yield
