@@ -12,7 +12,6 @@ from xreg.cli import (  # noqa: F401  (registers the commands)
     evaluate,
     explain,
     hip,
-    listen,
     patients,
     pull,
     registry,
