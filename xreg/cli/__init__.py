@@ -12,6 +12,7 @@ from xreg.cli import (  # noqa: F401  (registers the commands)
     evaluate,
     explain,
     hip,
+    listen,
     patients,
     pull,
     registry,
