@@ -38,7 +38,7 @@ source's sender (dicom:AE@address) and the run's intake (listen).
 One listener holds OUT's lock for its whole life: `xreg sort` into OUT exits 3
 meanwhile. SIGTERM or SIGINT closes the port, finishes the current batch and
 exits 0. Logs name AE titles, addresses and counts, never patient data.
-Needs the pacs extra: pip install "xreg[pacs]". See docs/pacs.md.
+Needs the pacs extra: pip install "xreg\\[pacs]". See docs/pacs.md.
 
 Exit codes: 0 stopped by a signal; 2 usage, config, weights or port error;
 3 another run or listener holds the lock on OUT.

@@ -143,7 +143,8 @@ def registry_runs(
     out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="A sorted folder.")],
     registry: Annotated[Path | None, typer.Option(help="Registry file if not in OUT.")] = None,
 ) -> None:
-    """Every run: when, by whom, with which model, and what it did; whether a sort run
+    """Every run: when, by whom, how its films came (a folder, xreg listen, xreg pull),
+    with which model, and what it did; whether a sort run
     held back so many films as unfamiliar that it looks like a new site."""
     from xreg.registry import Registry
     from xreg.sort.scope import new_site_notice
@@ -151,13 +152,13 @@ def registry_runs(
     with handle_errors(), Registry(registry or out_dir / "registry.sqlite", readonly=True) as reg:
         runs = reg.runs()
     table = Table(title="runs")
-    for col in ("id", "started", "status", "user", "model", "model sha256", "counts",
+    for col in ("id", "started", "status", "intake", "user", "model", "model sha256", "counts",
                 "new site"):
         table.add_column(col)
     for r in runs:
         counts = json.loads(r["counts"] or "{}")
         done = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v)
-        table.add_row(str(r["id"]), r["started"], r["status"], r["user"] or "",
+        table.add_row(str(r["id"]), r["started"], r["status"], _intake_cell(r), r["user"] or "",
                       r["model_name"] or "", (r["model_sha256"] or "")[:12], done,
                       _new_site_cell(r))
     out.print(table)
@@ -169,6 +170,14 @@ def registry_runs(
                                  min_films=0, share=0.0)
         out.print(Text.assemble((f"run {last['id']}, new site: ", "bold yellow"),
                                 (notice or "", "yellow")))
+
+
+def _intake_cell(run: dict[str, Any]) -> str:
+    """How the run's films arrived: ``folder``, ``listen`` or ``pull`` (and from where)."""
+    intake = run.get("intake")
+    if intake in ("listen", "pull"):
+        return f"{intake} {run['input_root'] or ''}".strip()
+    return intake or ""
 
 
 def _new_site_cell(run: dict[str, Any]) -> str:
