@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import shutil
 import socket
 import sqlite3
@@ -356,7 +357,9 @@ def test_study_filter_and_a_wrong_password(pacs: Pacs, tmp_path: Path) -> None:
 
 
 def test_token_is_sent_retries_recover_and_a_failed_instance_is_never_half_recorded(
-        pacs: Pacs, proxy: Proxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        pacs: Pacs, proxy: Proxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)  # dicomweb-client's, requests' and urllib3's too
     monkeypatch.setenv("XREG_DICOMWEB_TOKEN", TOKEN)
     cr1, cr3, dx = (pacs.films[k].SOPInstanceUID for k in ("cr1", "cr3", "dx"))
     proxy.fail[cr1] = 1  # one HTTP 500, then fine
@@ -382,6 +385,8 @@ def test_token_is_sent_retries_recover_and_a_failed_instance_is_never_half_recor
     assert (summary["already_held"], summary["retrieved"]) == (2, 1)
     assert proxy.retrieves() == [dx]
     assert set(_held(out)) == {cr1, cr3, dx}
+    assert any("retrieve instance" in r.getMessage() for r in caplog.records)
+    _no_secrets("\n".join(r.getMessage() for r in caplog.records))
 
 
 def test_credentials_come_from_the_environment_only_once(pacs: Pacs, tmp_path: Path,

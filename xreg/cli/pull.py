@@ -149,9 +149,9 @@ def _print_pull_summary(result: Any, out_dir: Path) -> None:
     elif not result.queried:
         out.print(f"nothing to transfer: no instance at {result.origin} matches",
                   highlight=False)
-    table = Table(title="xreg pull", caption=f"{result.origin} → {out_dir}")
-    table.add_column("instances")
-    table.add_column("", justify="right")
+    table = Table(title="xreg pull", caption=str(out_dir))
+    table.add_column(f"from {result.origin}")
+    table.add_column("instances", justify="right")
     rows = [("queried", result.queried), ("already held", result.held),
             ("retrieved", result.retrieved), ("  of which retried", result.retried),
             ("failed", len(result.failed))]
