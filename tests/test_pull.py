@@ -321,6 +321,9 @@ def test_pull_lands_films_sorted_with_origin_and_a_second_pull_transfers_nothing
         assert db.execute("SELECT count(*) FROM runs").fetchone()[0] == 1  # no sort, no run
     finally:
         db.close()
+    dry = runner.invoke(app, ["pull", pacs.with_credentials, str(out), "--dry-run", "--json"])
+    assert dry.exit_code == 0, dry.output
+    assert (json.loads(dry.stdout)["queried"], json.loads(dry.stdout)["already_held"]) == (4, 3)
 
 
 @pytest.mark.parametrize(("options", "films"), [

@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -33,6 +32,8 @@ from urllib.parse import unquote, urlsplit
 
 from xreg.config import SortOptions
 from xreg.errors import ConfigError, XregError
+from xreg.registry import Registry
+from xreg.sort.runner import REGISTRY_NAME
 
 if TYPE_CHECKING:
     from dicomweb_client import DICOMwebClient
@@ -43,7 +44,6 @@ __all__ = ["DEFAULT_TOKEN_ENV", "InstanceRef", "PullQuery", "PullResult", "Retri
            "held_sop_uids", "plan_retrieves", "public_url", "pull", "require_dicomweb"]
 
 DEFAULT_TOKEN_ENV = "XREG_DICOMWEB_TOKEN"
-REGISTRY_NAME = "registry.sqlite"
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _MODALITY = re.compile(r"^[A-Z0-9_]{1,16}$")
 # Tags of a QIDO-RS instance result (DICOM JSON keys).
@@ -133,23 +133,17 @@ def public_url(url: str) -> str:
 
 # -- what OUT already holds --------------------------------------------------
 
-def held_sop_uids(registry_path: Path) -> set[str]:
-    """SOP Instance UIDs of the films the registry holds (placed and recorded).
+def held_sop_uids(registry_path: Path, uids: Iterable[str], *,
+                  readonly: bool = False) -> set[str]:
+    """Those of ``uids`` whose film the registry holds (placed and recorded).
 
-    Read-only, and tolerant of an older schema: ``images.sop_uid`` exists
-    since version 1, and the sort that follows migrates the file.
+    ``readonly`` for a dry run: the registry is read, never created or migrated.
     """
-    if not registry_path.exists():
+    wanted = sorted(set(uids))
+    if not wanted or not registry_path.exists():
         return set()
-    db = sqlite3.connect(f"file:{registry_path}?mode=ro", uri=True, timeout=30)
-    try:
-        rows = db.execute("SELECT sop_uid FROM images"
-                          " WHERE sop_uid IS NOT NULL AND state = 'done'").fetchall()
-    except sqlite3.DatabaseError as exc:
-        raise XregError(f"cannot read the registry {registry_path}: {exc}") from None
-    finally:
-        db.close()
-    return {r[0] for r in rows}
+    with Registry(registry_path, readonly=readonly) as registry:
+        return set(registry.placed_sop_uids(wanted))
 
 
 def _spooled_sop_uids(paths: Iterable[Path]) -> set[str]:
@@ -324,8 +318,9 @@ def pull(
 
         spool = Spool(out_root)
         waiting = spool.pending()
-        held = held_sop_uids(registry_path) | _spooled_sop_uids(waiting)
         found = _search(client, query, origin)
+        held = _spooled_sop_uids(waiting) | held_sop_uids(
+            registry_path, (ref.sop for ref in found), readonly=options.dry_run)
         todo = plan_retrieves(found, held)
         result.queried, result.held = len(found), len(found) - len(todo)
         if options.dry_run:
