@@ -88,7 +88,8 @@ def tiny_dx(seed: int) -> Dataset:
     return _named(ds)
 
 
-def scu(ae_title: str = SENDER, extra: tuple[tuple[str, str], ...] = ()) -> AE:
+def scu(ae_title: str = SENDER, extra: tuple[tuple[str, str], ...] = (),
+        timeout: float = 30) -> AE:
     ae = AE(ae_title=ae_title)
     ae.add_requested_context("1.2.840.10008.1.1")
     for sop in (CR, DX, SC):
@@ -96,7 +97,7 @@ def scu(ae_title: str = SENDER, extra: tuple[tuple[str, str], ...] = ()) -> AE:
             ae.add_requested_context(sop, ts)
     for sop, ts in extra:
         ae.add_requested_context(sop, ts)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     return ae
 
 
@@ -352,8 +353,12 @@ def _start_listener(out: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
 
 
 def _push(port: int, films: list[Dataset], acked: set[str], stop: threading.Event) -> None:
-    """Send until done or the association breaks; ``acked`` gets each Success."""
-    assoc = scu().associate("127.0.0.1", port, ae_title="XREG")
+    """Send until done or the association breaks; ``acked`` gets each Success.
+
+    A short DIMSE timeout: a killed listener answers nothing, and the sender
+    should give up on it soon (a response normally takes milliseconds).
+    """
+    assoc = scu(timeout=5).associate("127.0.0.1", port, ae_title="XREG")
     if not assoc.is_established:
         return
     for ds in films:
