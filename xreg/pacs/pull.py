@@ -317,6 +317,8 @@ def pull(
         from xreg.pacs.spool import Spool
 
         spool = Spool(out_root)
+        if not options.dry_run:
+            spool.clean_temporary()  # what a killed writer left; we hold the lock
         waiting = spool.pending()
         found = _search(client, query, origin)
         held = _spooled_sop_uids(waiting) | held_sop_uids(
