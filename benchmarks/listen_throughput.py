@@ -101,20 +101,28 @@ def _placed(out: Path) -> int:
         return 0
 
 
-def _push(port: int, paths: list[Path], acked: list[str], lock: threading.Lock) -> None:
-    import pydicom
+def _push(port: int, films: list[tuple[Path, str]], acked: list[str],
+          lock: threading.Lock) -> None:
+    """One association sending files as they are (pynetdicom reads and sends the
+    encoded file without decoding it: the sender, on this same machine, stays cheap)."""
     from pynetdicom import AE
 
     ae = AE(ae_title="BENCH")
     ae.add_requested_context(DX, EXPLICIT_LE)
     assoc = ae.associate("127.0.0.1", port, ae_title="XREG")
     assert assoc.is_established, "no association"
-    for path in paths:
-        status = assoc.send_c_store(pydicom.dcmread(path))
+    for path, uid in films:
+        status = assoc.send_c_store(path)
         if status and status.Status == 0x0000:
             with lock:
-                acked.append(str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID))
+                acked.append(uid)
     assoc.release()
+
+
+def _sop_uid(path: Path) -> str:
+    import pydicom
+
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
 
 
 def time_listen(paths: list[Path], out: Path, associations: int,
@@ -135,7 +143,8 @@ def time_listen(paths: list[Path], out: Path, associations: int,
             time.sleep(0.1)
         acked: list[str] = []
         lock = threading.Lock()
-        shares = [paths[i::associations] for i in range(associations)]
+        films = [(p, _sop_uid(p)) for p in paths]
+        shares = [films[i::associations] for i in range(associations)]
         threads = [threading.Thread(target=_push, args=(port, share, acked, lock))
                    for share in shares]
         start = time.perf_counter()
