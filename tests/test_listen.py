@@ -487,3 +487,53 @@ def test_orthanc_sends_to_the_listener_end_to_end(tmp_path: Path, model: Any) ->
     associations = running.kinds("association")
     assert {a["calling_ae"] for a in associations} == {"ORTHANC"}
     assert sum(a["accepted"] for a in associations) == len(films)
+
+
+# -- TLS -------------------------------------------------------------------------------------
+
+def _certificates(folder: Path) -> dict[str, Path]:
+    """A CA, and a server and a client certificate it signed (openssl, one day)."""
+    folder.mkdir()
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+        "ca.pem", "-days", "1", "-subj", "/CN=xreg-test-ca")
+    for name in ("server", "client"):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
+            f"{name}.csr", "-subj", "/CN=localhost")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", f"{name}.pem", "-days", "1")
+    return {p.stem + p.suffix: p for p in folder.iterdir()}
+
+
+def test_tls_with_client_certificates_admits_only_a_certified_sender(
+    tmp_path: Path, model: Any,
+) -> None:
+    import ssl
+
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl to make test certificates")
+    certs = _certificates(tmp_path / "certs")
+
+    def client(with_certificate: bool) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=certs["ca.pem"])
+        if with_certificate:
+            context.load_cert_chain(certs["client.pem"], certs["client.key"])
+        return context
+
+    for running in _listening(tmp_path / "out", model, tls_cert=certs["server.pem"],
+                              tls_key=certs["server.key"], tls_ca=certs["ca.pem"]):
+        assoc = scu().associate("127.0.0.1", running.port, ae_title="XREG",
+                                tls_args=(client(True), "localhost"))
+        assert assoc.is_established
+        assert assoc.send_c_store(tiny_dx(8)).Status == 0x0000
+        assoc.release()
+        running.wait_sorted(1)
+        refused = scu(timeout=5).associate("127.0.0.1", running.port, ae_title="XREG",
+                                           tls_args=(client(False), "localhost"))
+        assert not refused.is_established
+        plain = scu(timeout=5).associate("127.0.0.1", running.port, ae_title="XREG")
+        assert not plain.is_established
+    assert _placed(tmp_path / "out") == 1
