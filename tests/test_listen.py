@@ -537,3 +537,16 @@ def test_tls_with_client_certificates_admits_only_a_certified_sender(
         plain = scu(timeout=5).associate("127.0.0.1", running.port, ae_title="XREG")
         assert not plain.is_established
     assert _placed(tmp_path / "out") == 1
+
+
+def test_the_sort_path_never_imports_pynetdicom(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    tiny_dx(9).save_as(tmp_path / "in" / "a.dcm", enforce_file_format=True)
+    code = ("import sys; from typer.testing import CliRunner; from xreg.cli import app\n"
+            "r = CliRunner().invoke(app, ['sort', sys.argv[1], sys.argv[2], '--min-age', '0'])\n"
+            "assert r.exit_code == 0, r.output\n"
+            "print(sorted(m for m in ('pynetdicom', 'dicomweb_client', 'torch')"
+            " if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "in"),
+                           str(tmp_path / "out")], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
