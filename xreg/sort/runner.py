@@ -40,7 +40,7 @@ from xreg.sort.result import STATUSES, FileOutcome, SortResult
 from xreg.sort.scope import Placement
 
 __all__ = ["REGISTRY_NAME", "STATUSES", "FileOutcome", "Reporter", "SortResult", "run_sort",
-           "shift_columns", "sort_sources", "start_sort_run"]
+           "sort_sources", "start_sort_run"]
 
 if TYPE_CHECKING:
     from xreg.model.checkpoint import LoadedModel
@@ -93,7 +93,7 @@ def run_sort(
             if registry is not None:
                 registry.close()
         return result
-    return _sort_locked(out_root, options, loaded, weights, str(in_root.absolute()),
+    return _sort_locked(out_root, options, loaded, str(in_root.absolute()),
                         lambda: scan_inputs(in_root, exclude, options.min_age), reporter,
                         (group_by, in_root), _Intake("folder"))
 
@@ -117,7 +117,7 @@ def sort_sources(
     """
     weights = options.weights if options.weights is not None else default_weights()
     loaded = as_model(loaded, options.device) if loaded is not None else _load(weights, options)
-    return _sort_locked(out_root, options, loaded, weights, input_root,
+    return _sort_locked(out_root, options, loaded, input_root,
                         lambda: (files, 0), reporter or _Silent(), None,
                         _Intake(intake, origins or {}, lock_held, run_id))
 
@@ -145,7 +145,7 @@ def start_sort_run(registry: Registry, out_root: Path, options: SortOptions, loa
     )
 
 
-def shift_columns(result: SortResult) -> dict[str, Any]:
+def _shift_columns(result: SortResult) -> dict[str, Any]:
     """The run row's films held back as unfamiliar, their share, and the new-site flag."""
     shift = result.new_site()
     return {"shift_held": shift.held_back, "shift_share": round(shift.share, 4),
@@ -153,7 +153,7 @@ def shift_columns(result: SortResult) -> dict[str, Any]:
 
 
 def _sort_locked(
-    out_root: Path, options: SortOptions, loaded: Model, weights: Path,
+    out_root: Path, options: SortOptions, loaded: Model,
     input_root: str, get_files: Callable[[], tuple[list[SourceFile], int]],
     reporter: Reporter, grouping: tuple[GroupBy | None, Path] | None,
     intake: _Intake,
@@ -183,10 +183,10 @@ def _sort_locked(
         except BaseException:
             if own_run:
                 registry.finish_run(run_id, result.counts, status="interrupted",
-                                    **shift_columns(result))
+                                    **_shift_columns(result))
             raise
         if own_run:
-            registry.finish_run(run_id, result.counts, **shift_columns(result))
+            registry.finish_run(run_id, result.counts, **_shift_columns(result))
     return result
 
 
