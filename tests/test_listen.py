@@ -203,6 +203,9 @@ def test_echo_and_stores_land_sorted_once_with_their_origin(listening: Running) 
     assert all(s["removed"] == 1 and SPOOL_DIR in s["path"] for s in sources)
     assert len(sources) == len(films)  # the identical resend is the same source row
     assert [(r["intake"], r["status"]) for r in runs] == [("listen", "running")]
+    shown = runner.invoke(app, ["registry", "runs", str(listening.out)])
+    assert shown.exit_code == 0 and f"listen dicom://XREG@127.0.0.1:{listening.port}" in \
+        " ".join(shown.output.split()), shown.output
     association = listening.kinds("association")
     assert association[0] == {"calling_ae": SENDER, "address": "127.0.0.1",
                               "received": len(films) + 1, "accepted": len(films) + 1,
