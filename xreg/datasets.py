@@ -27,7 +27,7 @@ from pathlib import Path
 
 from xreg.errors import ConfigError
 from xreg.io import find_images
-from xreg.model.labels import BODY_PARTS, INSTRUMENT_LABELS, VIEW_LABELS
+from xreg.model.labels import BODY_PARTS, INSTRUMENT_LABELS, OTHER, VIEW_LABELS
 
 __all__ = ["PAIR_COLUMNS", "REQUIRED_COLUMNS", "HipPair", "LabelledImage", "load_labels",
            "load_pairs", "parse_body_parts"]
@@ -76,7 +76,7 @@ def parse_body_parts(value: str, known: Sequence[str]) -> tuple[str, ...]:
 
 
 def load_labels(data: Path, body_parts: Sequence[str] = BODY_PARTS, *,
-                reviewed_only: bool = False) -> list[LabelledImage]:
+                reviewed_only: bool = False, lenient: bool = False) -> list[LabelledImage]:
     """Read the labelled images of a manifest CSV or a sort-layout folder, sorted by path.
 
     ``body_parts`` are the labels a body part may take (a model card's head).
@@ -85,6 +85,11 @@ def load_labels(data: Path, body_parts: Sequence[str] = BODY_PARTS, *,
     reviewed films. An unreadable manifest, a missing column, an unknown
     body part or a bad instrument value raises ``ConfigError`` naming the
     row and column.
+
+    ``lenient`` reads a source's own ``labels.csv`` as it comes (``xreg adapt
+    --replay-data``): a view other than AP or LAT (``oblique``) is unknown, and
+    a body part the model does not know (``chest``) is ``other`` when the model
+    has that class.
     """
     data = Path(data)
     registry = _registry_rows(data, body_parts, reviewed_only)
@@ -96,7 +101,7 @@ def load_labels(data: Path, body_parts: Sequence[str] = BODY_PARTS, *,
     elif data.is_dir():
         images = _from_folder(data, body_parts)
     elif data.is_file():
-        images = _from_manifest(data, body_parts)
+        images = _from_manifest(data, body_parts, lenient)
     else:
         raise ConfigError(f"no labelled data at {data} (expected a CSV file or a folder)")
     if not images:
@@ -104,7 +109,8 @@ def load_labels(data: Path, body_parts: Sequence[str] = BODY_PARTS, *,
     return sorted(images, key=lambda im: str(im.path))
 
 
-def _from_manifest(path: Path, body_parts: Sequence[str]) -> list[LabelledImage]:
+def _from_manifest(path: Path, body_parts: Sequence[str], lenient: bool = False
+                   ) -> list[LabelledImage]:
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
             rows = list(csv.DictReader(f))
@@ -129,8 +135,12 @@ def _from_manifest(path: Path, body_parts: Sequence[str]) -> list[LabelledImage]
         rel = (row["path"] or "").strip()
         if not rel:
             raise bad("path", "empty")
+        raw_part = row["body_part"] or ""
+        if lenient and OTHER in body_parts:
+            raw_part = "|".join(m if m.strip() in body_parts else OTHER
+                                for m in raw_part.split("|") if m.strip())
         try:
-            members = parse_body_parts(row["body_part"] or "", body_parts)
+            members = parse_body_parts(raw_part, body_parts)
         except ValueError as exc:
             raise bad("body_part", str(exc)) from None
         raw = (row["instrument"] or "").strip()
@@ -140,6 +150,8 @@ def _from_manifest(path: Path, body_parts: Sequence[str]) -> list[LabelledImage]
         if fracture not in _INSTRUMENT_VALUES:
             raise bad("fracture", f"{fracture!r} is not 0, 1 or empty")
         view = (row.get("view") or "").strip().upper() or None
+        if view is not None and view not in VIEW_LABELS and lenient:
+            view = None
         if view is not None and view not in VIEW_LABELS:
             raise bad("view", f"{view!r} is not {', '.join(VIEW_LABELS)} or empty")
         images.append(LabelledImage(
@@ -160,7 +172,6 @@ def _registry_rows(root: Path, body_parts: Sequence[str],
     None when ``root`` has no registry xreg can read: then its folders label it.
     """
     from xreg.errors import RegistryError
-    from xreg.model.labels import OTHER
     from xreg.registry import Registry
     from xreg.registry.export import manifest_rows
 

@@ -30,7 +30,7 @@ DEFAULT_WEIGHTS = "bodypart_sites.pt"
 
 
 # Card keys added after format version 1 was first written; older cards lack them.
-_OPTIONAL_KEYS = frozenset({"views", "normalise", "guard", "members"})
+_OPTIONAL_KEYS = frozenset({"views", "normalise", "guard", "members", "replay"})
 #: Network outputs beyond the heads (see :mod:`xreg.model.ensemble`): every member's
 #: body-part logits ``(B, members, classes)`` and the distance to the k-th nearest
 #: training film ``(B,)``.
@@ -91,6 +91,10 @@ class ModelCard:
     # largest ``distance_max`` to the k-th nearest training film. ``fracture_classes``
     # lists the body parts whose fracture call means something (learned from labels).
     members: tuple[str, ...] = ()
+    # What ``xreg adapt`` replays to keep what the model knew (``<name>.replay.npz`` beside
+    # the weights: derived features and labels of training films, never the films):
+    # file, sha256, films, holdout, per_site. Empty: none shipped.
+    replay: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         def bad(key: str, why: str) -> CheckpointError:
@@ -208,6 +212,7 @@ class ModelCard:
             "normalise": self.normalise,
             "guard": _plain_json(self.guard, "guard"),
             **({"members": list(self.members)} if self.members else {}),
+            **({"replay": _plain_json(self.replay, "replay")} if self.replay else {}),
         }
 
     @classmethod
@@ -244,7 +249,8 @@ class ModelCard:
             except ConfigError as exc:
                 raise CheckpointError(f"model card key 'heads': {exc}") from None
         return cls(**{**dict(data), "heads": tuple(heads),
-                      "members": tuple(data.get("members") or ())})
+                      "members": tuple(data.get("members") or ()),
+                      "replay": dict(data.get("replay") or {})})
 
 
 def extra_outputs(card: ModelCard) -> tuple[str, ...]:

@@ -112,6 +112,14 @@ class EnsembleNet(nn.Module):
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         feats, joined = self.features(x)
+        return self.answer(feats, joined)
+
+    def answer(self, feats: Sequence[Tensor], joined: Tensor | None = None
+               ) -> dict[str, Tensor]:
+        """The outputs for members' penultimate features (what ``forward`` returns after
+        the backbones): adapt trains and judges heads on stored features with it."""
+        if joined is None:
+            joined = unit_features(feats)
         outs = [{name: head(f) for name, head in member.heads.items()}
                 for member, f in zip(self.member_nets, feats)]
         result: dict[str, Tensor] = {}

@@ -1,11 +1,13 @@
-"""The Markdown card ``xreg adapt`` writes beside an adapted checkpoint."""
+"""The Markdown card ``xreg adapt`` writes beside an adapted checkpoint.
+
+It takes plain data (:meth:`xreg.train.adapt_result.AdaptResult.to_dict` with
+the written card), so it imports nothing of the adapt code.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from xreg.train.adapt import AdaptResult
+from collections.abc import Mapping
+from typing import Any
 
 __all__ = ["card_markdown"]
 
@@ -14,47 +16,74 @@ def _share(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
-def card_markdown(result: AdaptResult, sha: str) -> str:
-    """The adapted model's card as Markdown (what was reviewed, how it did, its limits)."""
-    card, c = result.loaded.card, result.counts
-    rows = []
-    for name, fig in (("base", result.before), ("adapted", result.after)):
-        rows.append(f"| {name} | {fig['films']} | {_share(fig['correct_folder'])} "
-                    f"({fig['correct']}) | {_share(fig['wrong_folder'])} ({fig['wrong']}) | "
-                    f"{_share(fig['review_rate'])} ({fig['review']}) |")
+def _row(name: str, fig: Mapping[str, Any]) -> str:
+    return (f"| {name} | {fig['films']} | {_share(fig['correct_folder'])} ({fig['correct']}) "
+            f"| {_share(fig['wrong_folder'])} ({fig['wrong']}) | "
+            f"{_share(fig['review_rate'])} ({fig['review']}) |")
+
+
+def card_markdown(result: Mapping[str, Any], sha: str) -> str:
+    """The adapted model's card as Markdown (what was reviewed, how it did, its limits).
+
+    ``result``: the adapt result as a dict, with ``card`` (the written card's
+    dict) and ``base_sha256``.
+    """
+    card, c = result["card"], result["counts"]
+    training = card.get("training", {})
+    hold = result["holdout"]
+    forgot = result.get("forgetting")
     per_class = ", ".join(f"{k} {v}" for k, v in c["per_class"].items())
-    return "\n".join([
-        f"# {card.name}",
+    lines = [
+        f"# {card['name']}",
         "",
-        f"Adapted by `xreg adapt` on {card.created}: **tuned to one site** (the films "
+        f"Adapted by `xreg adapt` on {card['created']}: **tuned to one site** (the films "
         "reviewed in one sorted folder). Use it there; at any other site use the base.",
         "",
         f"- checkpoint sha256: `{sha}`",
-        f"- base: {result.base.card.name}, sha256 `{result.base.sha256}`",
-        f"- method: {card.training.get('method')}; {result.steps} steps, "
-        f"{result.seconds:.0f} s",
-        f"- reviewed films: {c['reviewed']} ({c['train']} to train, {c['holdout']} held "
-        f"out by patient/study/folder): {per_class}",
+        f"- base: {result['base']['name']}, sha256 `{result['base_sha256']}`",
+        f"- method: {training.get('method')}; {result['steps']} steps per training, "
+        f"{result['seconds']:.0f} s",
+        f"- reviewed films: {c['reviewed']} ({c['train']} judged the procedure, "
+        f"{c['holdout']} held out by patient/study/folder): {per_class}",
         f"- reviewers: {', '.join(c['reviewers']) or '–'}",
-        f"- films whose base answers were kept (distillation, "
-        f"{card.training.get('options', {}).get('distill_on')}): {c['distilled_on']}; "
-        f"replay films: {c['replay']}",
-        f"- min_confidence {card.thresholds.get('min_confidence')} (chosen on the hold-out); "
-        f"guard {dict(card.guard) or 'none'}",
+        f"- replayed training films of the base: {c.get('replay', 0)} "
+        f"({'shipped with the base' if c.get('replay_shipped') else 'given'}); films whose "
+        f"base answers were kept otherwise: {c.get('distilled_on', 0)}",
+        f"- min_confidence {card['thresholds'].get('min_confidence')}; guard "
+        f"{ {k: v for k, v in card.get('guard', {}).items() if k != 'bank'} or 'none'}",
         "",
         "## Hold-out (reviewed films of the site that trained nothing)",
         "",
         "| model | films | correct folder | wrong folder | review |",
         "|---|---|---|---|---|",
-        *rows,
+        _row("base", hold["before"]),
+        _row("adapted", hold["after"]),
         "",
-        f"Verdict: {result.verdict}.",
-        "",
+    ]
+    if forgot:
+        lines += [
+            "## Films the base knew (replay hold-out: forgetting)",
+            "",
+            "| model | films | correct folder | wrong folder | review |",
+            "|---|---|---|---|---|",
+            _row("base", forgot["before"]),
+            _row("adapted", forgot["after"]),
+            "",
+            f"Correct folder fell by {forgot['correct_drop']:.3f}, wrong folder rose by "
+            f"{forgot['wrong_rise']:.3f}.",
+            "",
+        ]
+    lines += [f"Verdict: {result['verdict']}.", ""]
+    if result.get("notes"):
+        lines += ["## What the hold-out could not judge", "",
+                  *(f"- {n}" for n in result["notes"]), ""]
+    lines += [
         "## Limits",
         "",
         "- The hold-out is small; its figures are counts, not a promise. The base's "
         "card gives the figures measured on many films.",
-        "- Classes nobody reviewed were kept by distilling the base's own answers, "
-        "not by new evidence.",
+        "- Classes nobody reviewed were kept by replaying the base's training films (as "
+        "features) and distilling its answers, not by new evidence.",
         "",
-    ])
+    ]
+    return "\n".join(lines)

@@ -66,8 +66,10 @@ class AdaptOptions:
     phantoms: int = 300        # phantoms rendered for distillation (every class, seeded)
     temperature: float = 2.0
     anchor: float = 0.01       # L2-SP pull towards the base weights (0: off)
-    layers: str = "auto"       # what trains: all | heads | auto (all with replay films,
-                               # else heads: the measured least-forgetting choice)
+    layers: str = "auto"       # what trains: heads | all | auto (heads, unless replay
+                               # films are given for a base with no bank and no replay file)
+    replay: bool = True        # replay the features shipped beside the base's weights
+    views: int = 4             # passes per reviewed film for head training (1 plain + augmented)
     adabn: bool = False        # re-estimate batch-norm statistics on the site's films first
     fine_tune: bool = True     # False with adabn: AdaBN alone (--unlabelled)
     holdout: float = 0.25      # share of reviewed groups held out for the verdict
@@ -88,7 +90,7 @@ class AdaptOptions:
     def check(self) -> None:
         if not 0.0 < self.holdout < 1.0:
             raise ConfigError(f"--holdout must be between 0 and 1, got {self.holdout}")
-        for name in ("epochs", "min_steps", "max_steps", "batch_size", "workers"):
+        for name in ("epochs", "min_steps", "max_steps", "batch_size", "workers", "views"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         for name in ("lr", "distill", "anchor", "temperature"):
@@ -107,24 +109,22 @@ class AdaptOptions:
 
 
 
-def render_phantoms(count: int, seed: int) -> list[Film]:
-    """``count`` phantoms of every class (``xreg synth``), rendered to a temporary folder.
+def render_phantoms(count: int, seed: int, size: int) -> torch.Tensor:
+    """``count`` phantoms of every class (as ``xreg synth`` plans them), rendered in
+    memory at ``size``: grey in [0, 1], ``(count, size, size)`` float16.
 
-    The folder lives as long as the process (they are decoded right away);
+    Nothing is written to disk, so nothing is left behind however adapt ends;
     rendering 300 takes a few seconds.
     """
-    import atexit
-    import shutil
-    import tempfile
+    from xreg.inference.preprocess import resize_grey
+    from xreg.synth.generate import plan_dataset, render_phantom
 
-    from xreg.synth.generate import generate_dataset
-
-    folder = Path(tempfile.mkdtemp(prefix="xreg-adapt-phantoms-"))
-    atexit.register(shutil.rmtree, folder, True)
-    generate_dataset(folder, count=count, seed=10_000 + seed, size=320, formats=("jpeg",),
-                     out_of_scope=max(1, count // 10))
-    return [Film(p) for p in sorted((folder / "images").glob("*"))
-            + sorted((folder / "out_of_scope").glob("*"))]
+    if count <= 0:
+        return torch.zeros((0, size, size), dtype=torch.float16)
+    items = plan_dataset(count, 10_000 + seed, size=max(size, 256), formats=("jpeg",))
+    arrays = [resize_grey(render_phantom(item.spec).image, size).astype(np.float16)
+              for item in items]
+    return torch.from_numpy(np.clip(np.stack(arrays), 0, 1).astype(np.float16))
 
 
 # -- pixels -----------------------------------------------------------------------------
@@ -163,7 +163,7 @@ def decode_grey(paths: Sequence[Path], size: int, workers: int = 2,
     return torch.from_numpy(stacked.astype(np.float16, copy=False)), kept
 
 
-def _inputs(grey: torch.Tensor, card: ModelCard) -> torch.Tensor:
+def network_input(grey: torch.Tensor, card: ModelCard) -> torch.Tensor:
     """Grey [0, 1] (B, S, S) -> the network's input, exactly as the sort prepares it."""
     x = normalise_intensity(grey.float().numpy(), card.normalise)
     x = (torch.from_numpy(np.ascontiguousarray(x)) - card.mean) / card.std
@@ -177,7 +177,7 @@ def predict_grey(model: nn.Module, grey: torch.Tensor, card: ModelCard,
     model.eval()
     out: dict[str, list[torch.Tensor]] = {h.name: [] for h in card.heads}
     for start in range(0, len(grey), batch_size):
-        logits = model(_inputs(grey[start:start + batch_size], card))
+        logits = model(network_input(grey[start:start + batch_size], card))
         for name in logits:  # an ensemble's extra outputs (members, distance) too
             out.setdefault(name, []).append(logits[name].float())
     return {name: torch.cat(parts) if parts else torch.zeros((0, len(card.head(name).labels)))
@@ -201,7 +201,7 @@ def adabn(model: nn.Module, grey: torch.Tensor, card: ModelCard, batch_size: int
         rows = order[start:start + batch_size]
         if len(rows) < 2:
             break
-        model(_inputs(grey[rows], card))
+        model(network_input(grey[rows], card))
     for m, momentum in saved:
         m.momentum = momentum
     model.eval()
@@ -328,20 +328,20 @@ def fine_tune(model: nn.Module, card: ModelCard, grey: torch.Tensor, films: Sequ
         rows = torch.multinomial(weights, options.batch_size, replacement=True,
                                  generator=generator)
         x = augment_batch(grey[rows].float(), generator, **aug)
-        out = model(_inputs(x, card))
+        out = model(network_input(x, card))
         loss = _supervised(out, targets, rows)
         entry = {"step": float(step), "supervised": float(loss.detach())}
         if replay is not None:
             rrows = torch.randint(0, len(replay[1]), (max(1, options.batch_size // 2),),
                                   generator=generator)
             rx = augment_batch(replay[0][rrows].float(), generator, **aug)
-            rloss = _supervised(model(_inputs(rx, card)), replay_targets, rrows)
+            rloss = _supervised(model(network_input(rx, card)), replay_targets, rrows)
             loss = loss + rloss
             entry["replay"] = float(rloss.detach())
         if options.distill and len(pool):
             prow = torch.randint(0, len(pool), (options.batch_size,), generator=generator)
             px = augment_batch(pool[prow].float(), generator, **aug)
-            student = model(_inputs(px, card))
+            student = model(network_input(px, card))
             kd = _distill_loss(student, {k: v[prow] for k, v in pool_logits.items()},
                                options.temperature)
             loss = loss + options.distill * kd

@@ -1,0 +1,330 @@
+"""Adapting the heads over frozen features: what ``xreg adapt`` does by default.
+
+The base's backbones stay as they were, so every film is its penultimate
+features, computed once: the site's reviewed films (a few augmented views
+each), its unreviewed films, and the replayed training films of the base
+(shipped as features, :mod:`xreg.train.replay`). Each member's heads are
+trained on the reviews, on the replayed labels, and towards the base's own
+answers on the replayed and unreviewed films (distillation), with an L2 pull
+towards the base's heads. Seconds per training on a CPU, so the guard can be
+chosen on out-of-fold answers (:func:`cross_outputs`), and the site's
+reviewed films join the feature bank, so that "unlike the training films"
+means unlike what the adapted model learned from.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from xreg.evaluation.sorting import place
+from xreg.model.card import DISTANCE_OUTPUT, MEMBERS_OUTPUT, ModelCard
+from xreg.model.ensemble import EnsembleNet, unit_features
+from xreg.model.labels import BODY_PARTS, OTHER
+from xreg.train.finetune import (
+    BODY_PART,
+    FRACTURE,
+    INSTRUMENT,
+    AdaptOptions,
+    Film,
+    energy_of,
+    held_back,
+    network_input,
+)
+from xreg.train.replay import ReplaySet, backbone_features
+from xreg.train.sites import GUARD_COVERAGE
+
+__all__ = ["Labelled", "answer", "choose_guard", "cross_outputs", "extend_bank",
+           "site_features", "train_heads"]
+
+#: Wrong folder the guard is chosen for on out-of-fold answers (the target is 0.05).
+WRONG_TARGET = 0.04
+#: Stricter-only candidates: a threshold never falls below the base's.
+CONFIDENCE_GRID = (0.5, 0.6, 0.7, 0.8, 0.9)
+AGREE_GRID = (0.3, 0.4, 0.5, 0.6, 0.7)
+DISTANCE_SCALES = (1.0, 0.85, 0.7)
+#: Groups the threshold choice's cross-validation uses.
+FOLDS = 4
+AUG = dict(hflip=True, rot90=False, rotate=10.0, scale=0.1, shift=0.05, intensity=0.1)
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """Films as features with their labels (-1: unknown) and sampling weights."""
+
+    feats: list[Tensor]
+    truth: Tensor        # (N, C) bool
+    instrument: Tensor   # (N,) long
+    fracture: Tensor
+    weight: Tensor       # (N,) float64: each film's draw weight
+
+    def __len__(self) -> int:
+        return int(self.truth.shape[0])
+
+    def rows(self, index: Sequence[int] | Tensor) -> Labelled:
+        idx = torch.as_tensor(index, dtype=torch.long)
+        return Labelled([f[idx] for f in self.feats], self.truth[idx], self.instrument[idx],
+                        self.fracture[idx], self.weight[idx])
+
+    @classmethod
+    def of_films(cls, feats: list[Tensor], films: Sequence[Film], labels: Sequence[str]
+                 ) -> Labelled:
+        primary = [f.truth[0] if f.truth else "" for f in films]
+        freq = Counter(primary)
+        return cls(feats, torch.tensor([[lab in (f.truth or ()) for lab in labels]
+                                        for f in films], dtype=torch.bool).reshape(
+                       len(films), len(labels)),
+                   _known(f.instrument for f in films), _known(f.fracture for f in films),
+                   torch.tensor([1.0 / freq[p] for p in primary], dtype=torch.float64))
+
+    @classmethod
+    def of_replay(cls, replay: ReplaySet) -> Labelled:
+        n = len(replay)
+        sites = Counter(int(s) for s in replay.site)
+        return cls(replay.member_features(), torch.from_numpy(replay.truth.copy()),
+                   torch.from_numpy(replay.instrument.astype(np.int64)),
+                   torch.from_numpy(replay.fracture.astype(np.int64)),
+                   torch.tensor([1.0 / sites[int(s)] for s in replay.site] if n else [],
+                                dtype=torch.float64))
+
+
+def _known(values: Any) -> Tensor:
+    return torch.tensor([-1 if v is None else int(v) for v in values], dtype=torch.long)
+
+
+def member_heads(model: nn.Module) -> list[nn.ModuleDict]:
+    if isinstance(model, EnsembleNet):
+        return [m.heads for m in model.member_nets]
+    return [model.heads]  # type: ignore[list-item]
+
+
+@torch.no_grad()
+def answer(model: nn.Module, feats: Sequence[Tensor], batch_size: int = 512
+           ) -> dict[str, Tensor]:
+    """The network's outputs for films given as members' features (eval mode)."""
+    model.eval()
+    parts: list[dict[str, Tensor]] = []
+    n = int(feats[0].shape[0]) if feats else 0
+    for start in range(0, n, batch_size):
+        chunk = [f[start:start + batch_size].float() for f in feats]
+        if isinstance(model, EnsembleNet):
+            parts.append(model.answer(chunk))
+        else:
+            parts.append({k: h(chunk[0]) for k, h in member_heads(model)[0].items()})
+    if not parts:
+        return {}
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+@torch.no_grad()
+def site_features(model: nn.Module, card: ModelCard, grey: Tensor, views: int = 1,
+                  seed: int = 0, batch_size: int = 64) -> list[list[Tensor]]:
+    """Members' features of ``grey`` films: ``views`` passes, the first plain, the
+    others augmented (as training augments). Returns ``[view][member] (N, d)``."""
+    from xreg.model.transforms import augment_batch
+
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    out: list[list[Tensor]] = []
+    for v in range(views):
+        parts: list[list[Tensor]] = []
+        for start in range(0, len(grey), batch_size):
+            x = grey[start:start + batch_size].float()
+            if v:
+                x = augment_batch(x, generator, **AUG)
+            parts.append(backbone_features(model, network_input(x, card)))
+        out.append([torch.cat([p[m] for p in parts]).float()
+                    for m in range(len(parts[0]))] if parts else [])
+    return out
+
+
+def extend_bank(model: nn.Module, feats: Sequence[Tensor]) -> int:
+    """Add films (members' features) to an ensemble's feature bank; returns its rows."""
+    if not isinstance(model, EnsembleNet) or not model.has_bank or not len(feats[0]):
+        return int(model.bank.shape[0]) if isinstance(model, EnsembleNet) else 0
+    joined = unit_features([f.float() for f in feats])
+    model.set_bank(torch.cat([model.bank.float(), joined]), model.k)
+    return int(model.bank.shape[0])
+
+
+# -- training --------------------------------------------------------------------------
+
+
+def _set_loss(logits: Tensor, sets: Tensor) -> Tensor:
+    log_p = F.log_softmax(logits, dim=1)
+    return -(torch.logsumexp(log_p.masked_fill(~sets, -1e9), dim=1)).mean()
+
+
+def _supervised(out: Mapping[str, Tensor], batch: Labelled) -> Tensor:
+    loss = _set_loss(out[BODY_PART], batch.truth)
+    for name, y in ((INSTRUMENT, batch.instrument), (FRACTURE, batch.fracture)):
+        known = y >= 0
+        if name in out and known.any():
+            loss = loss + F.cross_entropy(out[name][known], y[known])
+    return loss
+
+
+def _kd(student: Mapping[str, Tensor], teacher: Mapping[str, Tensor], t: float) -> Tensor:
+    loss = torch.zeros(())
+    for name, target in teacher.items():
+        loss = loss + F.kl_div(F.log_softmax(student[name] / t, 1), F.softmax(target / t, 1),
+                               reduction="batchmean") * t * t
+    return loss
+
+
+def train_heads(model: nn.Module, site: Labelled, options: AdaptOptions, *,
+                replay: Labelled | None = None, pool: Sequence[Tensor] = (),
+                on_step: Callable[[], None] | None = None) -> list[dict[str, float]]:
+    """Train every member's heads in place: reviews, replayed labels, and the base's
+    answers on the replayed and ``pool`` films (distillation), near the base."""
+    heads = member_heads(model)
+    teacher = [copy.deepcopy(h).eval() for h in heads]
+    kd_feats: list[Tensor | None] = []
+    for m in range(len(heads)):
+        parts = ([replay.feats[m]] if replay is not None and len(replay) else []) + \
+            ([pool[m]] if len(pool) else [])
+        kd_feats.append(torch.cat(parts) if parts else None)
+    with torch.no_grad():
+        kd_targets = [{k: h(f) for k, h in t.items()} if f is not None else {}
+                      for t, f in zip(teacher, kd_feats)]
+    params = [p for h in heads for p in h.parameters()]
+    anchor = [p.detach().clone() for p in params]
+    optimiser = torch.optim.Adam(params, lr=options.lr_for("heads"))
+    steps = options.max_steps
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
+    generator = torch.Generator().manual_seed(options.seed)
+    batch = max(options.batch_size, 64)
+    log: list[dict[str, float]] = []
+    for step in range(steps):
+        for h in heads:
+            h.train()
+        rows = torch.multinomial(site.weight, batch, replacement=True, generator=generator)
+        part = site.rows(rows)
+        rpart = None
+        if replay is not None and len(replay):
+            rpart = replay.rows(torch.multinomial(replay.weight, batch, replacement=True,
+                                                  generator=generator))
+        first = kd_feats[0] if kd_feats else None
+        krows = torch.randint(0, len(first), (batch,), generator=generator) \
+            if first is not None and len(first) else None
+        loss = torch.zeros(())
+        for m, h in enumerate(heads):
+            loss = loss + _supervised({k: layer(part.feats[m]) for k, layer in h.items()},
+                                      part)
+            if rpart is not None:
+                loss = loss + _supervised({k: layer(rpart.feats[m])
+                                           for k, layer in h.items()}, rpart)
+            kd_m = kd_feats[m]
+            if krows is not None and kd_m is not None and options.distill:
+                student = {k: layer(kd_m[krows]) for k, layer in h.items()}
+                loss = loss + options.distill * _kd(
+                    student, {k: v[krows] for k, v in kd_targets[m].items()},
+                    options.temperature)
+        if options.anchor:
+            loss = loss + options.anchor * sum(((p - a) ** 2).sum()
+                                               for p, a in zip(params, anchor))
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        log.append({"step": float(step), "loss": float(loss.detach())})
+        if on_step is not None:
+            on_step()
+    for h in heads:
+        h.eval()
+    return log
+
+
+# -- choosing the guard on out-of-fold answers -----------------------------------------
+
+
+def _folds(groups: Sequence[str], folds: int, seed: int) -> list[int]:
+    keyed = sorted(set(groups), key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
+    fold_of = {g: i % folds for i, g in enumerate(keyed)}
+    return [fold_of[g] for g in groups]
+
+
+def cross_outputs(base: nn.Module, site: Labelled, views: int, groups: Sequence[str],
+                  plain: list[Tensor], options: AdaptOptions, *, replay: Labelled | None,
+                  pool: Sequence[Tensor] = ()) -> dict[str, Tensor] | None:
+    """Each reviewed film's answer from heads trained without its group (and a bank
+    holding the other groups' films): what the rest of the site will see.
+
+    ``site`` holds ``views`` rows per film (view-major); ``plain`` the films'
+    unaugmented features. None with fewer than two groups.
+    """
+    n = len(groups)
+    k = min(FOLDS, len(set(groups)))
+    if k < 2:
+        return None
+    fold = np.array(_folds(groups, k, options.seed))
+    parts: list[tuple[np.ndarray, dict[str, Tensor]]] = []
+    for f in range(k):
+        inside = np.flatnonzero(fold != f)
+        rows = [v * n + i for v in range(views) for i in inside]
+        model = copy.deepcopy(base)
+        train_heads(model, site.rows(rows), options, replay=replay, pool=pool)
+        extend_bank(model, [p[torch.as_tensor(inside)] for p in plain])
+        out = np.flatnonzero(fold == f)
+        parts.append((out, answer(model, [p[torch.as_tensor(out)] for p in plain])))
+    order = np.concatenate([idx for idx, _ in parts])
+    joined = {key: torch.cat([o[key] for _, o in parts]) for key in parts[0][1]}
+    inverse = torch.as_tensor(np.argsort(order))
+    return {key: v[inverse] for key, v in joined.items()}
+
+
+def _figures(card: ModelCard, outputs: Mapping[str, Tensor], truth: Sequence[tuple[str, ...]]
+             ) -> tuple[int, int, int]:
+    labels = card.head(BODY_PART).labels
+    probs = torch.softmax(outputs[BODY_PART], 1).numpy()
+    pred, placed = place(labels, probs, float(card.thresholds.get("min_confidence", 0.5)),
+                         held_back(outputs, card))
+    right = np.array([labels[p] in t for p, t in zip(pred, truth)], bool)
+    nine = np.array([t[0] in BODY_PARTS for t in truth], bool)
+    return int((placed & right & nine).sum()), int((placed & ~right).sum()), len(truth)
+
+
+def choose_guard(card: ModelCard, outputs: Mapping[str, Tensor],
+                 truth: Sequence[tuple[str, ...]]) -> tuple[ModelCard, dict[str, Any]]:
+    """``min_confidence``, ``agree_min`` and ``distance_max`` for at most
+    :data:`WRONG_TARGET` wrong folder on the out-of-fold answers, sorting the most;
+    never looser than the base's. The energy limit becomes the larger of the base's
+    and the :data:`GUARD_COVERAGE` quantile over the reviewed musculoskeletal films."""
+    guard = dict(card.guard)
+    msk = [i for i, t in enumerate(truth) if t and t[0] != OTHER]
+    if msk and guard.get("energy_max") is not None:
+        site = float(np.quantile(energy_of(dict(outputs))[msk], GUARD_COVERAGE))
+        guard["energy_max"] = round(max(float(guard["energy_max"]), site), 4)
+    base_conf = float(card.thresholds.get("min_confidence", 0.5))
+    confs = sorted({base_conf, *(c for c in CONFIDENCE_GRID if c > base_conf)})
+    agrees: list[float | None] = [None]
+    if guard.get("agree_min") is not None and MEMBERS_OUTPUT in outputs:
+        a0 = float(guard["agree_min"])
+        agrees = sorted({a0, *(a for a in AGREE_GRID if a > a0)})
+    dists: list[float | None] = [None]
+    if guard.get("distance_max") is not None and DISTANCE_OUTPUT in outputs:
+        dists = [round(float(guard["distance_max"]) * s, 4) for s in DISTANCE_SCALES]
+    best: tuple[Any, ...] | None = None
+    for conf, agree, dist in itertools.product(confs, agrees, dists):
+        g = {**guard, **({"agree_min": agree} if agree is not None else {}),
+             **({"distance_max": dist} if dist is not None else {})}
+        trial = replace(card, thresholds={**card.thresholds, "min_confidence": conf}, guard=g)
+        right, wrong, n = _figures(trial, outputs, truth)
+        met = wrong <= WRONG_TARGET * n
+        key = (met, right if met else -wrong, right)
+        if best is None or key > best[0]:
+            best = (key, trial, {"min_confidence": conf, "agree_min": agree,
+                                 "distance_max": dist, "films": n, "right": right,
+                                 "wrong": wrong, "met": met})
+    assert best is not None
+    return best[1], best[2]
