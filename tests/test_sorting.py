@@ -122,3 +122,56 @@ def test_apply_move_adopts_identical_and_suffixes_different(tmp_path):
     (out / "hand" / "a.png").write_bytes(b"someone else")
     assert apply_move(move, out, "copy") == PurePosixPath(f"hand/a__{sha[:8]}.png")
     assert (out / "hand" / "a.png").read_bytes() == b"someone else"
+
+
+def test_a_move_on_one_filesystem_links_and_removes_the_source_only_when_told(
+        tmp_path, monkeypatch):
+    import errno
+    import hashlib
+    import os
+
+    from xreg.sort import placement
+    from xreg.sort.placement import Move, apply_move, remove_source
+
+    src = tmp_path / "a.dcm"
+    src.write_bytes(b"film")
+    sha = hashlib.sha256(b"film").hexdigest()
+    st = src.stat()
+    out = tmp_path / "out"
+    move = Move(src, sha, PurePosixPath("hand/a.dcm"), "sorted")
+    rel = apply_move(move, out, "move", (st.st_size, st.st_mtime_ns))
+    placed = out / rel
+    # The placed film is the source's own inode (nothing copied), the source
+    # keeps its name until the placement is recorded, and no temp name is left.
+    assert os.path.samestat(src.stat(), placed.stat()) and placed.stat().st_nlink == 2
+    assert sorted(p.name for p in placed.parent.iterdir()) == ["a.dcm"]
+    monkeypatch.setattr(placement, "file_sha256", lambda p: pytest.fail("read again"))
+    assert remove_source(src, sha, placed) and not src.exists()
+    assert placed.read_bytes() == b"film" and placed.stat().st_nlink == 1
+    monkeypatch.undo()
+
+    # Where no hard link can be made (another filesystem), it is copied and verified.
+    def no_link(*args, **kwargs):
+        raise OSError(errno.EXDEV, "cross-device link")
+
+    src2 = tmp_path / "b.dcm"
+    src2.write_bytes(b"other film")
+    sha2 = hashlib.sha256(b"other film").hexdigest()
+    st2 = src2.stat()
+    real_link = os.link
+    monkeypatch.setattr(placement.os, "link", lambda a, b, **kw: (
+        no_link() if Path(a) == src2 else real_link(a, b, **kw)))
+    rel2 = apply_move(Move(src2, sha2, PurePosixPath("hand/b.dcm"), "sorted"), out, "move",
+                      (st2.st_size, st2.st_mtime_ns))
+    assert not os.path.samestat(src2.stat(), (out / rel2).stat())
+    assert (out / rel2).read_bytes() == b"other film"
+    # A changed source is refused by the link path too.
+    src3 = tmp_path / "c.dcm"
+    src3.write_bytes(b"third")
+    st3 = src3.stat()
+    os.utime(src3, ns=(st3.st_atime_ns, st3.st_mtime_ns + 1))
+    with pytest.raises(placement.PlacementError, match="source changed"):
+        apply_move(Move(src3, hashlib.sha256(b"third").hexdigest(),
+                        PurePosixPath("hand/c.dcm"), "sorted"), out, "move",
+                   (st3.st_size, st3.st_mtime_ns))
+    assert not (out / "hand" / "c.dcm").exists() and src3.exists()

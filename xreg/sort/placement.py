@@ -4,7 +4,9 @@ Planning is plain data so ``--dry-run`` is free and the rules are testable
 without a disk. Applying is the one place that writes into the output
 folder: temp name in the destination folder, fsync, verify, then a
 no-replace link into place, so nothing is ever overwritten and a killed run
-leaves at most a temp file that the next run removes.
+leaves at most a temp file that the next run removes. A ``move`` within one
+filesystem gives the source a second name instead of copying it; the
+source's own name goes only once the placement is recorded.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ LAYOUT_FIELDS = (
 )
 TEMP_PREFIX = ".xreg-tmp-"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+# A filesystem (or a pair of them) that cannot give a file a second name.
+_NO_LINK = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK,
+            errno.ENOSYS)
 
 
 @dataclass(frozen=True)
@@ -214,6 +219,8 @@ def _write_temp(
         if not os.path.samestat(os.stat(source), os.stat(tmp)):
             raise PlacementError("hard link does not point at the source")
         return
+    if mode == "move" and _link_for_move(source, tmp, expected):
+        return
     # The kernel copies (sendfile); the content was hashed when it was read
     # for the model, so an unchanged size and mtime is enough for a copy.
     # A move also reads the copy back, since its source is about to go.
@@ -224,6 +231,37 @@ def _write_temp(
         raise PlacementError("source changed while it was being sorted; it will be retried")
     if (mode == "move" or expected is None) and file_sha256(tmp) != sha256:
         raise PlacementError("copy failed verification")
+
+
+def _link_for_move(source: Path, tmp: Path, expected: tuple[int, int] | None) -> bool:
+    """Give a move's source a second name at ``tmp`` instead of copying it.
+
+    On the same filesystem the placed file is then the source's own inode:
+    nothing is copied, so nothing needs reading back, and the source's name
+    is removed only after the placement is recorded (``remove_source``), so a
+    kill leaves one name or both, never neither. The inode is fsynced, since
+    the source may never have been. False (nothing done) where there are no
+    hard links across the two folders: the caller copies.
+    """
+    if expected is None:
+        return False  # unhashed content: copy and verify
+    try:
+        os.link(source, tmp)
+    except OSError as exc:
+        if exc.errno in _NO_LINK:
+            return False
+        raise
+    st = os.stat(tmp)
+    if not os.path.samestat(os.stat(source), st):
+        raise PlacementError("hard link does not point at the source")
+    if (st.st_size, st.st_mtime_ns) != expected:
+        raise PlacementError("source changed while it was being sorted; it will be retried")
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return True
 
 
 def _stat_key(path: Path) -> tuple[int, int]:
@@ -240,8 +278,7 @@ def _place_no_replace(tmp: Path, final: Path) -> bool:
     except OSError as exc:
         # Some shares (SMB, FAT) have no hard links: fall back to rename,
         # safe because we hold the output folder's lock.
-        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV,
-                             errno.EMLINK, errno.ENOSYS):
+        if exc.errno not in _NO_LINK:
             raise
         if os.path.lexists(final):
             return False
@@ -269,15 +306,30 @@ def _remove_quietly(path: Path) -> None:
         pass
 
 
-def remove_source(source: Path, sha256: str) -> bool:
-    """Delete a source for ``--mode move`` only if it still holds ``sha256``."""
+def remove_source(source: Path, sha256: str, placed: Path | None = None) -> bool:
+    """Delete a source for ``--mode move`` only if it still holds ``sha256``.
+
+    ``placed`` is where its content was placed: when that is the source's own
+    inode (a move by hard link), the content is safe there and the name goes
+    without reading the file again.
+    """
     try:
+        if placed is not None and _same_file(source, placed):
+            os.unlink(source)
+            return True
         if file_sha256(source) != sha256:
             return False
         os.unlink(source)
     except FileNotFoundError:
         return True
     return True
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samestat(os.stat(a), os.lstat(b))
+    except FileNotFoundError:
+        return False
 
 
 def clean_temps(out_root: Path, dests: Sequence[str], hashes: Sequence[str]) -> int:

@@ -396,7 +396,8 @@ def _commit(
         ctx.registry.discard_pending(move.sha256)
         return ctx.failed(move.source, str(exc))
     ctx.registry.complete_image(move.sha256, str(dest))
-    if ctx.options.mode == "move" and remove_source(move.source, move.sha256):
+    if ctx.options.mode == "move" and remove_source(move.source, move.sha256,
+                                                    ctx.out_root / dest):
         ctx.registry.mark_source_removed(ctx.label(move.source))
     return _outcome(pred, move.status, str(dest), where, ctx)
 
