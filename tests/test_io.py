@@ -756,3 +756,22 @@ def test_try_load_image_returns_the_reason_instead_of_raising(tmp_path: Path) ->
     good = tmp_path / "ok.png"
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(good)
     assert not isinstance(try_load_image(good), str)
+
+
+def test_read_header_names_an_undecodable_film_and_nothing_else(tmp_path):
+    from xreg.io.dicom import read_header
+    from xreg.io.load import try_load_image
+
+    ds = pydicom.dcmread(get_testdata_file("RG1_UNCR.dcm"))
+    ds.PatientName = "Roe^Richard"
+    ds.PixelData = bytes(64)  # far short of Rows x Columns
+    ds.save_as(tmp_path / "bad.dcm")
+    assert isinstance(try_load_image(tmp_path / "bad.dcm"), str)  # does not decode
+    header = read_header(tmp_path / "bad.dcm")
+    assert header["SOPInstanceUID"] == str(ds.SOPInstanceUID)
+    assert header["StudyInstanceUID"] == str(ds.StudyInstanceUID)
+    assert "Roe" not in " ".join(header.values())  # only DICOM_FIELDS are read
+    Image.new("L", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "empty.dcm").write_bytes(b"")
+    assert read_header(tmp_path / "a.png") == {} and read_header(tmp_path / "empty.dcm") == {}
+    assert read_header(tmp_path / "missing.dcm") == {}

@@ -392,6 +392,48 @@ def test_token_is_sent_retries_recover_and_a_failed_instance_is_never_half_recor
     _no_secrets("\n".join(r.getMessage() for r in caplog.records))
 
 
+def test_an_undecodable_instance_keeps_its_uid_and_a_second_pull_transfers_nothing(
+        pacs: Pacs, proxy: Proxy, tmp_path: Path) -> None:
+    bad = pydicom.dcmread(get_testdata_file("RG1_UNCR.dcm"))
+    bad.StudyInstanceUID = pydicom.uid.generate_uid()
+    bad.SeriesInstanceUID = pydicom.uid.generate_uid()
+    bad.SOPInstanceUID = bad.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    bad.PatientName, bad.PatientID = PATIENT_NAME, PATIENT_ID
+    bad.PixelData = bytes(64)  # far less than Rows x Columns: cannot be decoded
+    bad.save_as(tmp_path / "bad.dcm")
+    auth = {"Authorization": _basic(USER, PASSWORD)}
+    request = urllib.request.Request(f"{pacs.base}/instances", method="POST", headers=auth,
+                                     data=(tmp_path / "bad.dcm").read_bytes())
+    orthanc_id = json.loads(urllib.request.urlopen(request, timeout=30).read())["ID"]
+    try:
+        out = tmp_path / "out"
+        query = ["--study", bad.StudyInstanceUID]
+        result = runner.invoke(app, ["pull", proxy.url, str(out), *query, "--json"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["retrieved"] == 1
+        held = _held(out)
+        assert set(held) == {bad.SOPInstanceUID}  # recorded by its UID, undecoded
+        assert held[bad.SOPInstanceUID]["status"] == "unreadable"
+        assert held[bad.SOPInstanceUID]["dest_path"].startswith("_unreadable/")
+        assert _spooled(out) == []
+
+        proxy.seen.clear()
+        again = runner.invoke(app, ["pull", proxy.url, str(out), *query, "--json"])
+        assert again.exit_code == 0, again.output
+        summary = json.loads(again.stdout)
+        assert (summary["queried"], summary["already_held"], summary["retrieved"]) == (1, 1, 0)
+        assert proxy.seen and proxy.retrieves() == []
+        db = _db(out)
+        try:
+            assert db.execute("SELECT count(*) FROM sources").fetchone()[0] == 1
+        finally:
+            db.close()
+    finally:  # the module's other tests count the films Orthanc holds
+        urllib.request.urlopen(urllib.request.Request(
+            f"{pacs.base}/instances/{orthanc_id}", method="DELETE", headers=auth),
+            timeout=30).read()
+
+
 def test_credentials_come_from_the_environment_only_once(pacs: Pacs, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("XREG_PULL_TEST_TOKEN", raising=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 from typing import IO, Any
 
@@ -26,6 +27,7 @@ from pydicom.uid import (
 from xreg.errors import UnreadableImageError
 from xreg.io import j2k, pixels
 from xreg.io._records import ImageMeta, XrayImage, check_size
+from xreg.io.detect import SNIFF_BYTES, sniff_format
 
 #: Header fields copied into ``ImageMeta.dicom`` (as strings, when non-empty).
 #: ``Laterality`` holds ImageLaterality, falling back to the series Laterality.
@@ -81,6 +83,24 @@ def header_fields(ds: Dataset) -> dict[str, str]:
                 out[key] = text
                 break
     return out
+
+
+def read_header(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The :data:`DICOM_FIELDS` of a DICOM file read up to its pixel data.
+
+    For a film whose pixels could not be decoded: its UIDs still say which
+    instance it is (so a pull does not fetch it again). ``{}`` for a file
+    that is not DICOM or whose header cannot be read either.
+    """
+    try:
+        with open(path, "rb") as fh:
+            if sniff_format(fh.read(SNIFF_BYTES)) != "dicom":
+                return {}
+            fh.seek(0)
+            ds = pydicom.dcmread(fh, force=True, stop_before_pixels=True)
+    except _DECODE_ERRORS:
+        return {}
+    return header_fields(ds)
 
 
 def _int(ds: Dataset, keyword: str, default: int) -> int:

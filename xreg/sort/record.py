@@ -116,9 +116,11 @@ def image_fields(
     Fracture is recorded only where ``where`` lets it mean something
     (:func:`fracture_fields`). ``folder_keys`` is the keyed (patient, study) of the ``--group-by``
     folders; the DICOM header's PatientID and StudyInstanceUID win where present.
+    A DICOM file that did not decode keeps its header's UIDs (read up to the
+    pixels), so the instance is known when it is offered again.
     """
     meta = pred.meta
-    dicom = meta.dicom if meta is not None else {}
+    dicom = meta.dicom if meta is not None else _header_only(pred)
     fields: dict[str, Any] = {
         "format": meta.format if meta else None,
         "error": pred.error,
@@ -159,3 +161,11 @@ def image_fields(
         study_key=None if dicom.get("StudyInstanceUID") else folder_keys[1],
     )
     return fields
+
+
+def _header_only(pred: Prediction) -> dict[str, str]:
+    if pred.status != "unreadable":
+        return {}
+    from xreg.io.dicom import read_header  # pydicom only for a film that did not decode
+
+    return read_header(pred.source.path)
