@@ -263,6 +263,34 @@ def test_a_caller_not_allowed_is_rejected_and_logged(tmp_path: Path, model: Any)
             {"calling_ae": "PACS", "address": "127.0.0.1", "reason": "not in --allow"}]
 
 
+def test_a_summary_line_comes_every_interval_with_counts_and_no_patient(
+        tmp_path: Path, model: Any) -> None:
+    from xreg.cli.listen import describe
+
+    for running in _listening(tmp_path / "out", model, summary_seconds=0.2):
+        assoc = scu().associate("127.0.0.1", running.port)
+        assert [assoc.send_c_store(tiny_dx(s)).Status for s in (1, 2)] == [0x0000] * 2
+        assoc.release()
+        running.wait_sorted(2)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            seen = running.kinds("summary")
+            if len(seen) >= 2 and seen[-1]["waiting"] == 0 and \
+                    sum(seen[-1]["sorted"].values()) == 2:
+                break
+            time.sleep(0.1)
+        summaries = running.kinds("summary")
+        assert len(summaries) >= 2  # periodic, not once
+        last = summaries[-1]
+        assert (last["associations"], last["accepted"], last["failed"], last["waiting"]) == \
+            (1, 2, 0, 0)
+        assert sum(last["sorted"].values()) == 2
+        line = describe("summary", last)
+        assert line.startswith("summary: 1 association(s), 0 rejected; 2 instance(s) accepted")
+        _no_patient_data(line)
+    # _listening has checked every event, the summaries included, for the patient
+
+
 def test_an_unwritable_spool_answers_a_failure_status(tmp_path: Path, model: Any) -> None:
     out = tmp_path / "out"
     out.mkdir()
