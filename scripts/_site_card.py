@@ -52,6 +52,26 @@ def _sweep_rows(sweep: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _replay_text(card: Any) -> list[str]:
+    """The replay file ``xreg adapt`` uses (``scripts/make_replay.py``), if the card names one."""
+    rp = card.replay
+    if not rp:
+        return []
+    per = "; ".join(f"{k} {v['films']} ({v['holdout']} held out)"
+                    for k, v in rp["per_site"].items())
+    return [
+        "## Replay for `xreg adapt`", "",
+        f"`{rp['file']}` (sha256 `{rp['sha256']}`, recorded in the card and checked on "
+        f"load): for {rp['films']} films of the model's own split ({per}), both members' "
+        f"penultimate features ({rp['dim']} numbers per film, float16) and the films' "
+        "labels; derived numbers, no film. Training films (up to 100 per site and body "
+        "part) are replayed beside the reviews when `xreg adapt` trains the heads; "
+        f"validation films (up to 30 per site and body part, {rp['holdout']} in all) are "
+        "the replay hold-out on which adapt measures forgetting. No test-split film is in "
+        "it. Rebuild: `python scripts/make_replay.py xreg/weights/bodypart_sites.pt RUN` "
+        "(RUN: the first member's training run folder).", ""]
+
+
 def model_card(loaded: Any, summary: dict[str, Any]) -> str:
     """The Markdown model card: data and credits, recipe, per-site and held-out figures."""
     card = loaded.card
@@ -99,6 +119,7 @@ def model_card(loaded: Any, summary: dict[str, Any]) -> str:
            f"{guard['films']} musculoskeletal validation films) goes to `_review` as "
            "`unfamiliar film`." if guard else "No unfamiliar-film guard."), "",
         *_guard_text(card),
+        *_replay_text(card),
         "## Each site's test split (95% bootstrap CIs)", "",
         "Grouped by patient and duplicate cluster, used for no decision. Correct folder: of "
         "a site's nine-class films, the share sorted into the right folder. Wrong folder: of "
