@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -114,6 +115,94 @@ def _figures(loaded: LoadedModel, grey: torch.Tensor, truth: list[tuple[str, ...
                                 "correct", "wrong", "review")}
 
 
+def _xreg(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([sys.executable, "-m", "xreg", *args], capture_output=True,
+                          text=True, env=env)
+    if done.returncode not in (0, 1):
+        raise SystemExit(f"xreg {args[0]} failed ({done.returncode}): {done.stderr[-2000:]}")
+    return done
+
+
+def _folder_figures(out: Path, truth_of: dict[str, tuple[str, ...]]) -> dict[str, Any]:
+    """Correct / wrong / review of a sorted folder, from its registry and the truth."""
+    from xreg.model.labels import BODY_PARTS
+    from xreg.registry import Registry
+
+    right = wrong = review = nine = films = 0
+    with Registry(out / "registry.sqlite", readonly=True) as reg:
+        for row in reg.iter_images():
+            truth = truth_of[Path(sorted(row["source_paths"])[0]).name]
+            films += 1
+            nine += truth[0] in BODY_PARTS
+            folder = Path(row["dest_path"]).parts[0]
+            if folder.startswith("_"):
+                review += 1
+            elif folder in truth:
+                right += truth[0] in BODY_PARTS
+            else:
+                wrong += 1
+    return {"films": films, "correct_folder": right / nine if nine else None,
+            "wrong_folder": wrong / films if films else None,
+            "review_rate": review / films if films else None,
+            "correct": right, "wrong": wrong, "review": review}
+
+
+def cli_run(base_path: Path, site: list[tuple[LabelledImage, str]], reviewed: list[int],
+            rest: list[int], work: Path) -> dict[str, Any]:
+    """What a hospital runs, as commands: sort, import K reviews, ``xreg adapt OUT --out
+    W2.pt`` with no other option, sort the rest with W2.pt. Film copies live in WORK."""
+    import csv
+    import os
+    import shutil
+
+    root = work / "cli"
+    shutil.rmtree(root, ignore_errors=True)
+    tmp = root / "tmp"
+    tmp.mkdir(parents=True)
+    env = {**os.environ, "TMPDIR": str(tmp), "COLUMNS": "200"}
+    hospital_in, rest_in = root / "hospital", root / "rest"
+    truth_of: dict[str, tuple[str, ...]] = {}
+    for n, (im, folder) in enumerate(site):
+        name = f"{n:04d}{Path(im.path).suffix}"
+        truth_of[name] = im.body_parts
+        (hospital_in / folder).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(im.path, hospital_in / folder / name)
+        if n in set(rest):
+            (rest_in / folder).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(im.path, rest_in / folder / name)
+    out = root / "out"
+    _xreg("sort", str(hospital_in), str(out), "--weights", str(base_path), "--min-age", "0",
+          "--quiet", env=env)
+    labels = root / "reviews.csv"
+    with labels.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "body_part", "instrument", "fracture"])
+        for n in reviewed:
+            im, folder = site[n]
+            writer.writerow([f"{folder}/{n:04d}{Path(im.path).suffix}", "|".join(im.body_parts),
+                             "" if im.instrument is None else im.instrument,
+                             "" if im.fracture is None else im.fracture])
+    _xreg("registry", "import-reviews", str(out), str(labels), "--reviewer", "benchmark",
+          env=env)
+    target = root / "W2.pt"
+    started = time.perf_counter()
+    adapted = _xreg("adapt", str(out), "--out", str(target), "--weights", str(base_path),
+                    "--json", env=env)
+    seconds = time.perf_counter() - started
+    summary = json.loads(adapted.stdout)
+    result = {"adapt_seconds": seconds, "accepted": summary["accepted"],
+              "verdict": summary["verdict"], "forgetting": summary["forgetting"],
+              "temp_left": sorted(p.name for p in tmp.iterdir())}
+    for name, weights in (("base", base_path), ("adapted", target)):
+        if weights == target and not target.is_file():
+            continue
+        sorted_out = root / f"rest-{name}"
+        _xreg("sort", str(rest_in), str(sorted_out), "--weights", str(weights), "--min-age",
+              "0", "--quiet", env=env)
+        result[name] = _folder_figures(sorted_out, truth_of)
+    return result
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--site", required=True)
@@ -129,6 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plot", type=Path)
+    parser.add_argument("--cli", type=int, metavar="K", help="instead of the curve: the "
+                        "commands a hospital runs, with K reviews in the first --orders order")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -161,6 +252,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"correct {day_one['correct_folder']:.3f} wrong {day_one['wrong_folder']:.3f}; "
         f"base on its sites' test films correct {base_other['correct_folder']:.3f} "
         f"wrong {base_other['wrong_folder']:.3f}")
+    if args.cli:
+        order = args.orders.split(",")[0]
+        ranked = teaching_order(predicted, conf.tolist()) if order == "spread" else \
+            [int(i) for i in np.random.default_rng(args.seed).permutation(len(site))]
+        reviewed = ranked[:args.cli]
+        taken = set().union(*(_groups(site[i][0]) for i in reviewed))
+        rest = [i for i in range(len(site)) if i not in set(reviewed)
+                and not (_groups(site[i][0]) & taken)]
+        result = {"site": args.site, "k": args.cli, "order": order, "rest_films": len(rest),
+                  **cli_run(base_path, site, reviewed, rest, args.work)}
+        say(json.dumps(result, indent=1))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=1))
+        return 0
     image_replay: list[Film] = []
     if "images" in args.variants:
         pool = [im for im in split_images(run, "train", labels) if im.source != "phantoms"]
