@@ -69,31 +69,35 @@ def _registry_with(path: Path, films: list[tuple[str, float]]) -> list[str]:
     return shas
 
 
-def test_review_queue_orders_by_spread_by_default_and_by_confidence_on_request(
+def test_review_queue_is_shuffled_by_default_spread_or_by_confidence_on_request(
         tmp_path: Path) -> None:
     films = [("hand", 0.1), ("hand", 0.2), ("hand", 0.3), ("knee", 0.6), ("knee", 0.7)]
     shas = _registry_with(tmp_path / "r.sqlite", films)
     with Registry(tmp_path / "r.sqlite") as reg:
-        spread, total = review_queue(reg, per_page=10)
+        shuffled, total = review_queue(reg, per_page=10)
         assert total == 5
+        assert [q["sha256"] for q in shuffled] == sorted(shas)  # content-hash order
+        spread, _ = review_queue(reg, per_page=10, order="spread")
         assert [q["sha256"] for q in spread] == [shas[i] for i in (0, 3, 1, 4, 2)]
         plain, _ = review_queue(reg, per_page=10, order="confidence")
         assert [q["sha256"] for q in plain] == shas
-        page2, total2 = review_queue(reg, page=2, per_page=2)
+        page2, total2 = review_queue(reg, page=2, per_page=2, order="spread")
         assert [q["sha256"] for q in page2] == [shas[1], shas[4]] and total2 == 5
         assert review_queue(reg, page=9, per_page=2) == ([], 5)
         with pytest.raises(ConfigError, match="unknown queue order"):
-            review_queue(reg, order="random")  # type: ignore[arg-type]
+            review_queue(reg, order="newest")  # type: ignore[arg-type]
 
 
 def test_queue_hashes_lists_the_whole_queue_in_either_order(tmp_path: Path) -> None:
     shas = _registry_with(tmp_path / "r.sqlite",
                           [("hand", 0.3), ("knee", 0.2), ("hand", 0.1)])
     with Registry(tmp_path / "r.sqlite") as reg:
-        assert queue_hashes(reg) == [shas[2], shas[1], shas[0]]
+        assert queue_hashes(reg) == sorted(shas)
+        assert queue_hashes(reg, order="spread") == [shas[2], shas[1], shas[0]]
         assert queue_hashes(reg, order="confidence") == [shas[2], shas[1], shas[0]]
         add_review(reg, Review(shas[1], "a", "knee"), BODY_PARTS)
-        assert queue_hashes(reg) == [shas[2], shas[0]]
+        assert queue_hashes(reg, order="spread") == [shas[2], shas[0]]
+        assert queue_hashes(reg) == sorted([shas[2], shas[0]])
         assert len(queue_hashes(reg, include_reviewed=True)) == 3
 
 

@@ -401,7 +401,7 @@ def test_cli_serve_prints_a_generated_token_beyond_loopback(out: Path,
 
 
 def queue_shas(out: Path) -> list[str]:
-    """The queue in teaching order, recomputed from the registry (every film here is
+    """The queue in its default order, recomputed from the registry (every film here is
     "knee" at one confidence, so the order falls to the content hash)."""
     return [r["sha256"] for r in rows(
         out, "SELECT sha256 FROM images WHERE state = 'done' AND status IN ('review',"
