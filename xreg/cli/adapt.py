@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -97,6 +98,7 @@ def adapt_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
+    _torch_cache_outside_tmp()
     require_train("xreg adapt", ("torch", "torchvision", "onnx"))
     import torch
 
@@ -135,6 +137,17 @@ def adapt_cmd(
                   + "; review more films, or pass --force to write it anyway",
                   highlight=False)
         raise typer.Exit(EXIT_ATTENTION)
+
+
+def _torch_cache_outside_tmp() -> None:
+    """torch's first backward pass makes ``$TMPDIR/torchinductor_<user>``: point that
+    cache at the user's cache folder (made only if torch ever writes to it), so adapt
+    leaves nothing in the temp directory, however it ends."""
+    import os
+
+    if "torch" not in sys.modules and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache / "xreg" / "torchinductor")
 
 
 def _usage(message: str) -> Exception:
