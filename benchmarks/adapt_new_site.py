@@ -13,10 +13,10 @@ For each review order (``spread``: the review page's queue; ``random``) and
 K, the first K films are reviewed (labels from the manifest), adapt runs
 (:func:`xreg.train.adapt.adapt`, what ``xreg adapt OUT --out W.pt`` runs)
 and the rest of the hospital is sorted: correct and wrong folder. Films
-sharing a patient or duplicate cluster with a reviewed film are left out of
-the rest. Forgetting: the adapt's own replay hold-out and, independently,
-the test split of the base's sites. A refused adapt is reported, and the
-rest then stays with the base (as the tool does).
+that duplicate a reviewed one are left out of the rest; the strict rest also
+leaves out every film of a reviewed patient. Forgetting: the adapt's own replay
+hold-out and, independently, the test split of the base's sites. A refused
+adapt is reported, and the rest then stays with the base (as the tool does).
 
     python benchmarks/adapt_new_site.py --site fracatlas \\
         --manifest ../shared/data/fracatlas/labels.csv \\
@@ -106,6 +106,23 @@ def hospital(manifest: Path, labels: Sequence[str], films: int, folder_size: int
 
 def _groups(im: LabelledImage) -> set[str]:
     return {g for g in (im.patient_id, im.dup_of) if g} or {str(im.path)}
+
+
+def _dups(im: LabelledImage) -> set[str]:
+    return {im.dup_of} if im.dup_of else {str(im.path)}
+
+
+def rests(site: list[tuple[LabelledImage, str]], reviewed: Sequence[int]
+          ) -> tuple[list[int], list[int]]:
+    """The rest of the hospital after reviewing ``reviewed``: every other film but near
+    duplicates of a reviewed one (what the hospital sorts next), and the strict rest
+    that also leaves out every film of a reviewed patient (no patient on both sides)."""
+    picked = set(reviewed)
+    dups = set().union(*(_dups(site[i][0]) for i in reviewed))
+    groups = set().union(*(_groups(site[i][0]) for i in reviewed))
+    rest = [i for i in range(len(site)) if i not in picked and not (_dups(site[i][0]) & dups)]
+    strict = [i for i in rest if not (_groups(site[i][0]) & groups)]
+    return rest, strict
 
 
 def _figures(loaded: LoadedModel, grey: torch.Tensor, truth: list[tuple[str, ...]]
@@ -257,9 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ranked = teaching_order(predicted, conf.tolist()) if order == "spread" else \
             [int(i) for i in np.random.default_rng(args.seed).permutation(len(site))]
         reviewed = ranked[:args.cli]
-        taken = set().union(*(_groups(site[i][0]) for i in reviewed))
-        rest = [i for i in range(len(site)) if i not in set(reviewed)
-                and not (_groups(site[i][0]) & taken)]
+        rest, _ = rests(site, reviewed)
         result = {"site": args.site, "k": args.cli, "order": order, "rest_films": len(rest),
                   **cli_run(base_path, site, reviewed, rest, args.work)}
         say(json.dumps(result, indent=1))
@@ -279,10 +294,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             [int(i) for i in np.random.default_rng(args.seed).permutation(len(site))]
         for k in (int(k) for k in args.ks.split(",")):
             reviewed = ranked[:k]
-            taken = set().union(*(_groups(site[i][0]) for i in reviewed))
-            rest = [i for i in range(len(site)) if i not in set(reviewed)
-                    and not (_groups(site[i][0]) & taken)]
+            rest, strict = rests(site, reviewed)
             rest_truth = [truth[i] for i in rest]
+            strict_truth = [truth[i] for i in strict]
             base_rest = _figures(base, grey[rest], rest_truth)
             films = [Film(Path(site[i][0].path), truth[i], site[i][0].instrument,
                           site[i][0].fracture, site[i][1], "benchmark") for i in reviewed]
@@ -300,11 +314,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     continue
                 seconds = time.perf_counter() - t0
                 adapted = _figures(result.loaded, grey[rest], rest_truth)
+                strict_fig = _figures(result.loaded, grey[strict], strict_truth) \
+                    if strict else None
                 other = _figures(result.loaded, other_grey, other_truth)
                 forgot = result.forgetting
                 row = {"order": order, "k": k, "variant": variant, "seconds": seconds,
                        "accepted": result.accepted, "verdict": result.verdict,
-                       "base_rest": base_rest, "rest": adapted, "other_sites": other,
+                       "base_rest": base_rest, "rest": adapted, "strict_rest": strict_fig,
+                       "other_sites": other,
                        "base_other_sites": base_other,
                        "replay_holdout": forgot, "notes": result.notes,
                        "thresholds": dict(result.loaded.card.thresholds),
@@ -313,7 +330,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rows.append(row)
                 say(f"  {order:>6} K={k:>3} {variant:>7}: rest correct "
                     f"{base_rest['correct_folder']:.3f}->{adapted['correct_folder']:.3f} "
-                    f"wrong {base_rest['wrong_folder']:.3f}->{adapted['wrong_folder']:.3f} | "
+                    f"wrong {base_rest['wrong_folder']:.3f}->{adapted['wrong_folder']:.3f} "
+                    + (f"(no reviewed patient, {strict_fig['films']} films: "
+                       f"{strict_fig['correct_folder'] or 0:.3f} / "
+                       f"{strict_fig['wrong_folder'] or 0:.3f}) " if strict_fig else "")
+                    + "| "
                     f"base's sites correct {other['correct_folder']:.3f} "
                     f"({base_other['correct_folder']:.3f}) wrong "
                     f"{other['wrong_folder']:.3f} ({base_other['wrong_folder']:.3f})"

@@ -118,7 +118,7 @@ def calibrated(base: LoadedModel, calibration: dict[str, Any] | None) -> LoadedM
 
 def run_site(site: str, manifest: Path, model_path: Path, ks: Sequence[int],
              variants: Sequence[str], orders: Sequence[str], threads: int,
-             say: Any, phantoms: Sequence[Film] = (),
+             say: Any, phantoms: torch.Tensor | None = None,
              calibration: dict[str, Any] | None = None) -> dict[str, Any]:
     base = calibrated(load_checkpoint(model_path), calibration)
     labels = base.card.head(BODY_PART).labels
@@ -294,9 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
              if s in manifests and s in models]
     if not sites:
         parser.error("no site has both a manifest and a without-SITE.pt model")
-    from xreg.train.finetune import render_phantoms
-
-    phantoms = render_phantoms(VARIANTS["default"].phantoms, seed=0)
+    phantoms = None  # each adapt renders its own, in memory, at its base's size
     sweep = json.loads(args.sweep.read_text()) if args.sweep else {}
     chosen = {v["site"]: v.get("calibration") for v in sweep.values()}
     results = []
