@@ -58,6 +58,9 @@ AGREE_LOOSER = (0.5, 0.75)
 #: ``distance_max`` may also loosen: the site's reviewed films join the bank, but a
 #: film of the site has far fewer near neighbours there than a film of the base's sites.
 DISTANCE_SCALES = (0.7, 0.85, 1.0, 1.2, 1.4, 1.7, 2.0, 2.5)
+#: Reviewed films the folds need before a limit may loosen past the base's: a couple of
+#: dozen say too little (at K = 25 a loosened guard filed 10% of the rest wrongly).
+MIN_TO_LOOSEN = 40
 #: A guard sorting at least this share of the best's right films counts as good as it.
 NEAR_BEST = 0.95
 #: Groups the threshold choice's cross-validation uses.
@@ -313,10 +316,12 @@ def choose_guard(card: ModelCard, outputs: Mapping[str, Tensor],
     """``min_confidence``, ``agree_min`` and ``distance_max`` for at most
     :data:`WRONG_TARGET` wrong folder on the out-of-fold answers, sorting the most.
     ``min_confidence`` is never looser than the base's; ``distance_max`` and
-    ``agree_min`` may be (:data:`DISTANCE_SCALES`, :data:`AGREE_LOOSER`), and among
+    ``agree_min`` may be (:data:`DISTANCE_SCALES`, :data:`AGREE_LOOSER`; with at least
+    :data:`MIN_TO_LOOSEN` reviewed films), and among
     the guards sorting nearly as many as the best the one nearest the base's is kept. The energy
     limit becomes the larger of the base's and the :data:`GUARD_COVERAGE` quantile over
     the reviewed musculoskeletal films."""
+    loosen = len(truth) >= MIN_TO_LOOSEN
     guard = dict(card.guard)
     msk = [i for i, t in enumerate(truth) if t and t[0] != OTHER]
     if msk and guard.get("energy_max") is not None:
@@ -328,10 +333,11 @@ def choose_guard(card: ModelCard, outputs: Mapping[str, Tensor],
     if guard.get("agree_min") is not None and MEMBERS_OUTPUT in outputs:
         a0 = float(guard["agree_min"])
         agrees = sorted({a0, *(a for a in AGREE_GRID if a > a0),
-                         *(round(a0 * s, 4) for s in AGREE_LOOSER)})
+                         *(round(a0 * s, 4) for s in AGREE_LOOSER if loosen)})
     dists: list[float | None] = [None]
     if guard.get("distance_max") is not None and DISTANCE_OUTPUT in outputs:
-        dists = [round(float(guard["distance_max"]) * s, 4) for s in DISTANCE_SCALES]
+        dists = [round(float(guard["distance_max"]) * s, 4) for s in DISTANCE_SCALES
+                 if loosen or s <= 1.0]
     trials = []
     for conf, agree, dist in itertools.product(confs, agrees, dists):
         g = {**guard, **({"agree_min": agree} if agree is not None else {}),
