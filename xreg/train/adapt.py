@@ -207,7 +207,7 @@ def _adapt_heads(base: LoadedModel, reviewed: Sequence[Film], train_idx: Sequenc
         fitted = card
         if rows and isinstance(model, EnsembleNet):
             fitted = dataclasses.replace(card, guard={
-                **card.guard, "bank": {**card.guard["bank"], "films": rows}})
+                **card.guard, "bank": {**card.guard["bank"], "films": rows, "k": model.k}})
         if cross is not None:
             fitted, _ = choose_guard(fitted, cross, [reviewed[i].truth or () for i in idx])
         return model, fitted
