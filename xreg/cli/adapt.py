@@ -77,9 +77,10 @@ def adapt_cmd(
                                         "the hold-out (or with nothing to check it on).")
                      ] = False,
     holdout: Annotated[float, typer.Option(help="Share of reviewed films held out.")] = 0.25,
-    epochs: Annotated[int, typer.Option(help="Passes over the reviewed training films.")
-                      ] = 15,
-    steps: Annotated[int | None, typer.Option(help="Optimiser steps, overriding --epochs.")
+    epochs: Annotated[int, typer.Option(help="Passes over the reviewed training films "
+                                        "(--layers all).")] = 15,
+    steps: Annotated[int | None, typer.Option(help="Optimiser steps per training (heads: default "
+                                                 "400; all: overrides --epochs).")
                      ] = None,
     layers: Annotated[str, typer.Option(
         help="What trains: heads (over the base's frozen features; the default), all "
