@@ -7,7 +7,6 @@ import shutil
 import socket
 import sqlite3
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from pydicom.data import get_testdata_file
 from typer.testing import CliRunner
 
 from tests.conftest import make_old
+from tests.orthanc import DICOMWEB_PLUGIN, orthanc_binary, running_orthanc
 from xreg.cli import app
 from xreg.sort.dicom_out import SNOMED_BODY_PARTS, stow_files
 
@@ -125,14 +125,9 @@ def test_the_objects_pass_dciodvfy(sorted_dicom: Path) -> None:
         assert errors == [], (r["path"], errors)
 
 
-def _orthanc() -> str | None:
-    return shutil.which("Orthanc") or (
-        "/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None)
-
-
 def test_stow_sends_them_to_a_real_orthanc(sorted_dicom: Path, tmp_path: Path) -> None:
-    binary = _orthanc()
-    plugin = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+    binary = orthanc_binary()
+    plugin = DICOMWEB_PLUGIN
     if binary is None or not plugin.exists():
         pytest.skip("no Orthanc with DICOMweb: install Debian's orthanc orthanc-dicomweb")
     with socket.socket() as s:
@@ -142,28 +137,13 @@ def test_stow_sends_them_to_a_real_orthanc(sorted_dicom: Path, tmp_path: Path) -
               "IndexDirectory": str(tmp_path / "db"), "HttpPort": http_port,
               "DicomPort": 0, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
               "Plugins": [str(plugin)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
-    (tmp_path / "orthanc.json").write_text(json.dumps(config))
-    proc = subprocess.Popen([binary, str(tmp_path / "orthanc.json")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{http_port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/system", timeout=2).read()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "no Orthanc"
-                time.sleep(0.2)
+    with running_orthanc(binary, config, tmp_path) as base:
         rows = _outputs(sorted_dicom)
         stow_files(f"{base}/dicom-web", [sorted_dicom / r["path"] for r in rows])
         with urllib.request.urlopen(f"{base}/instances?expand", timeout=10) as response:
             stored = json.load(response)
         assert {i["MainDicomTags"]["SOPInstanceUID"] for i in stored} == \
             {r["sop_uid"] for r in rows}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_a_scored_hip_study_puts_its_two_view_decision_in_the_sr(tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
 from pynetdicom import AE  # noqa: E402
 
+from tests.orthanc import orthanc_binary, running_orthanc  # noqa: E402
 from xreg.cli import app  # noqa: E402
 from xreg.config import SortOptions  # noqa: E402
 from xreg.pacs.listen import Listener, ListenOptions  # noqa: E402
@@ -461,13 +462,8 @@ def test_sigkill_while_films_arrive_loses_nothing_acknowledged_and_doubles_nothi
 
 # -- Orthanc as the sending PACS -----------------------------------------------------------
 
-def _orthanc() -> str | None:
-    return shutil.which("Orthanc") or (
-        "/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None)
-
-
 def test_orthanc_sends_to_the_listener_end_to_end(tmp_path: Path, model: Any) -> None:
-    binary = _orthanc()
+    binary = orthanc_binary()
     if binary is None:
         pytest.skip("no Orthanc: install Debian's orthanc")
     http_port = _free_port()
@@ -479,19 +475,7 @@ def test_orthanc_sends_to_the_listener_end_to_end(tmp_path: Path, model: Any) ->
                   "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
                   "DicomModalities": {"xreg": ["XREG", "127.0.0.1", running.port]},
                   "Plugins": []}
-        (tmp_path / "orthanc.json").write_text(json.dumps(config))
-        proc = subprocess.Popen([binary, str(tmp_path / "orthanc.json")],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        base = f"http://127.0.0.1:{http_port}"
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    urllib.request.urlopen(f"{base}/system", timeout=2).read()
-                    break
-                except OSError:
-                    assert proc.poll() is None and time.monotonic() < deadline, "no Orthanc"
-                    time.sleep(0.2)
+        with running_orthanc(binary, config, tmp_path) as base:
             films = [pydicom_films()[0], pydicom_films()[2], tiny_dx(7)]
             ids = []
             for i, ds in enumerate(films):
@@ -506,9 +490,6 @@ def test_orthanc_sends_to_the_listener_end_to_end(tmp_path: Path, model: Any) ->
                 answer = json.load(response)
             assert answer["InstancesCount"] == len(films) and answer["FailedInstancesCount"] == 0
             running.wait_sorted(len(films))
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
         with _db(out) as db:
             sops = {r[0] for r in db.execute("SELECT sop_uid FROM images")}
             origins = {r[0] for r in db.execute("SELECT origin FROM sources")}

@@ -12,12 +12,9 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import shutil
 import socket
 import sqlite3
-import subprocess
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -31,13 +28,14 @@ import pytest
 from pydicom.data import get_testdata_file
 from typer.testing import CliRunner
 
+from tests.orthanc import DICOMWEB_PLUGIN, orthanc_binary, running_orthanc
 from xreg.cli import app
 from xreg.errors import ConfigError
 from xreg.pacs.pull import InstanceRef, PullQuery, _retrieve, plan_retrieves, public_url
 from xreg.sort.folders import output_lock
 
 runner = CliRunner()
-PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+PLUGIN = DICOMWEB_PLUGIN
 USER, PASSWORD = "xreg", "s3cret-pw"
 TOKEN = "tok-9f8e7d6c5b4a"
 PATIENT_NAME, PATIENT_ID = "Roe^Richard", "PID-4711"
@@ -143,8 +141,7 @@ def _films(root: Path) -> dict[str, pydicom.Dataset]:
 
 @pytest.fixture(scope="module")
 def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pacs]:
-    binary = shutil.which("Orthanc") or (
-        "/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None)
+    binary = orthanc_binary()
     if binary is None or not PLUGIN.exists():
         pytest.skip("no Orthanc with DICOMweb: install Debian's orthanc orthanc-dicomweb")
     pytest.importorskip("dicomweb_client",
@@ -156,30 +153,14 @@ def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pacs]:
               "RemoteAccessAllowed": False, "AuthenticationEnabled": True,
               "RegisteredUsers": {USER: PASSWORD},
               "Plugins": [str(PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
-    (root / "orthanc.json").write_text(json.dumps(config))
-    proc = subprocess.Popen([binary, str(root / "orthanc.json")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
     auth = {"Authorization": _basic(USER, PASSWORD)}
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                request = urllib.request.Request(f"{base}/system", headers=auth)
-                urllib.request.urlopen(request, timeout=2).read()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "no Orthanc"
-                time.sleep(0.2)
+    with running_orthanc(binary, config, root, auth) as base:
         films = _films(root)
         for key in films:
             request = urllib.request.Request(f"{base}/instances", method="POST", headers=auth,
                                              data=(root / f"{key}.dcm").read_bytes())
             urllib.request.urlopen(request, timeout=30).read()
         yield Pacs(base, films)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 @dataclass
