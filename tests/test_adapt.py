@@ -216,26 +216,31 @@ def test_a_worse_model_is_refused_and_nothing_is_written(tmp_path: Path) -> None
     assert target.is_file()
 
 
-def test_sigkill_during_adapt_leaves_no_weights_file(tmp_path: Path) -> None:
-    base_path = _base(tmp_path, "knee")
-    out = _site(tmp_path, base_path)
-    target = tmp_path / "site.pt"
-    # Phantoms are rendered in memory: a killed adapt leaves nothing in the temp folder.
-    (tmp_path / "tmp").mkdir()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "xreg", "adapt", str(out), "--weights", str(base_path),
-         "--out", str(target), "--steps", "100000", "--threads", "1", "--phantoms", "20"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "COLUMNS": "200", "TMPDIR": str(tmp_path / "tmp")})
+def kill_while_training(args: list[str], env: dict[str, str]) -> None:
+    """Start ``xreg adapt``, SIGKILL it a second after it says it is training."""
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
     assert proc.stderr is not None
     deadline = time.time() + 120
-    for line in proc.stderr:  # wait until it is training
+    for line in proc.stderr:
         if "training" in line or time.time() > deadline:
             break
     time.sleep(1.0)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
+
+
+def test_sigkill_during_adapt_leaves_no_weights_file(tmp_path: Path) -> None:
+    base_path = _base(tmp_path, "knee")
+    out = _site(tmp_path, base_path)
+    target = tmp_path / "site.pt"
+    # Phantoms are rendered in memory: a killed adapt leaves nothing in the temp folder.
+    (tmp_path / "tmp").mkdir()
+    kill_while_training(
+        [sys.executable, "-m", "xreg", "adapt", str(out), "--weights", str(base_path),
+         "--out", str(target), "--steps", "100000", "--threads", "1", "--phantoms", "20"],
+        {**os.environ, "COLUMNS": "200", "TMPDIR": str(tmp_path / "tmp")})
     assert not target.exists() and not target.with_suffix(".onnx").exists()
     assert not target.with_suffix(".md").exists()
     assert not list((tmp_path / "tmp").iterdir())

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from typer.testing import CliRunner
 
 pytest.importorskip("torch")
 
-from tests.test_adapt import _base, _site, _stripes  # noqa: E402
+from tests.test_adapt import _base, _site, _stripes, kill_while_training  # noqa: E402
 from xreg.cli import app  # noqa: E402
 from xreg.model.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from xreg.model.models import BODY_PARTS  # noqa: E402
@@ -234,16 +233,7 @@ def test_no_temporary_folder_remains_after_kept_refused_or_killed_adapt(
     assert _leftovers(tmp) == []
     for written in tmp_path.glob("site.*"):  # what the kept run wrote
         written.unlink()
-    proc = subprocess.Popen([*base_args, "--steps", "1000000", "--no-replay"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    assert proc.stderr is not None
-    deadline = time.time() + 120
-    for line in proc.stderr:  # wait until it trains (phantoms rendered, in memory)
-        if "training" in line or time.time() > deadline:
-            break
-    time.sleep(1.0)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
+    # killed once training (phantoms rendered, in memory)
+    kill_while_training([*base_args, "--steps", "1000000", "--no-replay"], env)
     assert _leftovers(tmp) == []
     assert not list(tmp_path.glob("site.*")) and not list(tmp_path.glob(".site*"))

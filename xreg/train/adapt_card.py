@@ -16,10 +16,14 @@ def _share(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
-def _row(name: str, fig: Mapping[str, Any]) -> str:
-    return (f"| {name} | {fig['films']} | {_share(fig['correct_folder'])} ({fig['correct']}) "
+def _table(title: str, base: Mapping[str, Any], adapted: Mapping[str, Any]) -> list[str]:
+    """A section: base and adapted, correct / wrong folder and review (share, count)."""
+    rows = [f"| {name} | {fig['films']} | {_share(fig['correct_folder'])} ({fig['correct']}) "
             f"| {_share(fig['wrong_folder'])} ({fig['wrong']}) | "
-            f"{_share(fig['review_rate'])} ({fig['review']}) |")
+            f"{_share(fig['review_rate'])} ({fig['review']}) |"
+            for name, fig in (("base", base), ("adapted", adapted))]
+    return [f"## {title}", "", "| model | films | correct folder | wrong folder | review |",
+            "|---|---|---|---|---|", *rows, ""]
 
 
 def card_markdown(result: Mapping[str, Any], sha: str) -> str:
@@ -52,23 +56,13 @@ def card_markdown(result: Mapping[str, Any], sha: str) -> str:
         f"- min_confidence {card['thresholds'].get('min_confidence')}; guard "
         f"{ {k: v for k, v in card.get('guard', {}).items() if k != 'bank'} or 'none'}",
         "",
-        "## Hold-out (reviewed films of the site that trained nothing)",
-        "",
-        "| model | films | correct folder | wrong folder | review |",
-        "|---|---|---|---|---|",
-        _row("base", hold["before"]),
-        _row("adapted", hold["after"]),
-        "",
+        *_table("Hold-out (reviewed films of the site that trained nothing)",
+                hold["before"], hold["after"]),
     ]
     if forgot:
         lines += [
-            "## Films the base knew (replay hold-out: forgetting)",
-            "",
-            "| model | films | correct folder | wrong folder | review |",
-            "|---|---|---|---|---|",
-            _row("base", forgot["before"]),
-            _row("adapted", forgot["after"]),
-            "",
+            *_table("Films the base knew (replay hold-out: forgetting)", forgot["before"],
+                    forgot["after"]),
             f"Correct folder fell by {forgot['correct_drop']:.3f}, wrong folder rose by "
             f"{forgot['wrong_rise']:.3f}.",
             "",
