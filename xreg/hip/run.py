@@ -15,11 +15,9 @@ import functools
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from xreg import __version__
 from xreg.datasets import load_pairs
@@ -27,13 +25,13 @@ from xreg.errors import ConfigError
 from xreg.hashing import file_sha256
 from xreg.hip.pairing import (
     HipImage,
-    HipStudy,
     compile_pattern,
     pair_views,
     parse_filename,
     side_from_dicom,
     view_from_dicom,
 )
+from xreg.hip.study import ScoredStudy, add_heatmaps, place_study, write_joined
 from xreg.inference.pairs import predict_pairs
 from xreg.inference.predict import Prediction, predict_files
 from xreg.inference.runtime import Model, load_model
@@ -42,11 +40,7 @@ from xreg.registry import Registry
 from xreg.registry.pseudonym import Pseudonymiser
 from xreg.sort.folders import check_folders, output_lock, scan_inputs
 from xreg.sort.grouping import Grouper, parse_group_by
-from xreg.sort.placement import Move, apply_move, sanitise
 from xreg.sort.runner import REGISTRY_NAME
-
-if TYPE_CHECKING:
-    from xreg.model.checkpoint import LoadedModel
 
 __all__ = ["HIP_WEIGHTS", "HipOptions", "HipResult", "ScoredStudy", "hip_weights", "run_hip"]
 
@@ -74,31 +68,6 @@ class HipOptions:
     heatmaps: bool = False  # write overlays of the joined input to <root>/_heatmaps/hip/
     heatmap_root: Path | None = None  # default OUT
     group_by: str | None = None  # folder levels under IN: {patient}/{study} (sort.grouping)
-
-
-@dataclass(frozen=True)
-class ScoredStudy:
-    """A hip study with its score and what was done with it."""
-
-    study: HipStudy
-    fracture_prob: float | None = None
-    decision: str | None = None  # fracture | no_fracture | None (not scored)
-    error: str | None = None
-    dest: str | None = None
-    joined: str | None = None
-    view_sources: dict[str, str] = field(default_factory=dict)
-    heatmap: str | None = None  # relative to the heatmap root
-    # A single_view study is scored by the classifier's fracture head, not the pair model.
-    threshold: float | None = None
-    model_sha256: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        s = self.study
-        return {"study": s.study, "side": s.side, "status": s.status, "reason": s.reason,
-                "ap": s.ap, "lateral": s.lateral, "candidates": list(s.candidates),
-                "fracture_prob": self.fracture_prob, "decision": self.decision,
-                "error": self.error, "dest": self.dest, "joined": self.joined,
-                "heatmap": self.heatmap}
 
 
 @dataclass
@@ -244,11 +213,11 @@ def run_hip(in_root: Path, options: HipOptions,
             continue
         scored.append(ScoredStudy(s, prob, decision, error, view_sources=views))
     if options.joined is not None:
-        scored = [_write_joined(s, options.joined, hip_model) for s in scored]
+        scored = [write_joined(s, options.joined, hip_model) for s in scored]
     if options.heatmaps:  # attributions need the torch checkpoint itself
         from xreg.model.checkpoint import load_checkpoint
 
-        scored = _add_heatmaps(scored, options.heatmap_root or out,
+        scored = add_heatmaps(scored, options.heatmap_root or out,
                                load_checkpoint(hip_weights(options.weights)))
     result = HipResult(scored, hip_model.sha256, threshold, len(images) + len(listed))
     if registry_path is None:
@@ -262,7 +231,7 @@ def run_hip(in_root: Path, options: HipOptions,
     sha_of = (lambda masked: sha(labels.get(masked, masked)))  # noqa: E731
     if out is not None:
         with output_lock(out):
-            result.studies = [_masked(_place(s, out, sha, grouper), grouper)
+            result.studies = [_masked(place_study(s, out, sha, grouper), grouper)
                               for s in result.studies]
             _record(result, registry_path, in_root, out, hip_model, options, sha_of)
     else:
@@ -322,62 +291,6 @@ def _registry_images(registry_path: Path, out_root: Path, pattern: Any,
                     row["fracture_prob"], "fracture" if row["fracture"] else "no_fracture",
                     None, row["model_sha256"])
     return images
-
-
-def study_folder(s: ScoredStudy) -> PurePosixPath:
-    """``hip/<fracture|no_fracture|unpaired>/<study>[_<side>]`` (sanitised)."""
-    group = s.decision or "unpaired"
-    name = sanitise(s.study.study) + (f"_{s.study.side}" if s.study.side else "")
-    return PurePosixPath("hip", group, name)
-
-
-def _place(s: ScoredStudy, out: Path, sha: Callable[[str], str],
-           grouper: Grouper) -> ScoredStudy:
-    folder = study_folder(s)
-    files = [p for p in (s.study.ap, s.study.lateral) if p] if s.study.paired \
-        else list(s.study.candidates)
-    for path in files:
-        src = Path(path)
-        st = src.stat()
-        move = Move(src, sha(path), folder / sanitise(grouper.file_name(src)), "sorted")
-        apply_move(move, out, "copy", (st.st_size, st.st_mtime_ns))
-    return dataclasses.replace(s, dest=str(folder))
-
-
-def _write_joined(s: ScoredStudy, folder: Path, model: Model) -> ScoredStudy:
-    if not s.study.paired or s.error:
-        return s
-    from PIL import Image
-
-    from xreg.inference.preprocess import join_views, resize_grey
-    from xreg.io import load_image
-
-    size = model.card.input_size
-    views = [resize_grey(load_image(Path(p), target_size=size).pixels, size)
-             for p in (s.study.ap, s.study.lateral) if p]
-    joined = join_views(np.stack(views))
-    folder.mkdir(parents=True, exist_ok=True)
-    name = sanitise(s.study.study) + (f"_{s.study.side}" if s.study.side else "") + ".png"
-    target = folder / name
-    tmp = folder / f".{name}.tmp"
-    Image.fromarray((np.clip(joined, 0, 1) * 255).round().astype(np.uint8), "L").save(tmp,
-                                                                                       "PNG")
-    os.replace(tmp, target)
-    return dataclasses.replace(s, joined=str(target))
-
-
-def _add_heatmaps(studies: list[ScoredStudy], root: Path | None,
-                  model: LoadedModel) -> list[ScoredStudy]:
-    from xreg.explain.heatmaps import HEATMAP_DIR, explain_pairs
-
-    assert root is not None  # run_hip checked this before any work
-    scored = [s for s in studies if s.decision is not None and s.study.paired]
-    rel = {id(s): PurePosixPath(HEATMAP_DIR, "hip", study_folder(s).name + ".png")
-           for s in scored}
-    explained = explain_pairs([(Path(s.study.ap or ""), Path(s.study.lateral or ""))
-                               for s in scored], model, [root / rel[id(s)] for s in scored])
-    done = {id(s): str(rel[id(s)]) for s, e in zip(scored, explained) if e.overlay}
-    return [dataclasses.replace(s, heatmap=done.get(id(s))) for s in studies]
 
 
 def _record(result: HipResult, registry_path: Path, in_root: Path, out: Path | None,
