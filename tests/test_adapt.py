@@ -161,12 +161,12 @@ def test_set_reviews_train_as_sets(tmp_path: Path) -> None:
         _truth("skull", BODY_PARTS, NOT_MSK)
     import torch
 
-    from xreg.train.finetune import _set_loss
+    from xreg.train.finetune import set_loss
 
     logits = torch.tensor([[0.0, 5.0, 5.0]])
     either = torch.tensor([[False, True, True]])
     only_first = torch.tensor([[True, False, False]])
-    assert float(_set_loss(logits, either)) < 0.01 < float(_set_loss(logits, only_first))
+    assert float(set_loss(logits, either)) < 0.01 < float(set_loss(logits, only_first))
 
 
 def test_cli_writes_checkpoint_onnx_and_card_then_sort_uses_it(tmp_path: Path) -> None:

@@ -27,19 +27,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xreg.evaluation.sorting import place
 from xreg.model.card import DISTANCE_OUTPUT, MEMBERS_OUTPUT, ModelCard
 from xreg.model.ensemble import EnsembleNet, unit_features
-from xreg.model.labels import BODY_PARTS, OTHER
+from xreg.model.labels import OTHER
+from xreg.train.adapt_result import holdout_figures
 from xreg.train.finetune import (
     BODY_PART,
     FRACTURE,
     INSTRUMENT,
     AdaptOptions,
     Film,
+    distill_loss,
     energy_of,
-    held_back,
     network_input,
+    set_loss,
 )
 from xreg.train.replay import ReplaySet, backbone_features
 from xreg.train.sites import GUARD_COVERAGE
@@ -170,25 +171,12 @@ def extend_bank(model: nn.Module, feats: Sequence[Tensor]) -> int:
 # -- training --------------------------------------------------------------------------
 
 
-def _set_loss(logits: Tensor, sets: Tensor) -> Tensor:
-    log_p = F.log_softmax(logits, dim=1)
-    return -(torch.logsumexp(log_p.masked_fill(~sets, -1e9), dim=1)).mean()
-
-
 def _supervised(out: Mapping[str, Tensor], batch: Labelled) -> Tensor:
-    loss = _set_loss(out[BODY_PART], batch.truth)
+    loss = set_loss(out[BODY_PART], batch.truth)
     for name, y in ((INSTRUMENT, batch.instrument), (FRACTURE, batch.fracture)):
         known = y >= 0
         if name in out and known.any():
             loss = loss + F.cross_entropy(out[name][known], y[known])
-    return loss
-
-
-def _kd(student: Mapping[str, Tensor], teacher: Mapping[str, Tensor], t: float) -> Tensor:
-    loss = torch.zeros(())
-    for name, target in teacher.items():
-        loss = loss + F.kl_div(F.log_softmax(student[name] / t, 1), F.softmax(target / t, 1),
-                               reduction="batchmean") * t * t
     return loss
 
 
@@ -242,7 +230,7 @@ def train_heads(model: nn.Module, site: Labelled, options: AdaptOptions, *,
                     loss = loss + _supervised({k: v[n * batch:(n + 1) * batch]
                                                for k, v in out.items()}, p)
                 if krows is not None and kd_m is not None:
-                    loss = loss + options.distill * _kd(
+                    loss = loss + options.distill * distill_loss(
                         {k: v[len(parts) * batch:] for k, v in out.items()},
                         {k: v[krows] for k, v in kd_targets[m].items()}, options.temperature)
             if options.anchor:
@@ -300,17 +288,6 @@ def cross_outputs(base: nn.Module, site: Labelled, views: int, groups: Sequence[
     return {key: v[inverse] for key, v in joined.items()}
 
 
-def _figures(card: ModelCard, outputs: Mapping[str, Tensor], truth: Sequence[tuple[str, ...]]
-             ) -> tuple[int, int, int]:
-    labels = card.head(BODY_PART).labels
-    probs = torch.softmax(outputs[BODY_PART], 1).numpy()
-    pred, placed = place(labels, probs, float(card.thresholds.get("min_confidence", 0.5)),
-                         held_back(outputs, card))
-    right = np.array([labels[p] in t for p, t in zip(pred, truth)], bool)
-    nine = np.array([t[0] in BODY_PARTS for t in truth], bool)
-    return int((placed & right & nine).sum()), int((placed & ~right).sum()), len(truth)
-
-
 def choose_guard(card: ModelCard, outputs: Mapping[str, Tensor],
                  truth: Sequence[tuple[str, ...]]) -> tuple[ModelCard, dict[str, Any]]:
     """``min_confidence``, ``agree_min`` and ``distance_max`` for at most
@@ -343,7 +320,8 @@ def choose_guard(card: ModelCard, outputs: Mapping[str, Tensor],
         g = {**guard, **({"agree_min": agree} if agree is not None else {}),
              **({"distance_max": dist} if dist is not None else {})}
         trial = replace(card, thresholds={**card.thresholds, "min_confidence": conf}, guard=g)
-        right, wrong, n = _figures(trial, outputs, truth)
+        fig = holdout_figures(trial, outputs, truth)
+        right, wrong, n = fig["correct"], fig["wrong"], fig["films"]
         trials.append((trial, {"min_confidence": conf, "agree_min": agree,
                                "distance_max": dist, "films": n, "right": right,
                                "wrong": wrong, "met": wrong <= WRONG_TARGET * n}))

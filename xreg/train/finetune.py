@@ -29,8 +29,9 @@ from xreg.io import try_load_image
 from xreg.model.card import DISTANCE_OUTPUT, MEMBERS_OUTPUT, ModelCard
 from xreg.model.transforms import augment_batch
 
-__all__ = ["DISTILL_ON", "AdaptOptions", "Film", "adabn", "decode_grey", "energy_of",
-           "fine_tune", "predict_grey", "render_phantoms"]
+__all__ = ["DISTILL_ON", "AdaptOptions", "Film", "adabn", "decode_grey", "distill_loss",
+           "energy_of", "fine_tune", "held_back", "network_input", "predict_grey",
+           "render_phantoms", "set_loss"]
 
 BODY_PART, INSTRUMENT, FRACTURE = "body_part", "instrument", "fracture"
 
@@ -231,13 +232,13 @@ def held_back(outputs: Mapping[str, torch.Tensor], card: ModelCard) -> np.ndarra
 # -- training ---------------------------------------------------------------------------
 
 
-def _set_loss(logits: torch.Tensor, sets: torch.Tensor) -> torch.Tensor:
+def set_loss(logits: torch.Tensor, sets: torch.Tensor) -> torch.Tensor:
     """-log P(truth in its set): a set label (``hand|wrist``) is right on any member."""
     log_p = F.log_softmax(logits, dim=1)
     return -(torch.logsumexp(log_p.masked_fill(~sets, -1e9), dim=1)).mean()
 
 
-def _distill_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor],
+def distill_loss(student: Mapping[str, torch.Tensor], teacher: Mapping[str, torch.Tensor],
                   t: float) -> torch.Tensor:
     loss = torch.zeros(())
     for name, target in teacher.items():
@@ -262,7 +263,7 @@ def _binary_targets(films: Sequence[Film], name: str) -> torch.Tensor:
 
 def _supervised(out: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
                 rows: torch.Tensor) -> torch.Tensor:
-    loss = _set_loss(out[BODY_PART], targets[BODY_PART][rows])
+    loss = set_loss(out[BODY_PART], targets[BODY_PART][rows])
     for name, y in targets.items():
         if name == BODY_PART:
             continue
@@ -342,7 +343,7 @@ def fine_tune(model: nn.Module, card: ModelCard, grey: torch.Tensor, films: Sequ
             prow = torch.randint(0, len(pool), (options.batch_size,), generator=generator)
             px = augment_batch(pool[prow].float(), generator, **aug)
             student = model(network_input(px, card))
-            kd = _distill_loss(student, {k: v[prow] for k, v in pool_logits.items()},
+            kd = distill_loss(student, {k: v[prow] for k, v in pool_logits.items()},
                                options.temperature)
             loss = loss + options.distill * kd
             entry["distill"] = float(kd.detach())
