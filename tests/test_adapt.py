@@ -31,8 +31,8 @@ from xreg.train.adapt import AdaptOptions, Film, adapt, group_split, site_films 
 runner = CliRunner()
 # The whole network: the tests' base is a random backbone, whose features only a
 # full fine-tune bends towards the films (the shipped model's are already good).
-FAST = dict(lr=3e-3, layers="all", min_steps=40, max_steps=40, epochs=1, batch_size=8,
-            workers=1, phantoms=20)
+FAST = dict(lr=3e-3, layers="all", min_steps=40, max_steps=40, head_steps=40, epochs=1,
+            batch_size=8, workers=1, phantoms=20)
 
 
 def _stripes(path: Path, horizontal: bool, seed: int) -> None:

@@ -26,7 +26,7 @@ from xreg.train.adapt import AdaptOptions, Film, adapt, group_split, site_films 
 from xreg.train.adapt_split import split_notes  # noqa: E402
 
 runner = CliRunner()
-QUICK = dict(max_steps=60, workers=1, views=2)
+QUICK = dict(head_steps=60, workers=1, views=2)
 
 
 def _checks(path: Path, seed: int) -> None:
@@ -66,7 +66,7 @@ def _replay_base(tmp_path: Path) -> Path:
     grey, _ = decode_grey([f.path for f in films], card.input_size)
     feats = site_features(loaded.model, card, grey)[0]
     train_heads(loaded.model, Labelled.of_films(feats, films, BODY_PARTS),
-                AdaptOptions(max_steps=200, anchor=0.0, distill=0.0, lr=3e-2))
+                AdaptOptions(head_steps=200, anchor=0.0, distill=0.0, lr=3e-2))
     n = len(films)
     replay = replay_from_grey(loaded.model, card, grey, [f.truth or () for f in films],
                               [None] * n, [None] * n, ["known"] * n,

@@ -80,7 +80,7 @@ def adapt_cmd(
     epochs: Annotated[int, typer.Option(help="Passes over the reviewed training films "
                                         "(--layers all).")] = 15,
     steps: Annotated[int | None, typer.Option(help="Optimiser steps per training (heads: default "
-                                                 "400; all: overrides --epochs).")
+                                                 "800; all: overrides --epochs).")
                      ] = None,
     layers: Annotated[str, typer.Option(
         help="What trains: heads (over the base's frozen features; the default), all "
@@ -88,8 +88,8 @@ def adapt_cmd(
              "unless --replay-data is given for a base with no bank and no replay file).")
                       ] = "auto",
     lr: Annotated[float | None, typer.Option(
-        help="Learning rate (Adam); default 2e-4 for the whole network, 1e-3 for the "
-             "heads.")] = None,
+        help="Learning rate (Adam); default 2e-4 for the whole network, 3e-3 for the "
+             "heads alone.")] = None,
     phantoms: Annotated[int, typer.Option(
         help="Phantoms of every class rendered in memory to keep the base's answers when "
              "there is nothing to replay (0: none).")] = 300,
@@ -117,7 +117,8 @@ def adapt_cmd(
         reviewed, unreviewed = site_films(out_dir, labels, registry)
         replay_films = [_replay_film(im) for path in replay_data or ()
                         for im in _manifest(path, labels)]
-        fixed = {} if steps is None else {"min_steps": steps, "max_steps": steps}
+        fixed = {} if steps is None else {"min_steps": steps, "max_steps": steps,
+                                          "head_steps": steps}
         options = AdaptOptions(epochs=epochs, holdout=holdout, seed=seed, lr=lr, layers=layers,
                                phantoms=phantoms, replay=replay_flag,
                                workers=max(1, threads), **fixed)

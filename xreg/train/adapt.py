@@ -232,7 +232,7 @@ def _adapt_heads(base: LoadedModel, reviewed: Sequence[Film], train_idx: Sequenc
               "replay_shipped": shipped is not None,
               "bank": int(model.bank.shape[0]) if isinstance(model, EnsembleNet) else 0,
               "undecodable": len(paths) - len(kept)}
-    return model, final_card, before, after, forgot, counts, options.max_steps
+    return model, final_card, before, after, forgot, counts, options.head_steps
 
 
 def _replay_of(base: LoadedModel, films: Sequence[Film], grey: torch.Tensor, seed: int

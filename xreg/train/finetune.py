@@ -59,8 +59,9 @@ class AdaptOptions:
     epochs: int = 15           # passes over the reviewed training films ...
     min_steps: int = 60        # ... but at least this many optimiser steps
     max_steps: int = 400
+    head_steps: int = 800      # optimiser steps of each training of the heads alone
     batch_size: int = 16
-    lr: float | None = None    # None: 2e-4 for the whole network, 1e-3 for the heads alone
+    lr: float | None = None    # None: 2e-4 for the whole network, 3e-3 for the heads alone
     distill: float = 1.0       # weight of the base's answers as a second target (0: off)
     distill_on: str = "phantoms"  # whose answers: phantoms | site (unreviewed films) | both
     distill_films: int = 600   # at most this many unreviewed site films are kept for it
@@ -86,12 +87,13 @@ class AdaptOptions:
     def lr_for(self, layers: str) -> float:
         if self.lr is not None:
             return self.lr
-        return 2e-4 if layers == "all" else 1e-3
+        return 2e-4 if layers == "all" else 3e-3
 
     def check(self) -> None:
         if not 0.0 < self.holdout < 1.0:
             raise ConfigError(f"--holdout must be between 0 and 1, got {self.holdout}")
-        for name in ("epochs", "min_steps", "max_steps", "batch_size", "workers", "views"):
+        for name in ("epochs", "min_steps", "max_steps", "head_steps", "batch_size", "workers",
+                     "views"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         for name in ("lr", "distill", "anchor", "temperature"):
