@@ -97,7 +97,7 @@ def build_base(members: Sequence[Path], work: Path, name: str) -> Path:
 def hospital(manifest: Path, labels: Sequence[str], films: int, folder_size: int,
              seed: int) -> list[tuple[LabelledImage, str]]:
     """``films`` films of the site in day folders: (film, its folder)."""
-    images = load_labels(manifest, labels)
+    images = load_labels(manifest, labels, lenient=True)
     rng = np.random.default_rng(seed)
     picked = [images[i] for i in sorted(rng.permutation(len(images))[:films])]
     picked.sort(key=lambda im: (im.patient_id or "", str(im.path)))

@@ -24,7 +24,8 @@ import csv
 import os
 from pathlib import Path
 
-from xreg.model.models import EXTENDED_BODY_PARTS, OTHER
+from xreg.datasets import source_body_part
+from xreg.model.models import EXTENDED_BODY_PARTS
 
 COLUMNS = ("path", "body_part", "instrument", "fracture", "view", "patient_id", "dup_of",
            "truncated")
@@ -33,15 +34,7 @@ _VIEWS = {"frontal": "AP", "lateral": "LAT"}
 
 def body_part_set(row: dict[str, str]) -> str:
     """The manifest's body_part value: one label, or ``a|b`` for a hesitant one."""
-    def mapped(label: str) -> str:
-        label = label.strip()
-        return label if label in EXTENDED_BODY_PARTS else OTHER
-
-    members = [mapped(row["body_part"])]
-    alt = (row.get("label_alt") or "").strip()
-    if row.get("label_sure", "1").strip() == "0" and alt and alt != "unclear":
-        members.append(mapped(alt))
-    return "|".join(dict.fromkeys(members))
+    return source_body_part(row, EXTENDED_BODY_PARTS)
 
 
 def manifest_rows(data: Path) -> list[dict[str, str]]:

@@ -205,6 +205,19 @@ def test_a_sources_labels_csv_with_oblique_views_is_replay_data(tmp_path: Path,
     assert summary["counts"]["replay"] > 18  # the shipped 18 and the source's films
 
 
+def test_a_hesitant_label_in_a_sources_labels_csv_is_a_set(tmp_path: Path) -> None:
+    from xreg.datasets import load_labels
+    from xreg.model.labels import EXTENDED_BODY_PARTS
+
+    rows = ["path,body_part,label_sure,label_alt,instrument,fracture,view,patient_id,dup_of",
+            "a.png,hand,0,wrist,0,0,oblique,p1,", "b.png,hand,0,unclear,0,0,,p2,",
+            "c.png,hand,1,wrist,0,0,,p3,", "d.png,chest,0,knee,0,0,frontal,p4,"]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    sets = [im.body_parts for im in load_labels(tmp_path / "labels.csv", EXTENDED_BODY_PARTS,
+                                                lenient=True)]
+    assert sets == [("hand", "wrist"), ("hand",), ("hand",), ("other", "knee")]
+
+
 #: ONNX Runtime's telemetry SDK writes ``$TMPDIR/.ses`` (a session id) whenever it is
 #: imported, by any program; one small file, rewritten, never a folder. Not adapt's.
 _NOT_OURS = {".ses"}

@@ -64,6 +64,21 @@ class LabelledImage:
             object.__setattr__(self, "body_parts", (self.body_part,))
 
 
+def source_body_part(row: dict[str, str], known: Sequence[str]) -> str:
+    """A public source's ``labels.csv`` row's body part as a manifest value: a label
+    not in ``known`` is ``other`` (when known), and a hesitant one (``label_sure`` 0)
+    is the set ``body_part|label_alt`` (``hand|wrist``; ``unclear`` adds nothing)."""
+    def mapped(label: str) -> str:
+        label = label.strip()
+        return label if label in known or OTHER not in known else OTHER
+
+    members = [mapped(m) for m in (row.get("body_part") or "").split("|") if m.strip()]
+    alt = (row.get("label_alt") or "").strip()
+    if (row.get("label_sure") or "1").strip() == "0" and alt and alt != "unclear":
+        members.append(mapped(alt))
+    return "|".join(dict.fromkeys(members))
+
+
 def parse_body_parts(value: str, known: Sequence[str]) -> tuple[str, ...]:
     """``"hand|wrist"`` -> ``("hand", "wrist")``; ``ValueError`` names an unknown member."""
     members = tuple(dict.fromkeys(v.strip() for v in value.split("|") if v.strip()))
@@ -89,7 +104,8 @@ def load_labels(data: Path, body_parts: Sequence[str] = BODY_PARTS, *,
     ``lenient`` reads a source's own ``labels.csv`` as it comes (``xreg adapt
     --replay-data``): a view other than AP or LAT (``oblique``) is unknown, and
     a body part the model does not know (``chest``) is ``other`` when the model
-    has that class.
+    has that class, and a hesitant label (``label_sure`` 0 with a ``label_alt``)
+    is the set of both (:func:`source_body_part`), as the source's README asks.
     """
     data = Path(data)
     registry = _registry_rows(data, body_parts, reviewed_only)
@@ -135,10 +151,7 @@ def _from_manifest(path: Path, body_parts: Sequence[str], lenient: bool = False
         rel = (row["path"] or "").strip()
         if not rel:
             raise bad("path", "empty")
-        raw_part = row["body_part"] or ""
-        if lenient and OTHER in body_parts:
-            raw_part = "|".join(m if m.strip() in body_parts else OTHER
-                                for m in raw_part.split("|") if m.strip())
+        raw_part = source_body_part(row, body_parts) if lenient else row["body_part"] or ""
         try:
             members = parse_body_parts(raw_part, body_parts)
         except ValueError as exc:
