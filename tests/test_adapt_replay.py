@@ -98,6 +98,8 @@ def test_the_shipped_replay_keeps_what_the_base_knew(tmp_path: Path, replay_base
     loose = adapt(base, reviewed, unreviewed,
                   AdaptOptions(**QUICK, lr=3e-2, replay=False, phantoms=0))
     assert loose.forgetting is None and loose.counts["replay"] == 0
+    assert "forgetting not measured" in loose.verdict
+    assert "forgetting not measured" not in kept.verdict
     held = shipped_replay(base.card, base.path)
     assert held is not None
     held = held.take(held.holdout)
@@ -250,3 +252,37 @@ def test_no_temporary_folder_remains_after_kept_refused_or_killed_adapt(
     kill_while_training([*base_args, "--steps", "1000000", "--no-replay"], env)
     assert _leftovers(tmp) == []
     assert not list(tmp_path.glob("site.*")) and not list(tmp_path.glob(".site*"))
+
+
+def test_films_unlike_every_reviewed_one_are_counted() -> None:
+    import torch
+
+    from xreg.train.adapt_split import unlike_reviewed
+
+    gen = torch.Generator().manual_seed(0)
+
+    def around(centre: int, n: int) -> torch.Tensor:
+        x = torch.zeros(n, 16)
+        x[:, centre] = 1.0
+        x = x + 0.05 * torch.randn(n, 16, generator=gen)
+        return x / x.norm(dim=1, keepdim=True)
+
+    reviewed = torch.cat([around(0, 20), around(1, 20)])
+    groups = [f"g{i // 2}" for i in range(40)]
+    alike = unlike_reviewed(reviewed, groups, torch.cat([around(0, 30), around(1, 30)]))
+    apart = unlike_reviewed(reviewed, groups, torch.cat([around(0, 15), around(2, 45)]))
+    assert alike is not None and apart is not None
+    assert alike < 0.2 and apart >= 0.75 - 1e-6
+    assert unlike_reviewed(reviewed, groups, around(0, 5)) is None  # too few to say
+
+
+def test_reviews_that_do_not_represent_the_site_are_refused() -> None:
+    from xreg.train.adapt_result import UNLIKE_MAX, judge
+
+    fig = {"films": 10, "correct": 8, "wrong": 0, "review": 2, "correct_folder": 0.8,
+           "wrong_folder": 0.0, "review_rate": 0.2, "utility": 8.0}
+    base = {**fig, "correct": 0, "review": 10, "utility": 0.0}
+    kept, _ = judge(base, fig, None, UNLIKE_MAX - 0.01)
+    refused, why = judge(base, fig, None, 0.6)
+    assert kept and not refused
+    assert "do not represent the site" in why and "60%" in why and "uniform sample" in why

@@ -222,6 +222,9 @@ def _print(result: Any, written: dict[str, Any]) -> None:
     else:
         out.print("forgetting not measured: nothing to replay (no replay file, no "
                   "--replay-data)", highlight=False)
+    if c.get("unlike_reviewed") is not None:
+        out.print(f"of {c['unreviewed_seen']} unreviewed films of the site, "
+                  f"{c['unlike_reviewed']:.0%} are unlike every reviewed film", highlight=False)
     for note in result.notes:
         err.print(f"note: {note}", highlight=False)
     out.print(f"{result.verdict}", highlight=False)

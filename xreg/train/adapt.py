@@ -42,7 +42,7 @@ from torch import nn
 from xreg.errors import ConfigError
 from xreg.model.card import ModelCard
 from xreg.model.checkpoint import LoadedModel
-from xreg.model.ensemble import EnsembleNet
+from xreg.model.ensemble import EnsembleNet, unit_features
 from xreg.train.adapt_heads import (
     Labelled,
     answer,
@@ -61,7 +61,7 @@ from xreg.train.adapt_result import (
     judge,
     sort_figures,
 )
-from xreg.train.adapt_split import group_split, site_films, split_notes
+from xreg.train.adapt_split import group_split, site_films, split_notes, unlike_reviewed
 from xreg.train.finetune import AdaptOptions, Film, decode_grey, render_phantoms
 from xreg.train.replay import ReplaySet, replay_from_grey, shipped_replay
 
@@ -128,7 +128,7 @@ def adapt(base: LoadedModel, reviewed: Sequence[Film], unreviewed: Sequence[Film
         replay_entry = dict(base.card.replay) if shipped is not None and \
             replay_set is None else {}
     counts = {**common, **counts}
-    accepted, verdict = judge(before, after, forgot)
+    accepted, verdict = judge(before, after, forgot, counts.get("unlike_reviewed"))
     seconds = time.perf_counter() - started
     final_card = adapted_card(card, base, options, counts, before, after, seconds, method,
                               forgot, replay_entry)
@@ -144,9 +144,10 @@ def _adapt_heads(base: LoadedModel, reviewed: Sequence[Film], train_idx: Sequenc
                  ) -> tuple[nn.Module, ModelCard, dict[str, Any], dict[str, Any],
                             dict[str, Any] | None, dict[str, Any], int]:
     card = base.card
-    pool_films: list[Film] = []
-    if options.distill_on in ("site", "both"):
-        pool_films = list(unreviewed)[:options.distill_films]
+    # The site's unreviewed films (a seeded sample): whether the reviews represent the
+    # site, and the base's answers on them when distilling on the site.
+    pool_films = _sample(unreviewed, options.distill_films, options.seed)
+    distill_site = options.distill_on in ("site", "both")
     paths = [f.path for f in reviewed] + [f.path for f in pool_films] + \
         [f.path for f in replay_films]
     grey, kept = decode_grey(paths, card.input_size, options.workers,
@@ -184,8 +185,13 @@ def _adapt_heads(base: LoadedModel, reviewed: Sequence[Film], train_idx: Sequenc
         if reference is not None else None
     pool: list[torch.Tensor] = []
     pool_rows = [row_of[i] for i in range(n_rev, n_rev + n_pool) if i in row_of]
+    unlike = None
     if pool_rows:
-        pool = site_features(base.model, card, grey[pool_rows])[0]
+        others = site_features(base.model, card, grey[pool_rows])[0]
+        unlike = unlike_reviewed(unit_features(plain(ok)),
+                                 [reviewed[i].group or str(reviewed[i].path) for i in ok],
+                                 unit_features(others))
+        pool = others if distill_site else []
     if reference is None and options.distill and options.distill_on in ("phantoms", "both"):
         stage("rendering phantoms", 0)
         rendered = phantoms if phantoms is not None else \
@@ -226,6 +232,7 @@ def _adapt_heads(base: LoadedModel, reviewed: Sequence[Film], train_idx: Sequenc
                             holdout_figures(final_card, answer(model,
                                                                held.member_features()), truth))
     counts = {"train": len(train_ok), "holdout": len(hold_ok), "views": len(views),
+              "unreviewed_seen": len(pool_rows), "unlike_reviewed": unlike,
               "distilled_on": int(len(pool[0])) if pool else 0,
               "replay": int((~reference.holdout).sum()) if reference is not None else 0,
               "replay_holdout": int(reference.holdout.sum()) if reference is not None else 0,
@@ -233,6 +240,14 @@ def _adapt_heads(base: LoadedModel, reviewed: Sequence[Film], train_idx: Sequenc
               "bank": int(model.bank.shape[0]) if isinstance(model, EnsembleNet) else 0,
               "undecodable": len(paths) - len(kept)}
     return model, final_card, before, after, forgot, counts, options.head_steps
+
+
+def _sample(films: Sequence[Film], count: int, seed: int) -> list[Film]:
+    """At most ``count`` of ``films``, the same ones for the same films and seed."""
+    def key(film: Film) -> str:
+        return hashlib.sha256(f"{seed}:{film.path}".encode()).hexdigest()
+
+    return sorted(films, key=key)[:count] if len(films) > count else list(films)
 
 
 def _replay_of(base: LoadedModel, films: Sequence[Film], grey: torch.Tensor, seed: int

@@ -11,11 +11,14 @@ import hashlib
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
+import numpy as np
+import torch
+
 from xreg.errors import ConfigError
 from xreg.model.labels import OTHER
 from xreg.train.finetune import Film
 
-__all__ = ["group_split", "site_films", "split_notes"]
+__all__ = ["group_split", "site_films", "split_notes", "unlike_reviewed"]
 
 
 def site_films(out_root: Path, labels: Sequence[str], registry_path: Path | None = None
@@ -155,3 +158,29 @@ def split_notes(films: Sequence[Film], train: Sequence[int], held: Sequence[int]
             notes.append(f"the hold-out judges {c} on {on_hold.count(c)} film(s): review "
                          f"about {min_per_class * 4} {c} films for a firmer verdict")
     return notes
+
+
+#: Quantile of the reviewed films' distances to their nearest reviewed film of another
+#: group beyond which an unreviewed film counts as unlike every reviewed film.
+UNLIKE_QUANTILE = 0.95
+
+
+def unlike_reviewed(reviewed: torch.Tensor, groups: Sequence[str], others: torch.Tensor
+                    ) -> float | None:
+    """The share of ``others`` (a site's unreviewed films) unlike every reviewed film.
+
+    Rows are films' unit features (:func:`xreg.model.ensemble.unit_features`). A
+    reviewed film's own distance is the cosine distance to its nearest reviewed film
+    of another group (patient, study, folder); an unreviewed film is unlike the
+    reviews when its nearest reviewed film is farther than :data:`UNLIKE_QUANTILE` of
+    those. None when there are too few films to say.
+    """
+    if len(others) < 20 or len(reviewed) < 10 or len(set(groups)) < 2:
+        return None
+    key = np.array(groups, dtype=object)
+    within = 1.0 - reviewed @ reviewed.T
+    within[torch.as_tensor(key[:, None] == key[None, :])] = float("inf")
+    nearest = within.min(dim=1).values
+    limit = torch.quantile(nearest[torch.isfinite(nearest)], UNLIKE_QUANTILE)
+    return round(float(((1.0 - others @ reviewed.T).min(dim=1).values > limit)
+                       .float().mean()), 4)

@@ -64,7 +64,8 @@ class AdaptOptions:
     lr: float | None = None    # None: 2e-4 for the whole network, 3e-3 for the heads alone
     distill: float = 1.0       # weight of the base's answers as a second target (0: off)
     distill_on: str = "phantoms"  # whose answers: phantoms | site (unreviewed films) | both
-    distill_films: int = 600   # at most this many unreviewed site films are kept for it
+    distill_films: int = 600   # at most this many unreviewed site films are seen (whether
+                               # the reviews represent the site; distillation on "site")
     phantoms: int = 300        # phantoms rendered for distillation (every class, seeded)
     temperature: float = 2.0
     anchor: float = 0.01       # L2-SP pull towards the base weights (0: off)
