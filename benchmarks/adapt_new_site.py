@@ -340,6 +340,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"{other['wrong_folder']:.3f} ({base_other['wrong_folder']:.3f})"
                     + (f" | replay hold-out drop {forgot['correct_drop']:+.3f} "
                        f"wrong {forgot['wrong_rise']:+.3f}" if forgot else "")
+                    + (f" | unlike the reviews {result.counts['unlike_reviewed']:.0%}"
+                       if result.counts.get("unlike_reviewed") is not None else "")
                     + f" | {seconds:.0f} s, {'kept' if result.accepted else 'refused'}")
                 if args.json:
                     args.json.write_text(json.dumps(

@@ -36,8 +36,8 @@ the weights, `<name>.replay.npz`; no film), with the base's own answers on
 them as a second target. --replay-data adds labelled films of your own (a
 manifest, a sorted folder, or a public source's labels.csv as it comes).
 The site's reviewed films join the model's memory of familiar films, and
-min_confidence and the guard are chosen on out-of-fold answers for at most
-4% wrong folder (never looser than the base's).
+min_confidence (never below the base's) and the guard are chosen on
+out-of-fold answers for at most 4% wrong folder.
 
 The reviewed films are split by patient (else study, else source folder),
 stratified by class: about a quarter is held out, and the command says
@@ -46,16 +46,20 @@ without the hold-out must sort it no worse than the base (a film in a wrong
 folder costs two sorted right), and the model written (the same procedure
 on every reviewed film) must not forget: on the replay hold-out (films the
 base knew, trained on by neither) it may lose at most 2 points of correct
-folder and add at most 1 point of wrong folder. Otherwise it is NOT written
-and the command exits 1 saying why, unless --force. The card records both.
+folder and add at most 1 point of wrong folder. The reviews must also
+represent the site: of its unreviewed films, at most 30% may be unlike every
+reviewed film (a class nobody reviewed would be filed by what the model
+learned from the others; review a uniform sample, the review page's default
+order). Otherwise it is NOT written and the command exits 1 saying why,
+unless --force. The card records all three.
 
 Writes --out (a checkpoint), its ONNX export, its replay file and a
 Markdown card beside it. Use it with `xreg sort --weights` and
 `xreg serve --weights`. Writing is atomic, and adapt leaves no temporary
 files behind, even when killed (phantoms, when used, are rendered in memory).
 
-Exit codes: 0 written; 1 refused (worse than the base on the hold-out, or
-forgetting); 2 usage, data or weights error.
+Exit codes: 0 written; 1 refused (worse than the base on the hold-out,
+forgetting, or reviews unlike the site); 2 usage, data or weights error.
 """
 
 

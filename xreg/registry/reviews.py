@@ -16,9 +16,9 @@ from typing import Any, Literal
 from xreg.errors import ConfigError, RegistryError
 from xreg.registry.core import Registry, _now
 
-__all__ = ["DEFAULT_ORDER", "NOT_MSK", "QUEUE_ORDERS", "QueueOrder", "Review", "add_review", "add_reviews", "body_part_members",
-           "film_review", "latest_reviews", "queue_films", "queue_hashes", "review_queue",
-           "teaching_order", "undo_review"]
+__all__ = ["DEFAULT_ORDER", "NOT_MSK", "QUEUE_ORDERS", "QueueOrder", "Review", "add_review",
+           "add_reviews", "body_part_members", "film_review", "latest_reviews", "queue_films",
+           "queue_hashes", "review_queue", "teaching_order", "undo_review"]
 
 #: The reviewer's body part for a film that is not a musculoskeletal radiograph.
 NOT_MSK = "not_msk"

@@ -53,6 +53,9 @@ def card_markdown(result: Mapping[str, Any], sha: str) -> str:
         f"- replayed training films of the base: {c.get('replay', 0)} "
         f"({'shipped with the base' if c.get('replay_shipped') else 'given'}); films whose "
         f"base answers were kept otherwise: {c.get('distilled_on', 0)}",
+        "- unreviewed films of the site unlike every reviewed film: "
+        + (f"{c['unlike_reviewed']:.0%} of {c['unreviewed_seen']}"
+           if c.get("unlike_reviewed") is not None else "not measured (too few films)"),
         f"- min_confidence {card['thresholds'].get('min_confidence')}; guard "
         f"{ {k: v for k, v in card.get('guard', {}).items() if k != 'bank'} or 'none'}",
         "",
