@@ -286,3 +286,38 @@ def test_reviews_that_do_not_represent_the_site_are_refused() -> None:
     refused, why = judge(base, fig, None, 0.6)
     assert kept and not refused
     assert "do not represent the site" in why and "60%" in why and "uniform sample" in why
+
+
+def _smooth(path: Path, radial: bool, seed: int) -> None:
+    """A film with no bars: flat grey or a bright centre fading out (little noise)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:64, 0:64] / 63.0
+    img = (1 - np.hypot(yy - 0.5, xx - 0.5) * 1.4) if radial else np.full((64, 64), 0.5)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((np.clip(img + rng.random((64, 64)) * 0.05, 0, 1) * 255)
+                    .astype(np.uint8)).save(path)
+
+
+def test_adapt_refuses_reviews_that_leave_a_look_of_the_site_out(tmp_path: Path,
+                                                                   replay_base: Path) -> None:
+    """Reviews of smooth films only, at a site whose other films are striped: refused as
+    not representing the site; the same reviews among smooth films pass that check."""
+    base = load_checkpoint(replay_base)
+    site = tmp_path / "site"
+    reviewed = []
+    for i in range(16):
+        _smooth(site / f"r{i}.png", i % 2 == 1, seed=2000 + i)
+        reviewed.append(Film(site / f"r{i}.png", ("hip" if i % 2 == 0 else "knee",),
+                             group=f"p{i // 2}"))
+    striped, smooth = [], []
+    for i in range(24):
+        _stripes(site / f"s{i}.png", i % 2 == 0, seed=4000 + i)
+        striped.append(Film(site / f"s{i}.png", group="rest"))
+        _smooth(site / f"m{i}.png", i % 2 == 1, seed=5000 + i)
+        smooth.append(Film(site / f"m{i}.png", group="rest"))
+    biased = adapt(base, reviewed, striped, AdaptOptions(**QUICK, lr=3e-2))
+    fair = adapt(base, reviewed, smooth, AdaptOptions(**QUICK, lr=3e-2))
+    assert biased.counts["unlike_reviewed"] > 0.3 and not biased.accepted
+    assert "do not represent the site" in biased.verdict
+    assert fair.counts["unlike_reviewed"] <= 0.3
+    assert "do not represent" not in fair.verdict
