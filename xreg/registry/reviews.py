@@ -32,7 +32,8 @@ QUEUE_ORDERS: tuple[str, ...] = ("shuffled", "confidence", "spread")
 #: The queue's default, measured on a pseudo-hospital (benchmarks/adapt_new_site.py):
 #: at a site the model never saw, its predicted classes are the wrong guide to what to
 #: review first (a class it never predicts is never reviewed early), and a uniform
-#: sample taught adapt far more (rest correct folder 0.78 against 0.10 at K = 100).
+#: sample taught adapt far more (rest correct folder 0.747 against 0.321 at K = 100,
+#: wrong 0.040 against 0.559; docs/adapt.md).
 DEFAULT_ORDER: QueueOrder = "shuffled"
 
 
